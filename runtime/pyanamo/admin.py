@@ -1,0 +1,172 @@
+"""Steering a run: `reset` puts items back to todo, `logs` shows what a sub-task printed."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from .aws import UsageError, is_conditional_failure
+from .expressions import Expression
+from .model import Item
+from .queue import TaskQueue, _key, _to_todo
+from .schema import (
+    INSTANCE_INDEX,
+    SUBTASK_ATTEMPTS,
+    SUBTASK_STATUS,
+    TASK_INDEX,
+    Attr,
+    ItemState,
+    SubtaskStatus,
+)
+
+
+@dataclass(frozen=True)
+class ResetFilter:
+    item_ids: tuple[str, ...] = ()
+    state: ItemState | None = None
+    task_id: str | None = None
+    instance_id: str | None = None
+    expired: bool = False
+    subtasks: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.item_ids or self.state or self.task_id or self.instance_id or self.expired)
+
+
+@dataclass(frozen=True)
+class ResetAction:
+    item_id: str
+    changed: bool
+    message: str
+
+
+def _query_ids(queue: TaskQueue, index: str, key: str, value: str, sort: tuple[str, str] | None) -> Iterator[str]:
+    condition = "#k = :k"
+    names = {"#k": key, "#i": Attr.ITEM_ID}
+    values = {":k": {"S": value}}
+    if sort:
+        condition += " AND #r = :r"
+        names["#r"], values[":r"] = sort[0], {"S": sort[1]}
+    for page in queue.client.get_paginator("query").paginate(
+        TableName=queue.table, IndexName=index, KeyConditionExpression=condition,
+        ExpressionAttributeNames=names, ExpressionAttributeValues=values, ProjectionExpression="#i",
+    ):
+        for row in page.get("Items", []):
+            yield row[Attr.ITEM_ID]["S"]
+
+
+def _candidate_ids(queue: TaskQueue, spec: ResetFilter) -> Iterable[str]:
+    if spec.item_ids:
+        return spec.item_ids
+    if spec.instance_id:
+        return _query_ids(queue, INSTANCE_INDEX.name, Attr.INSTANCE_ID, spec.instance_id,
+                          (Attr.STATE, ItemState.LOCKED.value))
+    if spec.task_id:
+        return _query_ids(queue, TASK_INDEX.name, Attr.TASK_ID, spec.task_id, None)
+    state = ItemState.LOCKED if spec.expired else spec.state
+    assert state is not None
+    return (row[Attr.ITEM_ID]["S"] for row in queue.index_rows(state, [Attr.ITEM_ID]))
+
+
+def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
+    if spec.state and item.state is not spec.state:
+        return False
+    if spec.task_id and item.task_id != spec.task_id:
+        return False
+    if spec.instance_id and (item.instance_id != spec.instance_id or item.state is not ItemState.LOCKED):
+        return False
+    if spec.expired and not (item.state is ItemState.LOCKED and (item.lease_expiry or 0) < now):
+        return False
+    return True
+
+
+def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
+    """Put matching items back to todo. A live lease is only broken for items named by ID."""
+    if spec.empty:
+        raise UsageError("say which items to reset: ITEM_ID ..., --state, --task, --instance or --expired")
+    actions = []
+    for item_id in dict.fromkeys(_candidate_ids(queue, spec)):
+        item = queue.get(item_id)
+        if item is None:
+            if spec.item_ids:
+                actions.append(ResetAction(item_id, False, f"{item_id}: no such item"))
+            continue
+        if not _matches(item, spec, time.time()):
+            continue
+        actions.append(_reset_one(queue, item, spec, dry_run))
+    return actions
+
+
+def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+    now = time.time()
+    forced = item.item_id in spec.item_ids
+    live = item.state is ItemState.LOCKED and (item.lease_expiry or 0) >= now
+    if live and not forced:
+        return ResetAction(item.item_id, False,
+                           f"{item.item_id}: skipped, lease held by {item.instance_id} is live "
+                           f"(name the item to force it)")
+    subtasks = [s.key for s in item.subtasks
+                if s.status is SubtaskStatus.RUNNING
+                or (spec.subtasks and s.status is SubtaskStatus.FAILED)]
+    if item.state is ItemState.TODO and not subtasks:
+        return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
+    verb = "would reset" if dry_run else "reset"
+    detail = f" (sub-tasks {', '.join(subtasks)})" if subtasks else ""
+    message = f"{verb} {item.item_id}: {item.state.value} -> todo{detail}"
+    if dry_run:
+        return ResetAction(item.item_id, True, message)
+    expr = Expression()
+    for key in subtasks:
+        expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.TODO.value)
+        if spec.subtasks:
+            expr.set((Attr.TASK_SCRIPT, key, SUBTASK_ATTEMPTS), 0)
+    _to_todo(expr, item.item_id)
+    expr.remove(Attr.DONE_DATE).remove(Attr.LAST_ERROR)
+    # Only if nobody changed the item since it was read (a worker claiming or finishing it).
+    expr.when("{a:lockID} = {state}", state=item.state.value)
+    if item.lease_token:
+        expr.when("{a:Lease_Token} = {token}", token=item.lease_token)
+    else:
+        expr.when("attribute_not_exists({a:Lease_Token})")
+    try:
+        queue.client.update_item(TableName=queue.table, Key=_key(item.item_id), **expr.request())
+    except Exception as exc:
+        if is_conditional_failure(exc):
+            return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
+        raise
+    return ResetAction(item.item_id, True, message)
+
+
+def format_logs(item: Item, subtask: str | None = None) -> Iterator[str]:
+    keys = [s.key for s in item.subtasks]
+    if subtask is not None and subtask not in keys:
+        raise UsageError(f"item {item.item_id!r} has no sub-task {subtask!r} (it has {', '.join(keys)})")
+    yield f"item {item.item_id} (task {item.task_id}): {item.state.value}" + (
+        f", held by {item.instance_id}" if item.instance_id else "")
+    for s in item.subtasks:
+        if subtask is not None and s.key != subtask:
+            continue
+        summary: dict[str, Any] = dict(item.log_summary.get(s.key) or {})
+        facts = [s.status.value, f"attempts {s.attempts}"]
+        if s.exit_code is not None:
+            facts.append(f"exit {s.exit_code}")
+        if summary:
+            facts.append(f"cpu {float(summary.get('CPU_Time', 0)):.2f}s")
+            facts.append(f"wall {float(summary.get('Wall_Time', 0)):.2f}s")
+            facts.append(f"{int(summary.get('Log_Length', 0))} lines")
+            if summary.get("Timed_Out"):
+                facts.append("timed out")
+        yield f"== {s.key} [{', '.join(facts)}]"
+        yield f"   {s.script}"
+        log = item.logs.get(s.key) or {}
+        for stream in ("stdout", "stderr"):
+            text = str(log.get(stream) or "")
+            if text:
+                yield f"-- {stream} (tail) --"
+                yield text.rstrip("\n")
+        if summary.get("Log_Location"):
+            yield f"full log: {summary['Log_Location']}"
+        elif not log:
+            yield "(no output recorded yet)"

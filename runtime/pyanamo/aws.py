@@ -1,0 +1,110 @@
+"""DynamoDB clients, and AWS errors turned into one-line messages for users."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+LOCAL_REGION = "us-east-1"
+
+
+class PyAnamoError(Exception):
+    """An error for the user: printed as one line, exits with ``exit_code``."""
+
+    exit_code = 1
+
+
+class UsageError(PyAnamoError):
+    """Bad input or usage (exit 2)."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where DynamoDB is: ``url`` None means the standard boto3 resolution (AWS itself)."""
+
+    url: str | None = None
+    region: str | None = None
+
+
+def _is_local(url: str | None) -> bool:
+    return bool(url) and urlparse(url).hostname in LOCAL_HOSTS
+
+
+def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):
+    """A thread-safe low-level DynamoDB client.
+
+    boto3 already honours AWS_ENDPOINT_URL(_DYNAMODB), AWS_REGION and AWS_PROFILE; this adds
+    dummy credentials and a default region when the endpoint is a local one (``pyanamo local``),
+    and boto3's standard retry mode unless the environment chooses one.
+    """
+    session = boto3.session.Session(region_name=endpoint.region)
+    retries: dict = {}
+    if "AWS_RETRY_MODE" not in os.environ:
+        retries["mode"] = "standard"
+    if "AWS_MAX_ATTEMPTS" not in os.environ:
+        retries["total_max_attempts"] = max_attempts
+    config = Config(
+        retries=retries or None,
+        connect_timeout=3,
+        read_timeout=20,
+        max_pool_connections=pool,
+    )
+    url = endpoint.url or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get(
+        "AWS_ENDPOINT_URL"
+    )
+    kwargs: dict = {"config": config}
+    if endpoint.url:
+        kwargs["endpoint_url"] = endpoint.url
+    if _is_local(url):
+        if session.region_name is None:
+            kwargs["region_name"] = LOCAL_REGION
+        if session.get_credentials() is None:
+            kwargs["aws_access_key_id"] = "local"
+            kwargs["aws_secret_access_key"] = "local"
+    elif session.region_name is None:
+        raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
+    return session.client("dynamodb", **kwargs)
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def is_conditional_failure(exc: BaseException) -> bool:
+    return error_code(exc) == "ConditionalCheckFailedException"
+
+
+def describe(exc: BaseException, table: str | None = None) -> PyAnamoError | None:
+    """A user-facing error for an AWS/botocore exception, or None if it is not one."""
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return PyAnamoError("no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID")
+    if isinstance(exc, botocore.exceptions.NoRegionError):
+        return PyAnamoError("no AWS region: set AWS_REGION or pass --region")
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
+        return PyAnamoError(f"cannot reach the DynamoDB endpoint {exc.kwargs.get('endpoint_url')}")
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+        return PyAnamoError(f"connection to DynamoDB failed: {exc}")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code = error_code(exc)
+        message = exc.response.get("Error", {}).get("Message", "")
+        if code == "ResourceNotFoundException" and table:
+            return PyAnamoError(
+                f"table {table!r} does not exist (create it with: pyanamo create-table {table})"
+            )
+        if code in {"UnrecognizedClientException", "InvalidSignatureException",
+                    "ExpiredTokenException", "AccessDeniedException"}:
+            return PyAnamoError(f"AWS refused the request ({code}): {message}")
+        return PyAnamoError(f"DynamoDB error {code}: {message}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return PyAnamoError(str(exc))
+    return None

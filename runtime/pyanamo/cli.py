@@ -1,0 +1,255 @@
+"""The `pyanamo` command line. Exit codes: 0 success, 2 bad input or usage, 1 other errors."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import events
+from .aws import Endpoint, PyAnamoError, UsageError, describe, dynamodb_client
+from .queue import TaskQueue
+from .schema import ItemState, create_table_request
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--endpoint-url", default=argparse.SUPPRESS,
+                        help="DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL, or AWS)")
+    common.add_argument("--region", default=argparse.SUPPRESS, help="AWS region (default: AWS_REGION)")
+
+    parser = argparse.ArgumentParser(
+        prog="pyanamo", parents=[common],
+        description="Run batch workloads from a DynamoDB work queue.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, parents=[common], help=help, description=help)
+
+    p = command("create-table", "create the task table (idempotent; waits until it is active)")
+    p.add_argument("table")
+
+    p = command("import", "import items from a task file")
+    p.add_argument("table")
+    p.add_argument("file", type=Path)
+    p.add_argument("--delimiter", default="|", help="column delimiter: '|' (default), 'tab' or ','")
+    p.add_argument("--nested-delimiter", default=None,
+                   help="split TaskArgs on this; each argument becomes one sub-task")
+    p.add_argument("--replace", action="store_true", help="overwrite items whose itemID exists")
+
+    p = command("worker", "claim and run items until the queue is drained")
+    p.add_argument("table")
+    p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
+    p.add_argument("--nests", type=_positive(int), default=1, help="sub-tasks of one item run concurrently")
+    p.add_argument("--wall-time", type=_positive(float), default=None, help="claim nothing new after this many seconds")
+    p.add_argument("--lease", type=_positive(float), default=120.0, help="lease length in seconds (default 120)")
+    p.add_argument("--max-attempts", type=_positive(int), default=2, help="runs of a failing sub-task (default 2)")
+    p.add_argument("--timeout", type=_positive(float), default=None, help="kill a sub-task after this many seconds")
+    p.add_argument("--linger", type=float, default=None,
+                   help="seconds to wait for other workers' items before exiting (default: twice the lease)")
+    p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
+    p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
+    p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
+    p.add_argument("--quiet", action="store_true", help="no log events on stderr")
+
+    p = command("status", "where a run stands")
+    p.add_argument("table")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--watch", type=_positive(float), default=None, metavar="SECONDS",
+                   help="refresh every SECONDS until no item is todo or locked")
+
+    p = command("reset", "put items back to todo")
+    p.add_argument("table")
+    p.add_argument("item_ids", nargs="*", metavar="ITEM_ID", help="these items (even with a live lease)")
+    p.add_argument("--state", choices=[s.value for s in ItemState])
+    p.add_argument("--task", dest="task_id", help="items of this taskID")
+    p.add_argument("--instance", dest="instance_id", help="items locked by this instance")
+    p.add_argument("--expired", action="store_true", help="locked items whose lease has expired")
+    p.add_argument("--subtasks", action="store_true", help="also set failed sub-tasks back to todo")
+    p.add_argument("--dry-run", action="store_true", help="show what would change")
+
+    p = command("logs", "print the stored log tails of an item")
+    p.add_argument("table")
+    p.add_argument("item_id", metavar="ITEM_ID")
+    p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
+
+    p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    return parser
+
+
+def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
+    endpoint = Endpoint(getattr(args, "endpoint_url", None), getattr(args, "region", None))
+    return dynamodb_client(endpoint, **kwargs)
+
+
+def cmd_create_table(args: argparse.Namespace) -> int:
+    client = _client(args)
+    try:
+        client.create_table(**create_table_request(args.table))
+        print(f"creating table {args.table} …", file=sys.stderr)
+    except Exception as exc:
+        if getattr(exc, "response", {}).get("Error", {}).get("Code") != "ResourceInUseException":
+            raise
+    client.get_waiter("table_exists").wait(TableName=args.table, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    print(f"table {args.table} is active")
+    return 0
+
+
+def _require_table(client: Any, table: str) -> None:
+    client.describe_table(TableName=table)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from .importer import parse_delimiter, parse_task_file, write_items
+
+    items = parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter)
+    client = _client(args)
+    _require_table(client, args.table)
+    if sys.stderr.isatty():
+        with Progress(transient=True) as progress:
+            bar = progress.add_task("importing", total=len(items))
+            report = write_items(client, args.table, items, replace=args.replace,
+                                 advance=lambda n: progress.advance(bar, n))
+    else:
+        report = write_items(client, args.table, items, replace=args.replace)
+    if report.skipped:
+        shown = ", ".join(report.skipped[:10]) + (" …" if len(report.skipped) > 10 else "")
+        print(f"left {len(report.skipped)} existing items untouched (use --replace to overwrite): {shown}")
+    if report.replaced:
+        print(f"replaced {report.replaced} existing items")
+    print(f"imported {report.imported} items ({report.subtasks} sub-tasks)")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .identity import worker_identity
+    from .worker import Worker, WorkerConfig
+
+    events.enabled = not args.quiet
+    if not args.workdir.is_dir():
+        raise UsageError(f"--workdir {args.workdir}: no such folder")
+    config = WorkerConfig(
+        table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
+        lease=args.lease, max_attempts=args.max_attempts, timeout=args.timeout, linger=args.linger,
+        workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
+    )
+    client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
+    _require_table(client, args.table)
+    queue = TaskQueue(client, args.table, owner=worker_identity(), lease_seconds=args.lease)
+    worker = Worker(queue, config)
+    worker.install_signal_handlers()
+    return worker.run()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from .status import gather, render
+
+    client = _client(args)
+    _require_table(client, args.table)
+    queue = TaskQueue(client, args.table)
+    if args.json:
+        print(json.dumps(gather(queue).to_json(), indent=2))
+        return 0
+    if args.watch is None:
+        Console().print(render(gather(queue)))
+        return 0
+    report = gather(queue)
+    with Live(render(report), auto_refresh=False) as live:
+        while not (report.finished and report.total):
+            time.sleep(args.watch)
+            report = gather(queue)
+            live.update(render(report), refresh=True)
+    return 0
+
+
+def cmd_reset(args: argparse.Namespace) -> int:
+    from .admin import ResetFilter, reset
+
+    client = _client(args)
+    _require_table(client, args.table)
+    spec = ResetFilter(
+        item_ids=tuple(args.item_ids), state=ItemState(args.state) if args.state else None,
+        task_id=args.task_id, instance_id=args.instance_id, expired=args.expired,
+        subtasks=args.subtasks,
+    )
+    actions = reset(TaskQueue(client, args.table), spec, dry_run=args.dry_run)
+    for action in actions:
+        print(action.message)
+    changed = sum(a.changed for a in actions)
+    print(f"{'would reset' if args.dry_run else 'reset'} {changed} items")
+    missing = [a for a in actions if a.message.endswith("no such item")]
+    return 2 if missing else 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from .admin import format_logs
+
+    client = _client(args)
+    _require_table(client, args.table)
+    item = TaskQueue(client, args.table).get(args.item_id)
+    if item is None:
+        raise UsageError(f"no item {args.item_id!r} in table {args.table}")
+    for line in format_logs(item, args.subtask):
+        print(line)
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from .local import serve
+
+    serve(args.port)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "create-table": cmd_create_table,
+    "import": cmd_import,
+    "worker": cmd_worker,
+    "status": cmd_status,
+    "reset": cmd_reset,
+    "logs": cmd_logs,
+    "local": cmd_local,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except PyAnamoError as exc:
+        print(f"pyanamo: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        error = describe(exc, getattr(args, "table", None))
+        if error is None:
+            raise
+        print(f"pyanamo: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""Who is this worker: the EC2 instance ID (IMDSv2), else the Batch job ID, else the hostname."""
+
+from __future__ import annotations
+
+import os
+import socket
+import urllib.error
+import urllib.request
+
+DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
+TOKEN_TTL_SECONDS = "21600"
+
+
+class Imds:
+    """A minimal IMDSv2 client (token, then GET), honouring the standard AWS variables."""
+
+    def __init__(self, endpoint: str | None = None, timeout: float = 1.0) -> None:
+        self.endpoint = (
+            endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT
+        ).rstrip("/")
+        self.timeout = timeout
+        self.disabled = os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+        self._token: str | None = None
+
+    def _fetch_token(self) -> str:
+        request = urllib.request.Request(
+            f"{self.endpoint}/latest/api/token",
+            method="PUT",
+            headers={"X-aws-ec2-metadata-token-ttl-seconds": TOKEN_TTL_SECONDS},
+        )
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+            return response.read().decode()
+
+    def get(self, path: str) -> str | None:
+        """The text at ``/latest/meta-data/<path>``, or None if absent or unreachable."""
+        if self.disabled:
+            return None
+        for _ in range(2):  # a second try with a fresh token if the first one was stale
+            try:
+                if self._token is None:
+                    self._token = self._fetch_token()
+                request = urllib.request.Request(
+                    f"{self.endpoint}/latest/meta-data/{path}",
+                    headers={"X-aws-ec2-metadata-token": self._token},
+                )
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                    return response.read().decode().strip() or None
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:
+                    self._token = None
+                    continue
+                return None
+            except (OSError, ValueError):
+                return None
+        return None
+
+
+def worker_identity(imds: Imds | None = None) -> str:
+    """The ID recorded as ``InstanceID`` in the items this worker holds."""
+    instance_id = (imds or Imds()).get("instance-id")
+    return instance_id or os.environ.get("AWS_BATCH_JOB_ID") or socket.gethostname()

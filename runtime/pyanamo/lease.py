@@ -1,0 +1,112 @@
+"""Keeping leases alive while sub-tasks run, and giving up safely when that fails.
+
+Two threads per worker: the renewer extends every held lease each third of the lease time
+(a renewal may block on a slow endpoint); the watchdog, which never talks to DynamoDB, kills
+an item's processes at once if its lease is about to expire unrenewed. So a worker cut off from
+the table stops its sub-tasks before another worker may reclaim the item: no two runs overlap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Iterable
+
+from .events import emit
+from .queue import Lease, LeaseLost, TaskQueue
+from .runner import SubtaskProcess
+
+
+class HeldItem:
+    """An item this worker holds: its lease and the processes running for it."""
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.lost = threading.Event()
+        self._processes: set[SubtaskProcess] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def item_id(self) -> str:
+        return self.lease.item_id
+
+    def track(self, process: SubtaskProcess) -> None:
+        with self._lock:
+            self._processes.add(process)
+        if self.lost.is_set():
+            process.interrupt("lease_lost", grace=0)
+
+    def untrack(self, process: SubtaskProcess) -> None:
+        with self._lock:
+            self._processes.discard(process)
+
+    def interrupt_all(self, reason: str, grace: float | None = None) -> None:
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
+            process.interrupt(reason, grace=grace)
+
+    def abandon(self, reason: str) -> None:
+        """Stop everything for this item at once and never write to it again."""
+        if not self.lost.is_set():
+            self.lost.set()
+            emit("item_abandoned", item=self.item_id, reason=reason)
+        self.interrupt_all("lease_lost", grace=0)
+
+
+class LeaseKeeper:
+    def __init__(self, queue: TaskQueue, lease_seconds: float) -> None:
+        self.queue = queue
+        self.renew_every = lease_seconds / 3
+        # Give up this long before expiry: covers the kill itself and modest clock skew.
+        self.margin = lease_seconds / 4
+        self._held: set[HeldItem] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._renew_loop, name="lease-renewer", daemon=True),
+            threading.Thread(target=self._watch_loop, name="lease-watchdog", daemon=True),
+        ]
+
+    def start(self) -> None:
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def hold(self, lease: Lease) -> HeldItem:
+        held = HeldItem(lease)
+        with self._lock:
+            self._held.add(held)
+        return held
+
+    def release(self, held: HeldItem) -> None:
+        with self._lock:
+            self._held.discard(held)
+
+    def held(self) -> Iterable[HeldItem]:
+        with self._lock:
+            return list(self._held)
+
+    def expiring(self, held: HeldItem) -> bool:
+        return time.time() >= held.lease.expiry - self.margin
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.renew_every):
+            for held in self.held():
+                if held.lost.is_set():
+                    continue
+                try:
+                    held.lease = self.queue.renew(held.lease)
+                except LeaseLost:
+                    held.abandon("lease_taken")
+                except Exception as exc:  # outage or throttling: the watchdog decides
+                    emit("lease_renew_failed", item=held.item_id, error=str(exc))
+
+    def _watch_loop(self) -> None:
+        tick = min(0.5, self.margin / 4)
+        while not self._stop.wait(tick):
+            for held in self.held():
+                if not held.lost.is_set() and self.expiring(held):
+                    held.abandon("lease_expiring")

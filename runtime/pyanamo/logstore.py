@@ -1,0 +1,50 @@
+"""Where full sub-task logs go: a local folder, and an S3 bucket when one is given."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from .events import emit
+from .runner import safe_name
+
+
+class LogStore:
+    def __init__(
+        self,
+        log_dir: Path,
+        table: str,
+        bucket: str | None = None,
+        s3_client: Callable[[], Any] | None = None,
+    ) -> None:
+        self.log_dir = log_dir
+        self.table = table
+        self.bucket, _, prefix = (bucket or "").partition("/")
+        self.prefix = prefix.strip("/")
+        self._s3_client = s3_client
+        self._s3: Any = None
+
+    def folder(self, item_id: str, key: str, attempt: int) -> Path:
+        return self.log_dir / safe_name(self.table) / safe_name(item_id) / key / f"attempt-{attempt}"
+
+    def publish(self, folder: Path) -> str:
+        """Upload the folder's logs when a bucket is set; return where the full log is."""
+        if not self.bucket:
+            return str(folder)
+        relative = folder.relative_to(self.log_dir).as_posix()
+        base = f"{self.prefix}/{relative}" if self.prefix else relative
+        try:
+            if self._s3 is None:
+                self._s3 = self._s3_client() if self._s3_client else _default_s3()
+            for name in ("stdout", "stderr"):
+                self._s3.upload_file(str(folder / name), self.bucket, f"{base}/{name}")
+        except Exception as exc:  # the local copy stays: a log upload must not fail the task
+            emit("log_upload_failed", folder=str(folder), error=str(exc))
+            return str(folder)
+        return f"s3://{self.bucket}/{base}/"
+
+
+def _default_s3() -> Any:
+    import boto3
+
+    return boto3.client("s3")

@@ -1,0 +1,148 @@
+"""Items and sub-tasks as immutable values built from DynamoDB rows."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, Mapping
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+from .schema import (
+    SUBTASK_ATTEMPTS,
+    SUBTASK_EXIT_CODE,
+    SUBTASK_SCRIPT,
+    SUBTASK_STATUS,
+    Attr,
+    ItemState,
+    SubtaskStatus,
+    state_shard,
+    subtask_order,
+)
+
+_deserializer = TypeDeserializer()
+_serializer = TypeSerializer()
+
+
+def from_dynamo(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A low-level DynamoDB row (``{"S": ...}`` values) as plain Python values."""
+    return {key: _deserializer.deserialize(value) for key, value in row.items()}
+
+
+def _decimals(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _decimals(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_decimals(v) for v in value]
+    return value
+
+
+def to_dynamo(value: Any) -> dict[str, Any]:
+    """One plain Python value as a low-level DynamoDB attribute value (floats as numbers)."""
+    return _serializer.serialize(_decimals(value))
+
+
+def utc_now_iso() -> str:
+    """The current time, ISO 8601 UTC with milliseconds (sorts as text)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return int(value) if isinstance(value, (int, Decimal)) else default
+
+
+@dataclass(frozen=True)
+class Subtask:
+    key: str
+    script: str
+    status: SubtaskStatus = SubtaskStatus.TODO
+    attempts: int = 0
+    exit_code: int | None = None
+
+    @classmethod
+    def from_map(cls, key: str, value: Mapping[str, Any]) -> "Subtask":
+        exit_code = value.get(SUBTASK_EXIT_CODE)
+        return cls(
+            key=key,
+            script=str(value.get(SUBTASK_SCRIPT, "")),
+            status=SubtaskStatus(value.get(SUBTASK_STATUS, SubtaskStatus.TODO.value)),
+            attempts=_int(value.get(SUBTASK_ATTEMPTS)),
+            exit_code=None if exit_code is None else _int(exit_code),
+        )
+
+    def to_map(self) -> dict[str, Any]:
+        value: dict[str, Any] = {
+            SUBTASK_SCRIPT: self.script,
+            SUBTASK_STATUS: self.status.value,
+            SUBTASK_ATTEMPTS: self.attempts,
+        }
+        if self.exit_code is not None:
+            value[SUBTASK_EXIT_CODE] = self.exit_code
+        return value
+
+
+@dataclass(frozen=True)
+class Item:
+    """One item of the queue: a taskID and its sub-tasks in order."""
+
+    item_id: str
+    task_id: str
+    subtasks: tuple[Subtask, ...]
+    state: ItemState = ItemState.TODO
+    instance_id: str | None = None
+    lease_token: str | None = None
+    lease_expiry: float | None = None
+    lock_date: str | None = None
+    done_date: str | None = None
+    last_error: str | None = None
+    logs: Mapping[str, Any] = field(default_factory=dict)
+    log_summary: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Item":
+        """Build from a low-level DynamoDB row."""
+        data = from_dynamo(row)
+        scripts = data.get(Attr.TASK_SCRIPT) or {}
+        expiry = data.get(Attr.LEASE_EXPIRY)
+        return cls(
+            item_id=data[Attr.ITEM_ID],
+            task_id=str(data.get(Attr.TASK_ID, "")),
+            subtasks=tuple(
+                Subtask.from_map(key, scripts[key]) for key in sorted(scripts, key=subtask_order)
+            ),
+            state=ItemState(data.get(Attr.STATE, ItemState.TODO.value)),
+            instance_id=data.get(Attr.INSTANCE_ID),
+            lease_token=data.get(Attr.LEASE_TOKEN),
+            lease_expiry=None if expiry is None else float(expiry),
+            lock_date=data.get(Attr.LOCK_DATE),
+            done_date=data.get(Attr.DONE_DATE),
+            last_error=data.get(Attr.LAST_ERROR),
+            logs=data.get(Attr.LOG) or {},
+            log_summary=data.get(Attr.LOG_SUMMARY) or {},
+        )
+
+    def new_row(self) -> dict[str, Any]:
+        """The low-level row that imports this item as a fresh todo item."""
+        values: dict[str, Any] = {
+            Attr.ITEM_ID: self.item_id,
+            Attr.TASK_ID: self.task_id,
+            Attr.STATE: ItemState.TODO.value,
+            Attr.TASK_SCRIPT: {s.key: s.to_map() for s in self.subtasks},
+            Attr.LOG: {},
+            Attr.LOG_SUMMARY: {},
+            Attr.SUBTASK_COUNT: len(self.subtasks),
+            Attr.SUBTASKS_DONE: 0,
+            Attr.CLAIMS: 0,
+            Attr.STATE_SHARD: state_shard(ItemState.TODO, self.item_id),
+            Attr.STATE_RANK: secrets.token_hex(8),
+        }
+        return {key: to_dynamo(value) for key, value in values.items()}
+
+    @property
+    def pending(self) -> tuple[Subtask, ...]:
+        """Sub-tasks still to run (a `running` one was interrupted and runs again)."""
+        return tuple(s for s in self.subtasks if s.status is not SubtaskStatus.DONE)

@@ -1,0 +1,166 @@
+"""The one definition of the PyAnamo table: keys, indexes, attribute names and states.
+
+The CLI's ``create-table`` and the CDK stack both build the table from this module, so the
+two can never disagree. Attribute names in ``Attr`` are a public contract: users query them.
+"""
+
+from __future__ import annotations
+
+import enum
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+
+class ItemState(str, enum.Enum):
+    """The state of an item, stored in ``lockID``."""
+
+    TODO = "todo"
+    LOCKED = "locked"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class SubtaskStatus(str, enum.Enum):
+    """The status of one sub-task, stored in ``TaskScript.<key>.Status``."""
+
+    TODO = "todo"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Attr:
+    """Attribute names of an item."""
+
+    ITEM_ID = "itemID"
+    TASK_ID = "taskID"
+    STATE = "lockID"
+    TASK_SCRIPT = "TaskScript"
+    LOG = "Log"
+    LOG_SUMMARY = "Log_Summary"
+    INSTANCE_ID = "InstanceID"
+    LOCK_DATE = "Lock_Date"
+    DONE_DATE = "Done_Date"
+    # Lease: a fresh random token per claim fences every later write; the expiry (epoch seconds)
+    # tells other workers when the item may be reclaimed.
+    LEASE_TOKEN = "Lease_Token"
+    LEASE_EXPIRY = "Lease_Expiry"
+    # Counters and the last error, kept on the item so `status` reads them from the state index.
+    SUBTASK_COUNT = "Subtask_Count"
+    SUBTASKS_DONE = "Subtasks_Done"
+    LAST_ERROR = "Last_Error"
+    CLAIMS = "Claims"
+    # State-index keys (see STATE_INDEX below).
+    STATE_SHARD = "State_Shard"
+    STATE_RANK = "State_Rank"
+
+
+# Keys inside TaskScript.<key>, Log.<key> and Log_Summary.<key>.
+SUBTASK_SCRIPT = "Script"
+SUBTASK_STATUS = "Status"
+SUBTASK_ATTEMPTS = "Attempts"
+SUBTASK_EXIT_CODE = "ExitCode"
+
+
+@dataclass(frozen=True)
+class Index:
+    """A global secondary index: its name, keys and projected attributes."""
+
+    name: str
+    partition_key: str
+    sort_key: str
+    projection: tuple[str, ...] = ()  # empty means KEYS_ONLY
+
+
+# Every state change moves an item between `<state>#<shard>` partitions of this index. Sharding
+# spreads the writes of a large fleet over STATE_SHARDS partitions, and spreads claims too. The
+# sort key is a random rank for todo items (claims start at a random point), the zero-padded lease
+# expiry for locked items (expired leases sort first), and the done/failed date otherwise.
+STATE_SHARDS = 16
+STATE_INDEX = Index(
+    name="state-index",
+    partition_key=Attr.STATE_SHARD,
+    sort_key=Attr.STATE_RANK,
+    projection=(
+        Attr.TASK_ID,
+        Attr.INSTANCE_ID,
+        Attr.LEASE_EXPIRY,
+        Attr.SUBTASK_COUNT,
+        Attr.SUBTASKS_DONE,
+        Attr.LAST_ERROR,
+    ),
+)
+# All items of one taskID (e.g. one sample).
+TASK_INDEX = Index(name="task-index", partition_key=Attr.TASK_ID, sort_key=Attr.ITEM_ID)
+# Items held by one instance: query InstanceID = X AND lockID = locked.
+INSTANCE_INDEX = Index(name="instance-index", partition_key=Attr.INSTANCE_ID, sort_key=Attr.STATE)
+
+INDEXES: tuple[Index, ...] = (STATE_INDEX, TASK_INDEX, INSTANCE_INDEX)
+PARTITION_KEY = Attr.ITEM_ID
+
+# Every key attribute of the table and its indexes is a string.
+KEY_ATTRIBUTES: tuple[str, ...] = tuple(
+    dict.fromkeys([PARTITION_KEY, *(a for i in INDEXES for a in (i.partition_key, i.sort_key))])
+)
+
+# DynamoDB limits an item to 400 KB; PyAnamo keeps items far below it.
+MAX_ITEM_ID_BYTES = 1024
+MAX_SCRIPTS_BYTES = 200_000
+LOG_TAIL_BUDGET_BYTES = 100_000  # all stdout/stderr tails of one item together
+LOG_TAIL_MAX_BYTES = 4096  # one stream of one sub-task
+
+
+def shard_of(item_id: str) -> int:
+    """The item's fixed state-index shard (stable across processes and machines)."""
+    return zlib.crc32(item_id.encode("utf-8")) % STATE_SHARDS
+
+
+def state_shard(state: ItemState, item_id: str) -> str:
+    return f"{state.value}#{shard_of(item_id):02d}"
+
+
+def shard_keys(state: ItemState) -> list[str]:
+    return [f"{state.value}#{n:02d}" for n in range(STATE_SHARDS)]
+
+
+def expiry_rank(epoch_seconds: float) -> str:
+    """A lease expiry as a sort key: zero-padded milliseconds sort like numbers."""
+    return f"{int(epoch_seconds * 1000):015d}"
+
+
+def subtask_key(n: int) -> str:
+    return f"Task_{n}"
+
+
+def subtask_order(key: str) -> tuple[int, str]:
+    """Sort key for sub-task keys: Task_2 before Task_10."""
+    prefix, _, number = key.rpartition("_")
+    return (int(number), prefix) if number.isdigit() else (1 << 62, key)
+
+
+def create_table_request(table_name: str) -> dict[str, Any]:
+    """The CreateTable request for the CLI (the CDK stack reads INDEXES and KEY_ATTRIBUTES)."""
+    return {
+        "TableName": table_name,
+        "BillingMode": "PAY_PER_REQUEST",
+        "AttributeDefinitions": [
+            {"AttributeName": name, "AttributeType": "S"} for name in KEY_ATTRIBUTES
+        ],
+        "KeySchema": [{"AttributeName": PARTITION_KEY, "KeyType": "HASH"}],
+        "GlobalSecondaryIndexes": [
+            {
+                "IndexName": index.name,
+                "KeySchema": [
+                    {"AttributeName": index.partition_key, "KeyType": "HASH"},
+                    {"AttributeName": index.sort_key, "KeyType": "RANGE"},
+                ],
+                "Projection": (
+                    {"ProjectionType": "INCLUDE", "NonKeyAttributes": list(index.projection)}
+                    if index.projection
+                    else {"ProjectionType": "KEYS_ONLY"}
+                ),
+            }
+            for index in INDEXES
+        ],
+    }
