@@ -1,0 +1,202 @@
+"""The `pyanamo` commands as a user runs them: real subprocesses against the moto server."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from conftest import cli, write_task_file
+
+from pyanamo.local import free_port
+from pyanamo.model import Item
+from pyanamo.queue import SubtaskResult, TaskQueue
+from pyanamo.schema import ItemState, SubtaskStatus
+
+
+def count_items(client, table: str) -> int:
+    # Test-side check only (the product never scans).
+    return client.scan(TableName=table, Select="COUNT")["Count"]
+
+
+def assert_one_line_error(proc, code: int, *fragments: str) -> None:
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_create_table_is_idempotent(aws_env, client):
+    first = cli("create-table", "fresh", env=aws_env)
+    second = cli("create-table", "fresh", env=aws_env)
+    assert first.returncode == second.returncode == 0
+    assert "table fresh is active" in second.stdout
+    assert client.describe_table(TableName="fresh")["Table"]["TableStatus"] == "ACTIVE"
+
+
+def test_import_bundles_and_reports(aws_env, client, table, tmp_path: Path):
+    path = write_task_file(tmp_path / "t.txt", [
+        "s1|s1|call.sh s1|chr1,chr2", "s2|s2|call.sh s2|chr1", "s1-extra|s1|echo extra|"],
+        header="itemID|taskID|TaskScript|TaskArgs")
+    proc = cli("import", table, str(path), "--nested-delimiter", ",", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "imported 3 items (4 sub-tasks)"
+    queue = TaskQueue(client, table)
+    assert [s.script for s in queue.get("s1").subtasks] == ["call.sh s1 chr1", "call.sh s1 chr2"]
+
+
+def test_import_tab_delimited(aws_env, client, table, tmp_path: Path):
+    path = tmp_path / "t.tsv"
+    path.write_text("itemID\ttaskID\tTaskScript\na\tt\techo a | wc -c\n")
+    proc = cli("import", table, str(path), "--delimiter", "tab", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    assert TaskQueue(client, table).get("a").subtasks[0].script == "echo a | wc -c"
+
+
+def test_malformed_file_writes_nothing(aws_env, client, table, tmp_path: Path):
+    path = write_task_file(tmp_path / "bad.txt", ["a|t|echo a", "b|t|", "c|t|echo c"])
+    proc = cli("import", table, str(path), env=aws_env)
+    assert_one_line_error(proc, 2, f"{path}:3: empty TaskScript for item 'b'", "nothing was imported")
+    assert count_items(client, table) == 0
+
+
+@pytest.mark.parametrize("content", [b"", b"\x89PNG\r\n\x1a\n\x00\x00binary", b"itemID|taskID|TaskScript\n"])
+def test_empty_binary_and_header_only_files_write_nothing(aws_env, client, table, tmp_path: Path, content):
+    path = tmp_path / "f.txt"
+    path.write_bytes(content)
+    proc = cli("import", table, str(path), env=aws_env)
+    assert_one_line_error(proc, 2, f"{path}")
+    assert count_items(client, table) == 0
+
+
+def test_existing_items_are_left_untouched_unless_replace(aws_env, client, table, tmp_path: Path):
+    cli("import", table, str(write_task_file(tmp_path / "a.txt", ["a|t|echo old"])), env=aws_env)
+    path = write_task_file(tmp_path / "b.txt", ["a|t|echo new", "b|t|echo b"])
+    proc = cli("import", table, str(path), env=aws_env)
+    assert proc.returncode == 0
+    assert "left 1 existing items untouched (use --replace to overwrite): a" in proc.stdout
+    assert "imported 1 items (1 sub-tasks)" in proc.stdout
+    queue = TaskQueue(client, table)
+    assert queue.get("a").subtasks[0].script == "echo old"
+    proc = cli("import", table, str(path), "--replace", env=aws_env)
+    assert "replaced 2 existing items" in proc.stdout and "imported 2 items" in proc.stdout
+    assert queue.get("a").subtasks[0].script == "echo new"
+
+
+def test_user_errors_are_one_line(aws_env, tmp_path: Path):
+    assert_one_line_error(cli("status", "missing", env=aws_env), 1,
+                          "table 'missing' does not exist (create it with: pyanamo create-table missing)")
+    assert_one_line_error(cli("import", "missing", str(tmp_path / "nope.txt"), env=aws_env), 2,
+                          "nope.txt: no such file")
+    port = free_port()  # nothing listens there
+    proc = cli("status", "x", "--endpoint-url", f"http://127.0.0.1:{port}",
+               env={**aws_env, "AWS_MAX_ATTEMPTS": "1"})
+    assert_one_line_error(proc, 1, f"cannot reach the DynamoDB endpoint http://127.0.0.1:{port}")
+    assert_one_line_error(cli("worker", "t", "--items", "0", env=aws_env), 2, "must be greater than 0")
+    assert_one_line_error(cli("reset", "missing", env=aws_env), 1, "does not exist")
+
+
+# -- status, reset and logs on a table in a known state -----------------------------------
+
+@pytest.fixture
+def known_state(aws_env, client, table, tmp_path: Path) -> TaskQueue:
+    """todo: t1; done: d1 (2 sub-tasks); failed: f1 (Task_1 failed); locked live: l1 by
+    i-live; locked expired: x1 by i-dead (Task_0 done, Task_1 running)."""
+    rows = ["t1|A|echo t1", "d1|A|echo d1a", "d1|A|echo d1b", "f1|B|echo ok", "f1|B|exit 7",
+            "l1|B|sleep 1", "x1|C|echo x0", "x1|C|echo x1"]
+    assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
+
+    def claim(item_id: str, owner: str, lease: float):
+        q = TaskQueue(client, table, owner=owner, lease_seconds=lease)
+        got = q._try_claim(item_id)
+        assert got is not None
+        return q, got[1]
+
+    def ok(key: str, text: str = "") -> SubtaskResult:
+        return SubtaskResult(key, SubtaskStatus.DONE, 1, 0, {"stdout": text, "stderr": ""},
+                             {"ExitCode": 0, "CPU_Time": 0.5, "Wall_Time": 1.0, "Log_Length": 1,
+                              "Log_Location": "/logs/x"})
+
+    q, lease = claim("d1", "i-done", 60)
+    q.record(lease, ok("Task_0", "hello d1\n"))
+    q.record(lease, ok("Task_1"), final=ItemState.DONE)
+    q, lease = claim("f1", "i-done", 60)
+    q.record(lease, ok("Task_0"))
+    q.record(lease, SubtaskResult("Task_1", SubtaskStatus.FAILED, 2, 7,
+                                  {"stdout": "", "stderr": "boom\nsegfault at chr7\n"},
+                                  {"ExitCode": 7}, error_line="Task_1: segfault at chr7"),
+             final=ItemState.FAILED)
+    claim("l1", "i-live", 600)
+    q, lease = claim("x1", "i-dead", 0.5)
+    q.record(lease, ok("Task_0"), next_running="Task_1")
+    time.sleep(0.6)
+    return TaskQueue(client, table)
+
+
+def test_status_json_on_a_known_table(aws_env, table, known_state):
+    proc = cli("status", table, "--json", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["items"] == {"todo": 1, "locked": 2, "done": 1, "failed": 1}
+    assert report["total_items"] == 5
+    assert (report["subtasks_done"], report["subtasks_total"]) == (4, 8)
+    assert report["instances"] == {"i-live": {"held": 1, "expired": 0}, "i-dead": {"held": 1, "expired": 1}}
+    assert report["failed"] == [{"item_id": "f1", "task_id": "B", "error": "Task_1: segfault at chr7"}]
+
+
+def test_status_table_on_a_known_table(aws_env, table, known_state):
+    proc = cli("status", table, env={**aws_env, "COLUMNS": "120"})
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "sub-tasks done: 4/8 (50.0%)" in out
+    assert "i-dead" in out and "i-live" in out
+    assert "Task_1: segfault at chr7" in out
+    assert f"pyanamo reset {table} --state failed --subtasks" in out
+
+
+def test_logs_prints_tails_and_locations(aws_env, table, known_state):
+    proc = cli("logs", table, "d1", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "== Task_0 [done, attempts 1, exit 0, cpu 0.50s, wall 1.00s, 1 lines]" in proc.stdout
+    assert "hello d1" in proc.stdout and "full log: /logs/x" in proc.stdout
+    proc = cli("logs", table, "f1", "--subtask", "Task_1", env=aws_env)
+    assert "segfault at chr7" in proc.stdout and "Task_0" not in proc.stdout
+    assert_one_line_error(cli("logs", table, "f1", "--subtask", "Task_9", env=aws_env), 2,
+                          "has no sub-task 'Task_9' (it has Task_0, Task_1)")
+    assert_one_line_error(cli("logs", table, "nope", env=aws_env), 2, "no item 'nope'")
+
+
+def test_reset_needs_a_selection(aws_env, table, known_state):
+    assert_one_line_error(cli("reset", table, env=aws_env), 2, "say which items to reset")
+
+
+def test_reset_failed_with_subtasks_requeues_only_the_failed_subtask(aws_env, table, known_state):
+    dry = cli("reset", table, "--state", "failed", "--subtasks", "--dry-run", env=aws_env)
+    assert "would reset f1: failed -> todo (sub-tasks Task_1)" in dry.stdout
+    assert known_state.get("f1").state is ItemState.FAILED
+    proc = cli("reset", table, "--state", "failed", "--subtasks", env=aws_env)
+    assert proc.returncode == 0 and "reset 1 items" in proc.stdout
+    f1 = known_state.get("f1")
+    assert f1.state is ItemState.TODO and f1.last_error is None
+    assert [(s.status, s.attempts) for s in f1.subtasks] == [(SubtaskStatus.DONE, 1), (SubtaskStatus.TODO, 0)]
+
+
+def test_reset_never_breaks_a_live_lease_unless_named(aws_env, table, known_state):
+    proc = cli("reset", table, "--state", "locked", env=aws_env)
+    assert "l1: skipped, lease held by i-live is live" in proc.stdout
+    assert "reset x1: locked -> todo (sub-tasks Task_1)" in proc.stdout
+    assert known_state.get("l1").state is ItemState.LOCKED
+    x1 = known_state.get("x1")
+    assert x1.state is ItemState.TODO and [s.status for s in x1.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.TODO]
+    proc = cli("reset", table, "l1", env=aws_env)
+    assert "reset l1: locked -> todo" in proc.stdout
+    assert known_state.get("l1").state is ItemState.TODO
+
+
+def test_reset_by_expired_instance_and_task(aws_env, table, known_state):
+    assert "reset x1" in cli("reset", table, "--expired", env=aws_env).stdout
+    assert "reset 0 items" in cli("reset", table, "--instance", "i-live", env=aws_env).stdout
+    proc = cli("reset", table, "--task", "A", env=aws_env)
+    assert "reset d1: done -> todo" in proc.stdout and "t1: already todo" in proc.stdout
+    assert_one_line_error(cli("reset", table, "ghost", env=aws_env), 2)

@@ -1,0 +1,165 @@
+"""The claim protocol and fencing against a real DynamoDB-compatible server over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+import pytest
+from conftest import put_items
+
+from pyanamo.aws import Endpoint, dynamodb_client
+from pyanamo.model import Item, Subtask
+from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue
+from pyanamo.schema import (
+    INDEXES,
+    STATE_INDEX,
+    Attr,
+    ItemState,
+    SubtaskStatus,
+)
+
+
+def item(item_id: str, *scripts: str, task: str = "T") -> Item:
+    scripts = scripts or ("true",)
+    return Item(item_id, task, tuple(Subtask(f"Task_{n}", s) for n, s in enumerate(scripts)))
+
+
+def result(key: str, status=SubtaskStatus.DONE) -> SubtaskResult:
+    return SubtaskResult(key, status, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})
+
+
+def test_created_table_matches_the_definition(client, table):
+    described = client.describe_table(TableName=table)["Table"]
+    assert described["KeySchema"] == [{"AttributeName": "itemID", "KeyType": "HASH"}]
+    indexes = {g["IndexName"]: g for g in described["GlobalSecondaryIndexes"]}
+    assert set(indexes) == {i.name for i in INDEXES}
+    for index in INDEXES:
+        assert indexes[index.name]["KeySchema"] == [
+            {"AttributeName": index.partition_key, "KeyType": "HASH"},
+            {"AttributeName": index.sort_key, "KeyType": "RANGE"},
+        ]
+    assert set(indexes[STATE_INDEX.name]["Projection"]["NonKeyAttributes"]) == set(STATE_INDEX.projection)
+
+
+def test_claim_locks_the_item_and_records_the_lease(queue, client, table):
+    put_items(client, table, [item("a", "echo 1", "echo 2")])
+    claimed = queue.claim()
+    assert claimed is not None
+    got, lease = claimed
+    assert got.item_id == "a" and got.state is ItemState.LOCKED
+    assert got.instance_id == "test-owner" and got.lease_token == lease.token
+    assert [s.script for s in got.subtasks] == ["echo 1", "echo 2"]
+    assert queue.claim() is None  # nothing else claimable
+
+
+def test_exactly_one_of_many_racing_claimers_wins(aws_env, client, table):
+    put_items(client, table, [item("only")])
+    wins, barrier = [], threading.Barrier(12)
+
+    def racer(n: int) -> None:
+        q = TaskQueue(dynamodb_client(Endpoint()), table, owner=f"w{n}", lease_seconds=30)
+        barrier.wait()
+        if q.claim() is not None:
+            wins.append(n)
+
+    threads = [threading.Thread(target=racer, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(wins) == 1
+
+
+def test_concurrent_claimers_never_share_an_item(aws_env, client, table):
+    put_items(client, table, [item(f"i{n:03d}") for n in range(120)])
+    claims: list[str] = []
+    lock = threading.Lock()
+
+    def claimer(n: int) -> None:
+        q = TaskQueue(dynamodb_client(Endpoint()), table, owner=f"w{n}", lease_seconds=30)
+        while (got := q.claim()) is not None:
+            with lock:
+                claims.append(got[0].item_id)
+
+    threads = [threading.Thread(target=claimer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    counts = Counter(claims)
+    assert len(counts) == 120 and set(counts.values()) == {1}
+
+
+def test_fencing_a_worker_whose_lease_was_taken_over_cannot_write(client, table):
+    put_items(client, table, [item("a", "echo 1", "echo 2")])
+    old = TaskQueue(client, table, owner="old", lease_seconds=0.2)
+    new = TaskQueue(client, table, owner="new", lease_seconds=30)
+    _, old_lease = old.claim()
+    time.sleep(0.3)  # the old lease expires (its worker hung)
+    reclaimed = new.claim()
+    assert reclaimed is not None and reclaimed[0].instance_id == "new"
+    new_lease = reclaimed[1]
+    for write in (
+        lambda: old.renew(old_lease),
+        lambda: old.mark_running(old_lease, ["Task_0"]),
+        lambda: old.record(old_lease, result("Task_0"), final=ItemState.DONE),
+        lambda: old.release(old_lease, ["Task_0"]),
+        lambda: old.finish(old_lease, ItemState.FAILED, "x"),
+    ):
+        with pytest.raises(LeaseLost):
+            write()
+    current = new.get("a")
+    assert current.state is ItemState.LOCKED and current.lease_token == new_lease.token
+    assert all(s.status is SubtaskStatus.TODO for s in current.subtasks)
+    # ... and the new owner's writes go through.
+    new.record(new_lease, result("Task_0"))
+    new.record(new_lease, result("Task_1"), final=ItemState.DONE)
+    assert new.get("a").state is ItemState.DONE
+
+
+def test_live_leases_are_not_reclaimed_and_renewal_keeps_them(client, table):
+    put_items(client, table, [item("a")])
+    holder = TaskQueue(client, table, owner="holder", lease_seconds=1.0)
+    other = TaskQueue(client, table, owner="other", lease_seconds=30)
+    _, lease = holder.claim()
+    for _ in range(4):
+        time.sleep(0.4)
+        lease = holder.renew(lease)
+        assert other.claim() is None
+    time.sleep(1.2)
+    assert other.claim() is not None
+
+
+def test_release_keeps_done_subtasks_and_requeues_the_item(queue, client, table):
+    put_items(client, table, [item("a", "echo 1", "echo 2", "echo 3")])
+    _, lease = queue.claim()
+    queue.record(lease, result("Task_0"), next_running="Task_1")
+    queue.release(lease, ["Task_1"])
+    back = queue.get("a")
+    assert back.state is ItemState.TODO and back.lease_token is None
+    assert [s.status for s in back.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.TODO, SubtaskStatus.TODO]
+    again, _ = queue.claim()
+    assert [s.key for s in again.pending] == ["Task_1", "Task_2"]
+
+
+def test_done_sets_done_date_and_leaves_the_claimable_index(queue, client, table):
+    put_items(client, table, [item("a")])
+    _, lease = queue.claim()
+    queue.record(lease, result("Task_0"), final=ItemState.DONE)
+    done = queue.get("a")
+    assert done.state is ItemState.DONE and done.done_date and done.lease_token is None
+    row = client.get_item(TableName=table, Key={"itemID": {"S": "a"}})["Item"]
+    assert row[Attr.STATE_SHARD]["S"].startswith("done#") and row[Attr.SUBTASKS_DONE]["N"] == "1"
+    assert not queue.any_in_state(ItemState.TODO) and not queue.any_in_state(ItemState.LOCKED)
+    assert queue.any_in_state(ItemState.DONE)
+
+
+def test_hostile_item_ids_and_subtask_keys_are_placeholders(queue, client, table):
+    hostile = "a #n0 :v0 = lockID, REMOVE Lease_Token"
+    put_items(client, table, [item(hostile, "echo '$(rm -rf /)' \"`x`\"")])
+    got, lease = queue.claim()
+    assert got.item_id == hostile
+    queue.record(lease, result("Task_0"), final=ItemState.DONE)
+    assert queue.get(hostile).subtasks[0].script == "echo '$(rm -rf /)' \"`x`\""

@@ -1,0 +1,179 @@
+"""The task-file parser: what it accepts, and a FILE:LINE error for everything it does not."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pyanamo.aws import UsageError
+from pyanamo.importer import InvalidTaskFile, parse_delimiter, parse_task_bytes
+
+HEADER = b"itemID|taskID|TaskScript\n"
+
+
+def parse(text: str | bytes, **kwargs):
+    raw = text.encode() if isinstance(text, str) else text
+    return parse_task_bytes(raw, "tasks.txt", **kwargs)
+
+
+def errors_of(text: str | bytes, **kwargs) -> list[str]:
+    with pytest.raises(InvalidTaskFile) as caught:
+        parse(text, **kwargs)
+    return caught.value.errors
+
+
+def test_three_columns_one_subtask_per_row():
+    items = parse("itemID|taskID|TaskScript\na|s1|echo a\nb|s2|echo b\n")
+    assert [(i.item_id, i.task_id, [s.script for s in i.subtasks]) for i in items] == [
+        ("a", "s1", ["echo a"]),
+        ("b", "s2", ["echo b"]),
+    ]
+    assert items[0].subtasks[0].key == "Task_0"
+
+
+def test_rows_sharing_an_item_id_are_bundled_in_file_order():
+    items = parse("ITEMID|TaskId|taskscript\nx|S|echo 1\ny|T|echo y\nx|S|echo 2\nx|S|echo 3\n")
+    assert [s.script for s in items[0].subtasks] == ["echo 1", "echo 2", "echo 3"]
+    assert [s.key for s in items[0].subtasks] == ["Task_0", "Task_1", "Task_2"]
+    assert len(items) == 2
+
+
+def test_task_args_with_nested_delimiter_become_subtasks():
+    items = parse(
+        "itemID|taskID|TaskScript|TaskArgs\nNA1|NA1|call.sh NA1|chr1,chr2,chr3\n",
+        nested_delimiter=",",
+    )
+    assert [s.script for s in items[0].subtasks] == [
+        "call.sh NA1 chr1", "call.sh NA1 chr2", "call.sh NA1 chr3"]
+
+
+def test_task_args_without_nested_delimiter_are_appended_once():
+    items = parse("itemID|taskID|TaskScript|TaskArgs\na|t|run.sh|--fast x\nb|t|run.sh|\n")
+    assert [s.script for s in items[0].subtasks] == ["run.sh --fast x"]
+    assert [s.script for s in items[1].subtasks] == ["run.sh"]
+
+
+def test_script_may_contain_the_delimiter_quotes_and_redirections():
+    script = """zcat in.gz | awk -F'|' '{print $1}' > "out $(date).txt" 2>&1"""
+    items = parse(f"itemID|taskID|TaskScript\na|t|{script}\n")
+    assert items[0].subtasks[0].script == script
+    items = parse(f"itemID|taskID|TaskScript|TaskArgs\na|t|{script}|chr1\n", nested_delimiter=",")
+    assert items[0].subtasks[0].script == f"{script} chr1"
+
+
+def test_tab_and_comma_delimiters_crlf_and_bom():
+    items = parse(b"\xef\xbb\xbfitemID\ttaskID\tTaskScript\r\na\tt\techo a, b\r\n", delimiter="\t")
+    assert items[0].subtasks[0].script == "echo a, b"
+    items = parse("itemID,taskID,TaskScript\na,t,echo 'x|y'\n", delimiter=",")
+    assert items[0].subtasks[0].script == "echo 'x|y'"
+
+
+def test_unicode_ids_and_blank_lines():
+    items = parse("itemID|taskID|TaskScript\n\n  \nprobe-é✓|sample-β|echo ü\n\n")
+    assert items[0].item_id == "probe-é✓"
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "tasks.txt:1: empty file"),
+        (b"\n\n  \n", "tasks.txt:1: empty file"),
+        (b"a|t|echo a\n", "tasks.txt:1: expected the header"),
+        (b"itemID|taskID\na|t\n", "tasks.txt:1: expected the header"),
+        (HEADER, "tasks.txt: no items below the header"),
+        (HEADER + b"a|t\n", "tasks.txt:2: expected 3 columns"),
+        (HEADER + b"just-one-column\n", "tasks.txt:2: expected 3 columns"),
+        (b"itemID|taskID|TaskScript|TaskArgs\na|t|echo\n", "tasks.txt:2: expected 4 columns"),
+        (HEADER + b"a|t|   \n", "tasks.txt:2: empty TaskScript for item 'a'"),
+        (HEADER + b"|t|echo\n", "tasks.txt:2: empty itemID"),
+        (HEADER + b"a| |echo\n", "tasks.txt:2: empty taskID"),
+        (HEADER + b"a|t|echo 1\na|t|echo 1\n", "tasks.txt:3: duplicate sub-task in item 'a' (same script as line 2)"),
+        (HEADER + b"a|t|echo 1\na|u|echo 2\n", "tasks.txt:3: item 'a' has taskID 't' on line 2 but 'u' here"),
+        (HEADER + b"a|t|echo \xff\xfe\n", "tasks.txt:2: not valid UTF-8 text"),
+        (HEADER + b"a|t|echo \x00\x01\x02\n", "tasks.txt:2: binary data (NUL byte)"),
+        (HEADER + b"a\x07b|t|echo\n", "tasks.txt:2: itemID 'a\\x07b' contains a control character"),
+        (HEADER + b"a|t|echo\x1b[31m\n", "tasks.txt:2: TaskScript of item 'a' contains a control character"),
+        (HEADER + b"x" * 1100 + b"|t|echo\n", "tasks.txt:2: itemID is longer than 1024 bytes"),
+        (b"itemID|taskID|TaskScript|TaskArgs\na|t|run|chr1,,chr3\n", "tasks.txt:2: empty argument"),
+        (b"itemID\ttaskID\tTaskScript\na\tt\techo\n", "(is the delimiter tab? use --delimiter)"),
+        (bytes(range(256)) * 4, "tasks.txt:"),
+    ],
+)
+def test_malformed_input_is_reported_with_file_and_line(content: bytes, expected: str):
+    errors = errors_of(content, nested_delimiter=",")
+    assert any(expected in e for e in errors), errors
+
+
+def test_every_bad_line_is_reported_not_just_the_first():
+    errors = errors_of(HEADER + b"a|t|echo\nbad\nb|t|\nc|t|echo\n|x|y\n")
+    assert [e.split(":")[1] for e in errors] == ["3", "4", "6"]
+
+
+def test_oversized_item_is_rejected():
+    rows = "".join(f"big|t|echo {'x' * 1000} {n}\n" for n in range(210))
+    errors = errors_of("itemID|taskID|TaskScript\n" + rows)
+    assert errors == [
+        "tasks.txt:2: item 'big' has 211780 bytes of scripts (at most 200000); split it into several items"
+    ]
+
+
+def test_error_message_is_capped_and_says_nothing_was_imported():
+    rows = "".join("x\n" for _ in range(50))
+    with pytest.raises(InvalidTaskFile) as caught:
+        parse("itemID|taskID|TaskScript\n" + rows)
+    text = str(caught.value)
+    assert len(caught.value.errors) == 50
+    assert "… and 30 more errors" in text and text.endswith("nothing was imported")
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize("text, expected", [("|", "|"), ("tab", "\t"), ("\\t", "\t"), (",", ","), ("comma", ",")])
+def test_delimiter_names(text: str, expected: str):
+    assert parse_delimiter(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "ab", "a", "1", " "])
+def test_bad_delimiters(text: str):
+    with pytest.raises(UsageError):
+        parse_delimiter(text)
+
+
+# -- properties ---------------------------------------------------------------------------
+
+_id_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="|\n\r\x85\u2028\u2029"),
+    min_size=1, max_size=20,
+).map(str.strip).filter(bool)
+_script_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="\n\r\x85\u2028\u2029"),
+    min_size=1, max_size=40,
+).map(str.strip).filter(bool)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_id_text, _id_text, _script_text), min_size=1, max_size=15))
+def test_property_valid_files_import_exactly_what_they_say(rows):
+    """Any well-formed file (scripts may hold '|', quotes, `$()`) imports exactly its rows."""
+    expected: dict[str, tuple[str, list[str]]] = {}
+    lines = []
+    for item_id, task_id, script in rows:
+        task_id = expected.get(item_id, (task_id, []))[0]
+        if script in expected.get(item_id, ("", []))[1]:
+            continue
+        expected.setdefault(item_id, (task_id, []))[1].append(script)
+        lines.append(f"{item_id}|{task_id}|{script}")
+    items = parse("itemID|taskID|TaskScript\n" + "\n".join(lines) + "\n")
+    assert {i.item_id: (i.task_id, [s.script for s in i.subtasks]) for i in items} == expected
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=300))
+def test_property_arbitrary_bytes_parse_or_fail_cleanly(junk: bytes):
+    """Random bytes after a valid header either parse or raise InvalidTaskFile, never else."""
+    try:
+        items = parse(HEADER + junk)
+    except InvalidTaskFile as exc:
+        assert exc.errors and all(e.startswith("tasks.txt:") for e in exc.errors)
+    else:
+        assert all(i.item_id and i.task_id and i.subtasks for i in items)

@@ -1,0 +1,100 @@
+"""Running one sub-task as a real process: exit codes, logs, CPU time, timeouts, interrupts."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+from pyanamo.runner import (
+    TIMEOUT_EXIT_CODE,
+    SubtaskProcess,
+    last_line,
+    safe_name,
+    summarize_stream,
+)
+
+
+def run(script: str, tmp_path: Path, **kwargs) -> tuple:
+    process = SubtaskProcess(script, env={**os.environ, "X": "from-env"}, cwd=tmp_path,
+                             log_folder=tmp_path / "logs", **kwargs)
+    return process, process.run()
+
+
+def test_exit_code_streams_env_and_shell_features(tmp_path: Path):
+    script = "echo out $X | tr a-z A-Z; echo 'err line' >&2; cd . && printf '%s\\n' \"$(echo sub)\"; exit 3"
+    _, outcome = run(script, tmp_path)
+    assert outcome.exit_code == 3 and not outcome.timed_out and not outcome.interrupted
+    assert outcome.stdout.read_text() == "OUT FROM-ENV\nsub\n"
+    assert outcome.stderr.read_text() == "err line\n"
+
+
+def test_cpu_time_counts_the_whole_process_tree(tmp_path: Path):
+    # Two child processes burn CPU; bash waits for both.
+    burn = "python3 -c 'import time; t=time.process_time(); exec(\"while time.process_time()-t<0.3: pass\")'"
+    _, outcome = run(f"{burn} & {burn} & wait", tmp_path)
+    assert outcome.exit_code == 0
+    assert outcome.cpu_time >= 0.5, outcome.cpu_time
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path: Path):
+    marker = tmp_path / "survivor"
+    _, outcome = run(f"(sleep 3; touch {marker}) & sleep 30", tmp_path, timeout=0.5)
+    assert outcome.timed_out and outcome.exit_code == TIMEOUT_EXIT_CODE
+    assert outcome.wall_time < 5
+    time.sleep(3.5)
+    assert not marker.exists(), "a background child outlived the timeout"
+
+
+def test_interrupt_from_another_thread_stops_the_group(tmp_path: Path):
+    process = SubtaskProcess("sleep 30 & sleep 30; wait", env=dict(os.environ), cwd=tmp_path,
+                             log_folder=tmp_path / "logs")
+    threading.Timer(0.3, process.interrupt, kwargs={"reason": "stop", "grace": 0}).start()
+    started = time.monotonic()
+    outcome = process.run()
+    assert outcome.interrupted and outcome.exit_code is None
+    assert time.monotonic() - started < 5
+
+
+def test_interrupt_before_start_runs_nothing(tmp_path: Path):
+    marker = tmp_path / "ran"
+    process = SubtaskProcess(f"touch {marker}", env=dict(os.environ), cwd=tmp_path,
+                             log_folder=tmp_path / "logs")
+    process.interrupt("stop")
+    assert process.run().interrupted
+    assert not marker.exists()
+
+
+def test_leftover_background_processes_are_killed_after_exit(tmp_path: Path):
+    marker = tmp_path / "late"
+    _, outcome = run(f"(sleep 1; touch {marker}) & exit 0", tmp_path)
+    assert outcome.exit_code == 0
+    time.sleep(1.5)
+    assert not marker.exists()
+
+
+def test_summary_of_huge_and_invalid_output(tmp_path: Path):
+    _, outcome = run("head -c 3000000 /dev/zero | tr '\\0' 'x' | fold -w 100; printf '\\xff\\xfe bad\\n' >&2",
+                     tmp_path)
+    out = summarize_stream(outcome.stdout, 4096)
+    assert out.size == 3_000_000 + 29_999 and out.lines == 30_000  # last line unterminated
+    assert out.tail.startswith("…") and len(out.tail.encode()) <= 4096 + 3
+    err = summarize_stream(outcome.stderr, 4096)
+    assert err.tail == "\ufffd\ufffd bad\n" and err.lines == 1
+
+
+def test_summary_of_missing_and_unterminated_output(tmp_path: Path):
+    assert summarize_stream(tmp_path / "nope", 100).lines == 0
+    (tmp_path / "f").write_bytes(b"a\nb")
+    assert summarize_stream(tmp_path / "f", 100).lines == 2
+
+
+def test_last_line_and_safe_names():
+    assert last_line("a\nreal error  \n\n") == "real error"
+    assert last_line("") is None
+    assert safe_name("NA12878") == "NA12878"
+    odd = safe_name("../a b/é")
+    assert "/" not in odd and " " not in odd and not odd.startswith(".")
+    assert safe_name("a/b") != safe_name("a_b")
+    assert len(safe_name("x" * 1000)) < 100
