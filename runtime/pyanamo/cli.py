@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wall-time", type=_positive(float), default=None, help="claim nothing new after this many seconds")
     p.add_argument("--lease", type=_positive(float), default=120.0, help="lease length in seconds (default 120)")
     p.add_argument("--max-attempts", type=_positive(int), default=2, help="runs of a failing sub-task (default 2)")
+    p.add_argument("--retry-delay", type=float, default=1.0,
+                   help="seconds before the first retry of a failed sub-task, doubling after (default 1)")
     p.add_argument("--timeout", type=_positive(float), default=None, help="kill a sub-task after this many seconds")
     p.add_argument("--linger", type=float, default=None,
                    help="seconds to wait for other workers' items before exiting (default: twice the lease)")
@@ -149,7 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(f"--workdir {args.workdir}: no such folder")
     config = WorkerConfig(
         table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
-        lease=args.lease, max_attempts=args.max_attempts, timeout=args.timeout, linger=args.linger,
+        lease=args.lease, max_attempts=args.max_attempts, retry_delay=args.retry_delay, timeout=args.timeout, linger=args.linger,
         workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
     )
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))

@@ -25,8 +25,9 @@ from .queue import Lease, LeaseLost, SubtaskResult, TaskQueue
 from .runner import Outcome, SubtaskProcess, last_line, summarize_stream
 from .schema import LOG_TAIL_BUDGET_BYTES, LOG_TAIL_MAX_BYTES, ItemState, SubtaskStatus
 
-EXIT_DRAINED = 0
+EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
 EXIT_ERROR = 1
+EXIT_SIGNAL_BASE = 128  # stopped by a signal: 128 + its number, as a shell reports it
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ class Worker:
         self.keeper = LeaseKeeper(queue, config.lease)
         self.stopping = threading.Event()
         self.stop_reason: str | None = None
+        self.stop_signal: int | None = None
         self.started = time.monotonic()
         self.items_done = 0
         self.failed = False
@@ -113,13 +115,16 @@ class Worker:
         emit("worker_exited", reason=self.stop_reason or "drained", items_done=self.items_done)
         if self.failed:
             return EXIT_ERROR
+        if self.stop_signal is not None:
+            return EXIT_SIGNAL_BASE + self.stop_signal
         return EXIT_DRAINED
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, signum: int | None = None) -> None:
         """Stop claiming, stop running sub-tasks; their items go back to todo."""
         if self.stopping.is_set():
             return
         self.stop_reason = reason
+        self.stop_signal = signum
         self.stopping.set()
         emit("worker_stopping", reason=reason)
         for held in self.keeper.held():
@@ -127,7 +132,7 @@ class Worker:
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
-            self.stop(signal.Signals(signum).name)
+            self.stop(signal.Signals(signum).name, signum)
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)

@@ -7,10 +7,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import cli, write_task_file
+from helpers import cli, write_task_file
 
 from pyanamo.local import free_port
-from pyanamo.model import Item
 from pyanamo.queue import SubtaskResult, TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
 

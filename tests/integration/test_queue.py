@@ -7,7 +7,7 @@ import time
 from collections import Counter
 
 import pytest
-from conftest import put_items
+from helpers import put_items
 
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask

@@ -1,0 +1,198 @@
+"""Helpers shared by the tests: CLI runs, task files, worker processes, run records."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import boto3
+
+from pyanamo.model import Item
+
+
+def put_items(client, table: str, items: list[Item]) -> None:
+    for item in items:
+        client.put_item(TableName=table, Item=item.new_row())
+
+
+def write_task_file(path: Path, rows: list[str], header: str = "itemID|taskID|TaskScript") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def cli(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run the real `pyanamo` command in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "pyanamo", *args],
+        env={**os.environ, **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@dataclass
+class Workers:
+    """Worker processes started by a test; all are killed at teardown."""
+
+    env: dict[str, str]
+    root: Path
+    processes: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, table: str, *args: str, name: str | None = None) -> subprocess.Popen:
+        name = name or f"w{len(self.processes)}"
+        log = open(self.root / f"{name}.log", "wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pyanamo", "worker", table,
+             "--log-dir", str(self.root / "logs"), "--workdir", str(self.root), *args],
+            env={**os.environ, **self.env, "WORKER_NAME": name},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        process.log_path = self.root / f"{name}.log"  # type: ignore[attr-defined]
+        self.processes.append(process)
+        return process
+
+    def wait_all(self, timeout: float = 120) -> list[int]:
+        deadline = time.monotonic() + timeout
+        codes = []
+        for process in self.processes:
+            codes.append(process.wait(timeout=max(0.1, deadline - time.monotonic())))
+        return codes
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                kill_tree(process.pid)
+                process.wait(timeout=10)
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (from /proc), deepest last."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        nxt = []
+        for p in frontier:
+            nxt.extend(children.get(p, []))
+        found.extend(nxt)
+        frontier = nxt
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a worker and every process under it, as if its machine died.
+
+    Everything is frozen first, so no process is reparented (and missed) while we kill.
+    """
+    tree = [pid, *descendants(pid)]
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass
+    tree = [pid, *descendants(pid)]
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(interval)
+
+
+def s3_client(aws_env: dict[str, str]):
+    return boto3.client("s3", endpoint_url=aws_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+RECORDER = """#!/usr/bin/env bash
+# record.sh SECONDS [EXIT]: log start and end of this sub-task run, sleep, exit.
+log=${RECORD_FILE:?}
+echo "start|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$(date +%s.%N)" >> "$log"
+sleep "$1"
+echo "end|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$(date +%s.%N)" >> "$log"
+exit "${2:-0}"
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    item: str
+    subtask: str
+    worker: str
+    start: float
+    end: float | None
+
+
+class Recorder:
+    def __init__(self, root: Path) -> None:
+        self.script = root / "record.sh"
+        self.script.write_text(RECORDER)
+        self.script.chmod(0o755)
+        self.file = root / "runs.log"
+        self.file.touch()
+
+    def command(self, seconds: float, exit_code: int = 0) -> str:
+        return f"{self.script} {seconds} {exit_code}"
+
+    def runs(self) -> list[Run]:
+        """Every run, pairing each start with the same worker's next end of that sub-task."""
+        open_runs: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+        finished: list[Run] = []
+        for line in self.file.read_text().splitlines():
+            kind, item, subtask, worker, stamp = line.split("|")
+            key = (item, subtask, worker)
+            if kind == "start":
+                open_runs[key].append(float(stamp))
+            else:
+                finished.append(Run(item, subtask, worker, open_runs[key].pop(0), float(stamp)))
+        unfinished = [Run(i, s, w, t, None) for (i, s, w), starts in open_runs.items() for t in starts]
+        return finished + unfinished
+
+    def starts(self) -> dict[tuple[str, str], int]:
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        for run in self.runs():
+            counts[(run.item, run.subtask)] += 1
+        return dict(counts)
+
+
+def iso_to_epoch(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def max_overlap(runs: list[Run]) -> int:
+    edges = sorted([(r.start, 1) for r in runs] + [(r.end or float("inf"), -1) for r in runs])
+    level = peak = 0
+    for _, step in edges:
+        level += step
+        peak = max(peak, level)
+    return peak
