@@ -20,8 +20,6 @@ from pyanamo.schema import create_table_request
 
 from helpers import Recorder, Workers
 
-REPO = Path(__file__).resolve().parent.parent
-
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:

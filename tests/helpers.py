@@ -16,6 +16,8 @@ import boto3
 
 from pyanamo.model import Item
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def put_items(client, table: str, items: list[Item]) -> None:
     for item in items:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import threading
@@ -26,6 +27,7 @@ def serve(port: int, ready: threading.Event | None = None) -> None:
             "the local endpoint needs moto: pip install 'pyanamo[local]' (requirements.txt has it)"
         ) from None
     port = port or free_port()
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     server = ThreadedMotoServer(ip_address=HOST, port=port, verbose=False)
     try:
         server.start()
