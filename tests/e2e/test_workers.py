@@ -172,3 +172,32 @@ def test_drained_table_exits_at_once(aws_env, table, workers):
     started = time.monotonic()
     assert workers.start(table, "--lease", "600").wait(timeout=30) == 0
     assert time.monotonic() - started < 10
+
+
+def test_full_logs_go_to_the_log_bucket(aws_env, client, table, tmp_path, workers):
+    from helpers import s3_client
+
+    s3 = s3_client(aws_env)
+    s3.create_bucket(Bucket="run-logs")
+    import_rows(aws_env, table, tmp_path, ["x|S|seq 1 5000; echo warn >&2"])
+    worker = workers.start(table, "--lease", LEASE, "--log-bucket", "run-logs/pyanamo")
+    assert worker.wait(timeout=60) == 0
+    item = TaskQueue(client, table).get("x")
+    location = item.log_summary["Task_0"]["Log_Location"]
+    assert location.startswith("s3://run-logs/pyanamo/") and location.endswith("/Task_0/attempt-1/")
+    prefix = location.removeprefix("s3://run-logs/")
+    body = s3.get_object(Bucket="run-logs", Key=prefix + "stdout")["Body"].read().decode()
+    assert body.splitlines() == [str(n) for n in range(1, 5001)]
+    assert s3.get_object(Bucket="run-logs", Key=prefix + "stderr")["Body"].read() == b"warn\n"
+    assert item.log_summary["Task_0"]["Log_Length"] == 5001
+
+
+def test_timeout_kills_the_subtask_and_is_recorded(aws_env, client, table, tmp_path, workers, recorder):
+    import_rows(aws_env, table, tmp_path, [f"slow|S|{recorder.command(30)}"])
+    worker = workers.start(table, "--lease", LEASE, "--timeout", "1", "--max-attempts", "1")
+    assert worker.wait(timeout=30) == 0
+    item = TaskQueue(client, table).get("slow")
+    assert item.state is ItemState.FAILED and item.subtasks[0].exit_code == 124
+    assert item.log_summary["Task_0"]["Timed_Out"] is True
+    assert item.last_error == "Task_0: timed out after 1s"
+    assert [r.end for r in recorder.runs()] == [None]

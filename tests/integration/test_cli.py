@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -199,3 +200,19 @@ def test_reset_by_expired_instance_and_task(aws_env, table, known_state):
     proc = cli("reset", table, "--task", "A", env=aws_env)
     assert "reset d1: done -> todo" in proc.stdout and "t1: already todo" in proc.stdout
     assert_one_line_error(cli("reset", table, "ghost", env=aws_env), 2)
+
+
+def test_status_watch_returns_once_the_run_is_finished(aws_env, client, table, tmp_path: Path):
+    cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
+    queue = TaskQueue(client, table, owner="w", lease_seconds=30)
+    item, lease = queue.claim()
+    finisher = threading.Timer(1.0, queue.record, args=(lease, SubtaskResult(
+        "Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})),
+        kwargs={"final": ItemState.DONE})
+    finisher.start()
+    started = time.monotonic()
+    proc = cli("status", table, "--watch", "0.3", env=aws_env, timeout=30)
+    finisher.join()
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started >= 1.0
+    assert "sub-tasks done: 1/1 (100.0%)" in proc.stdout
