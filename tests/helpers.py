@@ -101,23 +101,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
 def kill_tree(pid: int) -> None:
     """SIGKILL a worker and every process under it, as if its machine died.
 
     Everything is frozen first, so no process is reparented (and missed) while we kill.
     """
-    tree = [pid, *descendants(pid)]
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGSTOP)
-        except ProcessLookupError:
-            pass
-    tree = [pid, *descendants(pid)]
-    for p in tree:
-        try:
-            os.kill(p, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    _signal_all([pid, *descendants(pid)], signal.SIGSTOP)
+    _signal_all([pid, *descendants(pid)], signal.SIGKILL)
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message: str = "condition"):
