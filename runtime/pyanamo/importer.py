@@ -65,6 +65,8 @@ def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | No
 def parse_task_bytes(
     raw: bytes, name: str, delimiter: str = "|", nested_delimiter: str | None = None
 ) -> list[Item]:
+    if nested_delimiter is not None and (not nested_delimiter or nested_delimiter == delimiter):
+        raise UsageError("--nested-delimiter must be non-empty and differ from --delimiter")
     errors: list[str] = []
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte order mark from a spreadsheet export

@@ -177,3 +177,8 @@ def test_property_arbitrary_bytes_parse_or_fail_cleanly(junk: bytes):
         assert exc.errors and all(e.startswith("tasks.txt:") for e in exc.errors)
     else:
         assert all(i.item_id and i.task_id and i.subtasks for i in items)
+
+
+def test_nested_delimiter_must_differ_from_the_delimiter():
+    with pytest.raises(UsageError, match="must be non-empty and differ"):
+        parse("itemID|taskID|TaskScript|TaskArgs\na|t|x|1|2\n", nested_delimiter="|")
