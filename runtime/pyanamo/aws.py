@@ -38,10 +38,10 @@ def _is_local(url: str | None) -> bool:
     return bool(url) and urlparse(url).hostname in LOCAL_HOSTS
 
 
-def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):
-    """A thread-safe low-level DynamoDB client.
+def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):
+    """A thread-safe low-level client for ``service``.
 
-    boto3 already honours AWS_ENDPOINT_URL(_DYNAMODB), AWS_REGION and AWS_PROFILE; this adds
+    boto3 already honours AWS_ENDPOINT_URL(_<SERVICE>), AWS_REGION and AWS_PROFILE; this adds
     dummy credentials and a default region when the endpoint is a local one (``pyanamo local``),
     and boto3's standard retry mode unless the environment chooses one.
     """
@@ -57,8 +57,10 @@ def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10
         read_timeout=20,
         max_pool_connections=pool,
     )
-    url = endpoint.url or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB") or os.environ.get(
-        "AWS_ENDPOINT_URL"
+    url = (
+        endpoint.url
+        or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")
+        or os.environ.get("AWS_ENDPOINT_URL")
     )
     kwargs: dict = {"config": config}
     if endpoint.url:
@@ -71,7 +73,11 @@ def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10
             kwargs["aws_secret_access_key"] = "local"
     elif session.region_name is None:
         raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
-    return session.client("dynamodb", **kwargs)
+    return session.client(service, **kwargs)
+
+
+def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):
+    return aws_client("dynamodb", endpoint, max_attempts=max_attempts, pool=pool)
 
 
 def error_code(exc: BaseException) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import events
-from .aws import Endpoint, PyAnamoError, UsageError, describe, dynamodb_client
+from .aws import Endpoint, PyAnamoError, UsageError, aws_client, describe, dynamodb_client
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request
 
@@ -90,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("table")
     p.add_argument("item_id", metavar="ITEM_ID")
     p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
+
+    p = command("fleet", "the worker fleet of a deployed stack")
+    fleet = p.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
+    f = fleet.add_parser("status", parents=[common], help="the group's size and instances")
+    f.add_argument("stack")
+    f = fleet.add_parser("scale", parents=[common], help="set the group's desired capacity")
+    f.add_argument("stack")
+    f.add_argument("size", type=int)
+    f = fleet.add_parser("leave", parents=[common],
+                         help="take this instance out of its group (run on an instance when its worker exits)")
+    f.add_argument("--worker-exit", type=int, default=None, metavar="CODE",
+                   help="the worker's exit code: 128 and above (stopped by a signal) means stay")
 
     p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
@@ -218,6 +230,36 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import fleet
+
+    endpoint = Endpoint(getattr(args, "endpoint_url", None), getattr(args, "region", None))
+    autoscaling = aws_client("autoscaling", endpoint)
+    if args.fleet_command == "leave":
+        print(fleet.leave(autoscaling, args.worker_exit))
+        return 0
+    stack = fleet.read_stack(aws_client("cloudformation", endpoint), args.stack)
+    if args.fleet_command == "scale":
+        group = fleet.scale(autoscaling, stack.group, args.size)
+        print(f"fleet {stack.group}: desired capacity {group['DesiredCapacity']} (max {group['MaxSize']})")
+        return 0
+    group = fleet.describe_group(autoscaling, stack.group)
+    instances = Table(title=f"fleet {stack.group} (table {stack.table}): desired {group['DesiredCapacity']}, "
+                      f"min {group['MinSize']}, max {group['MaxSize']}", title_justify="left")
+    for column in ("instance", "type", "zone", "state", "health"):
+        instances.add_column(column)
+    for i in group.get("Instances", []):
+        instances.add_row(i["InstanceId"], i.get("InstanceType", "?"), i.get("AvailabilityZone", "?"),
+                          i.get("LifecycleState", "?"), i.get("HealthStatus", "?"))
+    Console().print(instances)
+    if stack.log_bucket:
+        print(f"full logs: s3://{stack.log_bucket}/")
+    return 0
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     from .local import serve
 
@@ -232,6 +274,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "reset": cmd_reset,
     "logs": cmd_logs,
+    "fleet": cmd_fleet,
     "local": cmd_local,
 }
 

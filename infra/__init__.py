@@ -1,0 +1,1 @@
+"""The PyAnamo CDK app: one construct per concern, wired by PyAnamoStack."""

@@ -1,0 +1,62 @@
+"""The backlog scaler: a one-minute schedule runs `pyanamo.scaler.handler` in a Lambda."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_events as events
+from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from .worker_fleet import ASSET_EXCLUDE
+
+
+class BacklogScaler(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        runtime_path: Path,
+        table_name: str,
+        state_index_arn: str,
+        group_name: str,
+        group_arn: str,
+        items_per_instance: int,
+    ) -> None:
+        super().__init__(scope, id)
+        self.function = lambda_.Function(
+            self,
+            "Function",
+            runtime=lambda_.Runtime.PYTHON_3_14,
+            handler="pyanamo.scaler.handler",
+            code=lambda_.Code.from_asset(str(runtime_path), exclude=ASSET_EXCLUDE),
+            timeout=Duration.seconds(60),
+            memory_size=256,
+            description="PyAnamo: raise the fleet to the todo backlog",
+            environment={
+                "TABLE_NAME": table_name,
+                "GROUP_NAME": group_name,
+                "ITEMS_PER_INSTANCE": str(items_per_instance),
+            },
+            log_group=logs.LogGroup(
+                self, "Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
+            ),
+        )
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["dynamodb:Query"], resources=[state_index_arn]))
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["autoscaling:SetDesiredCapacity"], resources=[group_arn]))
+        self.describe_statement = iam.PolicyStatement(
+            actions=["autoscaling:DescribeAutoScalingGroups"], resources=["*"])
+        self.function.add_to_role_policy(self.describe_statement)
+        self.schedule = events.Rule(
+            self,
+            "Schedule",
+            schedule=events.Schedule.rate(Duration.minutes(1)),
+            targets=[targets.LambdaFunction(self.function)],
+        )

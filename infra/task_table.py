@@ -1,0 +1,43 @@
+"""The task table, built from the runtime's single table definition."""
+
+from __future__ import annotations
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_dynamodb as dynamodb
+from constructs import Construct
+
+from pyanamo import schema
+
+
+class TaskTable(Construct):
+    def __init__(self, scope: Construct, id: str, *, table_name: str, retain: bool) -> None:
+        super().__init__(scope, id)
+        self.table = dynamodb.Table(
+            self,
+            "Table",
+            table_name=table_name,
+            partition_key=dynamodb.Attribute(name=schema.PARTITION_KEY, type=dynamodb.AttributeType.STRING),
+            billing_mode=dynamodb.BillingMode.PAY_PER_REQUEST,
+            encryption=dynamodb.TableEncryption.AWS_MANAGED,
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY,
+        )
+        for index in schema.INDEXES:
+            self.table.add_global_secondary_index(
+                index_name=index.name,
+                partition_key=dynamodb.Attribute(name=index.partition_key, type=dynamodb.AttributeType.STRING),
+                sort_key=dynamodb.Attribute(name=index.sort_key, type=dynamodb.AttributeType.STRING),
+                projection_type=(
+                    dynamodb.ProjectionType.INCLUDE if index.projection else dynamodb.ProjectionType.KEYS_ONLY
+                ),
+                non_key_attributes=list(index.projection) or None,
+            )
+
+    def index_arns(self) -> list[str]:
+        """The ARN of each index by name: IAM statements name them, never `index/*`."""
+        return [f"{self.table.table_arn}/index/{index.name}" for index in schema.INDEXES]
+
+    def index_arn(self, index: schema.Index) -> str:
+        return f"{self.table.table_arn}/index/{index.name}"

@@ -1,0 +1,156 @@
+"""The worker fleet: network, launch template (IMDSv2, encrypted root, no SSH) and the group."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Mapping
+
+from aws_cdk import Annotations, ArnFormat, Fn, Stack
+from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_s3_assets as s3_assets
+from constructs import Construct
+
+from .settings import Settings
+
+BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
+ASSET_EXCLUDE = ["**/__pycache__", "*.egg-info", "build", "dist"]
+
+
+def render_user_data(environment: Mapping[str, str]) -> str:
+    """The user-data: the settings as exported variables, then the bootstrap script."""
+    body = BOOTSTRAP.read_text().split("\n", 1)[1]  # drop the shebang: ours comes first
+    exports = "\n".join(f"export {name}={_quote(value)}" for name, value in environment.items())
+    return f"#!/bin/bash\n{exports}\n{body}"
+
+
+def _quote(value: str) -> str:
+    # CDK tokens (${Token[...]}) become plain names and ARNs at deploy time: quote as text.
+    return shlex.quote(value) if "${Token[" not in value else f"'{value}'"
+
+
+class WorkerFleet(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        settings: Settings,
+        runtime_path: Path,
+        table_name: str,
+        log_bucket: str,
+    ) -> None:
+        super().__init__(scope, id)
+        self.vpc, subnets = self._network(settings)
+        self.runtime = s3_assets.Asset(self, "Runtime", path=str(runtime_path), exclude=ASSET_EXCLUDE)
+        self.role = iam.Role(
+            self,
+            "Role",
+            assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
+            description="PyAnamo worker instances",
+            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+        )
+        self.security_group = ec2.SecurityGroup(
+            self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=True,
+            description="PyAnamo workers: no inbound access (use SSM Session Manager)",
+        )
+        worker_args = [*settings.worker_args(), "--log-bucket", log_bucket]
+        self.user_data = ec2.UserData.custom(render_user_data({
+            "AWS_REGION": Stack.of(self).region,
+            "PYANAMO_TABLE": table_name,
+            "PYANAMO_ASSET": self.runtime.s3_object_url,
+            "PYANAMO_WORKER_ARGS": " ".join(worker_args),
+        }))
+        cpu = ec2.AmazonLinuxCpuType.ARM_64 if settings.arm64 else ec2.AmazonLinuxCpuType.X86_64
+        self.launch_template = ec2.LaunchTemplate(
+            self,
+            "LaunchTemplate",
+            machine_image=ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu),
+            user_data=self.user_data,
+            role=self.role,
+            security_group=self.security_group,
+            require_imdsv2=True,
+            http_put_response_hop_limit=1,
+            associate_public_ip_address=settings.assign_public_ip or None,
+            block_devices=[
+                ec2.BlockDevice(
+                    device_name="/dev/xvda",
+                    volume=ec2.BlockDeviceVolume.ebs(
+                        settings.volume_size, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        delete_on_termination=True,
+                    ),
+                )
+            ],
+        )
+        spot = settings.spot
+        self.group = autoscaling.AutoScalingGroup(
+            self,
+            "Group",
+            vpc=self.vpc,
+            vpc_subnets=subnets,
+            min_capacity=0,
+            max_capacity=settings.fleet_size,
+            desired_capacity=settings.desired_capacity,
+            capacity_rebalance=spot,
+            mixed_instances_policy=autoscaling.MixedInstancesPolicy(
+                launch_template=self.launch_template,
+                launch_template_overrides=[
+                    autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
+                    for t in settings.instance_types
+                ],
+                instances_distribution=autoscaling.InstancesDistribution(
+                    on_demand_base_capacity=0,
+                    on_demand_percentage_above_base_capacity=0 if spot else 100,
+                    spot_allocation_strategy=(
+                        autoscaling.SpotAllocationStrategy.CAPACITY_OPTIMIZED if spot else None
+                    ),
+                ),
+            ),
+        )
+
+        Annotations.of(self.group).acknowledge_warning(
+            "@aws-cdk/aws-autoscaling:desiredCapacitySet",
+            "intended: a deployment sets the fleet size from context; instances then leave on drain",
+        )
+
+    def group_arn(self) -> str:
+        """The group's ARN; its middle part is a UUID AWS assigns, hence the one wildcard."""
+        return Stack.of(self).format_arn(
+            service="autoscaling",
+            resource="autoScalingGroup",
+            resource_name=f"*:autoScalingGroupName/{self.group.auto_scaling_group_name}",
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+
+    def _network(self, settings: Settings) -> tuple[ec2.IVpc, ec2.SubnetSelection]:
+        if settings.vpc_id and settings.subnet_ids:
+            vpc = ec2.Vpc.from_vpc_attributes(
+                self, "Vpc", vpc_id=settings.vpc_id, availability_zones=Fn.get_azs()
+            )
+            Annotations.of(vpc).acknowledge_warning(
+                "@aws-cdk/aws-ec2:vpcAttributeIsListTokenavailabilityZones",
+                "the group gets its subnets explicitly; nothing asks this VPC for its subnets or zones",
+            )
+            subnets = [ec2.Subnet.from_subnet_id(self, f"Subnet{n}", s) for n, s in enumerate(settings.subnet_ids)]
+            for subnet in subnets:
+                Annotations.of(subnet).acknowledge_warning(
+                    "@aws-cdk/aws-ec2:noSubnetRouteTableId", "nothing here reads the subnets' route tables"
+                )
+            return vpc, ec2.SubnetSelection(subnets=subnets)
+        if settings.vpc_id:
+            vpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=settings.vpc_id)
+            kind = ec2.SubnetType.PUBLIC if settings.assign_public_ip else ec2.SubnetType.PRIVATE_WITH_EGRESS
+            return vpc, ec2.SubnetSelection(subnet_type=kind)
+        vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            max_azs=3,
+            nat_gateways=0,
+            restrict_default_security_group=False,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(name="public", subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=20)
+            ],
+        )
+        return vpc, ec2.SubnetSelection(subnet_type=ec2.SubnetType.PUBLIC)

@@ -1,0 +1,306 @@
+"""The CDK app, synthesized for real and checked with assertions, cdk-nag and cfn-lint."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Annotations, Match, Template
+from helpers import REPO
+
+from infra.settings import Settings, context_keys
+from pyanamo import schema
+
+os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
+
+VARIANT_CONTEXT = {
+    "table": "HaplotypeCaller", "spot": "true", "fleet_size": "20", "desired_capacity": "2",
+    "instance_types": "c6i.2xlarge,c5.2xlarge", "vpc_id": "vpc-0123456789abcdef0",
+    "subnet_ids": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2", "retain": "true",
+    "items": "2", "nests": "4", "lease": "600", "timeout": "7200", "scaler": "false",
+}
+
+
+class Synth:
+    def __init__(self, context: dict[str, Any], outdir: Path) -> None:
+        import app
+
+        self.app = app.build_app(context, outdir=str(outdir))
+        self.stack = self.app.node.children[0]
+        self.template = Template.from_stack(self.stack)
+        self.json = self.template.to_json()
+        self.outdir = outdir
+        self.app.synth()
+
+    def resources(self, kind: str) -> dict[str, Any]:
+        return self.template.find_resources(kind)
+
+    def one(self, kind: str) -> dict[str, Any]:
+        found = list(self.resources(kind).values())
+        assert len(found) == 1, f"{len(found)} {kind}"
+        return found[0]
+
+
+@pytest.fixture(scope="module")
+def default(tmp_path_factory) -> Synth:
+    return Synth({}, tmp_path_factory.mktemp("default"))
+
+
+@pytest.fixture(scope="module")
+def variant(tmp_path_factory) -> Synth:
+    return Synth(VARIANT_CONTEXT, tmp_path_factory.mktemp("variant"))
+
+
+@pytest.fixture(params=["default", "variant"])
+def synth(request) -> Synth:
+    return request.getfixturevalue(request.param)
+
+
+def statements(synth: Synth) -> list[dict[str, Any]]:
+    found = []
+    for policy in synth.resources("AWS::IAM::Policy").values():
+        found += policy["Properties"]["PolicyDocument"]["Statement"]
+    return found
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def render(value: Any) -> str:
+    """A Fn::Join / Ref / GetAtt value as text, tokens shown as <Name>."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        if "Fn::Join" in value:
+            sep, parts = value["Fn::Join"]
+            return sep.join(render(p) for p in parts)
+        if "Ref" in value:
+            return f"<{value['Ref']}>"
+        if "Fn::GetAtt" in value:
+            return f"<{'.'.join(value['Fn::GetAtt'])}>"
+        if "Fn::Base64" in value:
+            return render(value["Fn::Base64"])
+        if "Fn::Sub" in value and isinstance(value["Fn::Sub"], str):
+            return re.sub(r"\$\{([^}]+)\}", r"<\1>", value["Fn::Sub"])
+    return json.dumps(value)
+
+
+# -- the table ----------------------------------------------------------------------------
+
+def test_table_keys_and_indexes_equal_the_runtime_definition(synth: Synth):
+    table = synth.one("AWS::DynamoDB::Table")["Properties"]
+    expected = schema.create_table_request("x")
+    assert table["KeySchema"] == expected["KeySchema"]
+    assert sorted(table["AttributeDefinitions"], key=str) == sorted(expected["AttributeDefinitions"], key=str)
+
+    def normal(indexes):
+        return sorted(
+            (i["IndexName"], json.dumps(i["KeySchema"]), i["Projection"]["ProjectionType"],
+             tuple(sorted(i["Projection"].get("NonKeyAttributes", []))))
+            for i in indexes)
+
+    assert normal(table["GlobalSecondaryIndexes"]) == normal(expected["GlobalSecondaryIndexes"])
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["PointInTimeRecoverySpecification"] == {"PointInTimeRecoveryEnabled": True}
+    assert table["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_table_name_and_removal_policy_come_from_context(default: Synth, variant: Synth):
+    table = default.one("AWS::DynamoDB::Table")
+    assert table["Properties"]["TableName"] == Settings().table
+    assert table["DeletionPolicy"] == "Delete"
+    table = variant.one("AWS::DynamoDB::Table")
+    assert table["Properties"]["TableName"] == "HaplotypeCaller"
+    assert table["DeletionPolicy"] == "Retain"
+    assert variant.one("AWS::S3::Bucket")["DeletionPolicy"] == "Retain"
+
+
+# -- the fleet ----------------------------------------------------------------------------
+
+def test_launch_template_requires_imdsv2_encrypts_and_opens_nothing(synth: Synth):
+    data = synth.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    assert data["MetadataOptions"]["HttpPutResponseHopLimit"] == 1
+    assert "KeyName" not in data
+    (device,) = data["BlockDeviceMappings"]
+    assert device["Ebs"]["Encrypted"] is True and device["Ebs"]["VolumeType"] == "gp3"
+    group = synth.one("AWS::EC2::SecurityGroup")["Properties"]
+    assert "SecurityGroupIngress" not in group
+    assert not synth.resources("AWS::EC2::SecurityGroupIngress")
+
+
+def test_ami_is_the_latest_amazon_linux_2023_from_ssm(default: Synth, tmp_path: Path):
+    parameters = default.json["Parameters"]
+    ami = [p for p in parameters.values() if p["Type"].startswith("AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>")]
+    assert [p["Default"] for p in ami] == ["/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-x86_64"]
+    arm = Synth({"instance_types": "c7g.xlarge,m7g.xlarge"}, tmp_path)
+    assert any(p.get("Default", "").endswith("al2023-ami-kernel-6.1-arm64") for p in arm.json["Parameters"].values())
+
+
+def test_user_data_installs_and_starts_the_worker_with_the_settings(default: Synth, variant: Synth):
+    text = render(default.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"])
+    assert text.startswith("#!/bin/bash\n")
+    table_ref = default.json["Outputs"]["TableName"]["Value"]["Ref"]
+    assert f"export PYANAMO_TABLE='<{table_ref}>'" in text
+    assert "export PYANAMO_ASSET='s3://cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/" in text
+    assert "export PYANAMO_WORKER_ARGS='--lease 300 --items 1 --nests 1 --max-attempts 2 --quiet --log-bucket <Logs" in text
+    assert (REPO / "infra" / "bootstrap.sh").read_text().split("\n", 1)[1] in text
+    assert "systemctl enable --now pyanamo-worker.service" in text
+    text = render(variant.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"])
+    assert "--lease 600 --items 2 --nests 4 --max-attempts 2 --quiet --timeout 7200 --log-bucket" in text
+
+
+def test_group_starts_empty_and_takes_size_types_and_spot_from_context(default: Synth, variant: Synth):
+    group = default.one("AWS::AutoScaling::AutoScalingGroup")["Properties"]
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == ("0", "10", "0")
+    distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert distribution["OnDemandPercentageAboveBaseCapacity"] == 100
+    group = variant.one("AWS::AutoScaling::AutoScalingGroup")["Properties"]
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == ("0", "20", "2")
+    assert group["CapacityRebalance"] is True
+    distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
+    assert distribution["OnDemandPercentageAboveBaseCapacity"] == 0
+    assert distribution["SpotAllocationStrategy"] == "capacity-optimized"
+    overrides = group["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
+    assert [o["InstanceType"] for o in overrides] == ["c6i.2xlarge", "c5.2xlarge"]
+    assert group["VPCZoneIdentifier"] == ["subnet-0aaaaaaaaaaaaaaa1", "subnet-0bbbbbbbbbbbbbbb2"]
+
+
+def test_new_vpc_has_public_subnets_and_no_nat(default: Synth, variant: Synth):
+    assert len(default.resources("AWS::EC2::VPC")) == 1
+    assert not default.resources("AWS::EC2::NatGateway")
+    assert all(s["Properties"]["MapPublicIpOnLaunch"] for s in default.resources("AWS::EC2::Subnet").values())
+    assert default.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["NetworkInterfaces"][0][
+        "AssociatePublicIpAddress"] is True
+    assert not variant.resources("AWS::EC2::VPC") and not variant.resources("AWS::EC2::Subnet")
+
+
+# -- least privilege ----------------------------------------------------------------------
+
+def test_iam_names_the_table_and_its_indexes_never_star(synth: Synth):
+    table_id = next(iter(synth.resources("AWS::DynamoDB::Table")))
+    for statement in statements(synth):
+        actions = as_list(statement["Action"])
+        resources = [render(r) for r in as_list(statement["Resource"])]
+        if any(a.startswith("dynamodb:") for a in actions):
+            for resource in resources:
+                assert resource == f"<{table_id}.Arn>" or resource in {
+                    f"<{table_id}.Arn>/index/{i.name}" for i in schema.INDEXES}, resource
+        if "*" in resources:
+            assert actions == ["autoscaling:DescribeAutoScalingGroups"], statement
+    worker_actions = {a for s in statements(synth) for a in as_list(s["Action"])}
+    assert {"dynamodb:UpdateItem", "dynamodb:Query", "autoscaling:TerminateInstanceInAutoScalingGroup",
+            "s3:PutObject", "s3:GetObject"} <= worker_actions
+    assert not any(a in worker_actions for a in ("dynamodb:*", "dynamodb:DeleteTable", "dynamodb:Scan", "s3:*"))
+
+
+def test_group_arn_has_the_real_arn_shape(default: Synth):
+    arns = {render(r) for s in statements(default) for r in as_list(s["Resource"])
+            if "autoscaling" in render(r)}
+    group = next(iter(default.resources("AWS::AutoScaling::AutoScalingGroup")))
+    assert arns == {f"arn:<AWS::Partition>:autoscaling:<AWS::Region>:<AWS::AccountId>:autoScalingGroup:*:"
+                    f"autoScalingGroupName/<{group}>"}
+
+
+def test_log_bucket_is_private_encrypted_expiring_and_denies_plain_http(synth: Synth):
+    bucket = synth.one("AWS::S3::Bucket")["Properties"]
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
+    assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
+        "SSEAlgorithm"] == "AES256"
+    assert bucket["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 90
+    policy = synth.one("AWS::S3::BucketPolicy")["Properties"]["PolicyDocument"]["Statement"]
+    assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+               for s in policy)
+
+
+# -- the backlog scaler and outputs -------------------------------------------------------
+
+def test_backlog_scaler_runs_every_minute_with_its_settings(default: Synth, variant: Synth):
+    (function,) = [f["Properties"] for f in default.resources("AWS::Lambda::Function").values()
+                   if f["Properties"]["Handler"] == "pyanamo.scaler.handler"]
+    assert function["Runtime"] == "python3.14"
+    assert function["Environment"]["Variables"]["ITEMS_PER_INSTANCE"] == "1"
+    rule = default.one("AWS::Events::Rule")["Properties"]
+    assert rule["ScheduleExpression"] == "rate(1 minute)"
+    assert not variant.resources("AWS::Events::Rule")
+
+
+def test_outputs_name_the_table_group_and_bucket(synth: Synth):
+    from pyanamo import fleet
+
+    assert set(synth.json["Outputs"]) >= {fleet.OUTPUT_TABLE, fleet.OUTPUT_GROUP, fleet.OUTPUT_LOG_BUCKET}
+
+
+# -- checks -------------------------------------------------------------------------------
+
+def test_cdk_nag_reports_no_unsuppressed_errors_or_warnings(synth: Synth):
+    annotations = Annotations.from_stack(synth.stack)
+    errors = annotations.find_error("*", Match.any_value())
+    warnings = annotations.find_warning("*", Match.any_value())
+    assert [str(e.entry.data)[:200] for e in errors] == []
+    assert [str(w.entry.data)[:200] for w in warnings] == []
+
+
+def test_every_nag_suppression_has_a_reason(synth: Synth):
+    found = 0
+    for resource in synth.json["Resources"].values():
+        for rule in resource.get("Metadata", {}).get("cdk_nag", {}).get("rules_to_suppress", []):
+            found += 1
+            assert len(rule["reason"]) >= 30, rule
+    assert found >= 4
+
+
+def test_cfn_lint_finds_no_errors(synth: Synth):
+    template = synth.outdir / f"{synth.stack.stack_name}.template.json"
+    proc = subprocess.run([sys.executable, "-m", "cfnlint", str(template)], capture_output=True, text=True)
+    assert proc.returncode & 2 == 0, proc.stdout  # 2: errors; 4: warnings only
+    assert " E" not in proc.stdout and not proc.stdout.startswith("E")
+
+
+# -- the app as the CDK CLI runs it -------------------------------------------------------
+
+def test_cdk_json_lists_every_setting_with_its_default():
+    context = json.loads((REPO / "cdk.json").read_text())["context"]
+    defaults = {k: (",".join(v) if isinstance(v, tuple) else v) for k, v in context_keys().items()}
+    assert context == defaults
+    assert json.loads((REPO / "cdk.json").read_text())["app"] == "python3 app.py"
+
+
+def _run_app(tmp_path: Path, context: dict[str, Any] | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "CDK_OUTDIR": str(tmp_path)}
+    if context is not None:
+        env["CDK_CONTEXT_JSON"] = json.dumps(context)
+    return subprocess.run([sys.executable, "app.py"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_python_app_synthesizes_offline(tmp_path: Path):
+    proc = _run_app(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "PyAnamo.template.json").exists()
+
+
+def test_bad_context_is_a_one_line_error(tmp_path: Path):
+    proc = _run_app(tmp_path, {"fleet_size": "lots"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "pyanamo: error: context fleet_size='lots': invalid literal for int() with base 10: 'lots'"
+    proc = _run_app(tmp_path, {"instance_types": "c7g.large,c6i.large"})
+    assert "mixes Graviton (arm64) and x86_64" in proc.stderr and proc.returncode == 2
+
+
+@pytest.mark.skipif(shutil.which("cdk") is None, reason="the CDK CLI (npm aws-cdk) is not installed")
+def test_cdk_synth_with_the_cli(tmp_path: Path):
+    proc = subprocess.run(["cdk", "synth", "--quiet", "--output", str(tmp_path), "-c", "spot=true"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+
