@@ -13,7 +13,7 @@ from typing import Iterator
 
 import pytest
 
-from pyanamo.aws import Endpoint, dynamodb_client
+from pyanamo.aws import Endpoint, aws_client, dynamodb_client
 from pyanamo.local import free_port
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import create_table_request
@@ -50,6 +50,7 @@ def moto_url() -> Iterator[str]:
 def aws_env(moto_url: str) -> dict[str, str]:
     """The environment for CLI and worker processes pointed at the moto server."""
     return {
+        "AWS_ENDPOINT_URL": moto_url,  # every service: DynamoDB, S3, EC2, Auto Scaling, ...
         "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
         "AWS_ENDPOINT_URL_S3": moto_url,
         "AWS_ACCESS_KEY_ID": "testing",
@@ -67,6 +68,7 @@ def _environment(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
         if name.startswith("AWS_") or name.startswith("PYANAMO_"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: never real AWS
     if "aws_env" in request.fixturenames:
         for name, value in request.getfixturevalue("aws_env").items():
             monkeypatch.setenv(name, value)
@@ -101,3 +103,25 @@ def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Recorder:
     rec = Recorder(tmp_path)
     monkeypatch.setenv("RECORD_FILE", str(rec.file))
     return rec
+
+
+@pytest.fixture
+def autoscaling(aws_env):
+    return aws_client("autoscaling", Endpoint())
+
+
+@pytest.fixture
+def make_group(aws_env, autoscaling):
+    ec2 = aws_client("ec2", Endpoint())
+    subnet = ec2.describe_subnets()["Subnets"][0]["SubnetId"]
+
+    def make(maximum: int, desired: int = 0) -> str:
+        name = f"g-{uuid.uuid4().hex[:8]}"
+        ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+            "ImageId": "ami-03c3da4cfa8e8943a", "InstanceType": "t3.micro"})
+        autoscaling.create_auto_scaling_group(
+            AutoScalingGroupName=name, LaunchTemplate={"LaunchTemplateName": name},
+            MinSize=0, MaxSize=maximum, DesiredCapacity=desired, VPCZoneIdentifier=subnet)
+        return name
+
+    return make

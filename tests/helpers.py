@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -196,3 +198,56 @@ def max_overlap(runs: list[Run]) -> int:
         level += step
         peak = max(peak, level)
     return peak
+
+
+class StubImds:
+    """A stub EC2 instance metadata service (IMDSv2 only) on 127.0.0.1.
+
+    Answers instance-id, and spot/instance-action once ``interrupt()`` was called.
+    """
+
+    TOKEN = "stub-token"
+
+    def __init__(self, instance_id: str) -> None:
+        self.instance_id = instance_id
+        self.spot_action: str | None = None
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_PUT(self) -> None:
+                ok = self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds")
+                self._reply(200 if ok else 400, stub.TOKEN if ok else "")
+
+            def do_GET(self) -> None:
+                if self.headers.get("X-aws-ec2-metadata-token") != stub.TOKEN:
+                    self._reply(401, "")  # IMDSv2 only: no token, no answer
+                elif self.path == "/latest/meta-data/instance-id":
+                    self._reply(200, stub.instance_id)
+                elif self.path == "/latest/meta-data/spot/instance-action" and stub.spot_action:
+                    self._reply(200, stub.spot_action)
+                else:
+                    self._reply(404, "")
+
+            def _reply(self, code: int, body: str) -> None:
+                data = body.encode()
+                self.send_response(code)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def interrupt(self, action: str = "terminate") -> None:
+        self.spot_action = f'{{"action": "{action}", "time": "2026-11-25T08:00:00Z"}}'
+
+    def __enter__(self) -> "StubImds":
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

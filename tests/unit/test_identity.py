@@ -3,51 +3,19 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterator
 
 import pytest
+from helpers import StubImds
 
 from pyanamo.identity import Imds, worker_identity
 
 
-class _Imds(BaseHTTPRequestHandler):
-    token = "tok-123"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def do_PUT(self) -> None:
-        if self.path == "/latest/api/token" and self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
-            self._reply(200, self.token)
-        else:
-            self._reply(400, "")
-
-    def do_GET(self) -> None:
-        if self.headers.get("X-aws-ec2-metadata-token") != self.token:
-            self._reply(401, "")  # IMDSv2 only: no token, no answer
-        elif self.path == "/latest/meta-data/instance-id":
-            self._reply(200, "i-0123456789abcdef0")
-        else:
-            self._reply(404, "")
-
-    def _reply(self, code: int, body: str) -> None:
-        data = body.encode()
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
 @pytest.fixture
 def imds_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Imds)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with StubImds("i-0123456789abcdef0") as stub:
+        yield stub.url
 
 
 def test_instance_id_from_imdsv2(imds_url: str, monkeypatch: pytest.MonkeyPatch):

@@ -1,0 +1,62 @@
+"""The fleet's bootstrap script, run for real in a folder standing in for an instance."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import zipfile
+from pathlib import Path
+
+from helpers import REPO, StubImds, cli, write_task_file
+
+from pyanamo.fleet import describe_group
+from pyanamo.queue import TaskQueue
+from pyanamo.schema import ItemState
+
+
+def runtime_zip(path: Path) -> Path:
+    """The runtime folder zipped as the CDK asset is (build leftovers excluded)."""
+    root = REPO / "runtime"
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in sorted(root.rglob("*")):
+            parts = file.relative_to(root).parts
+            if file.is_file() and not any(p == "__pycache__" or p.endswith(".egg-info") or p == "build" for p in parts):
+                archive.write(file, file.relative_to(root).as_posix())
+    return path
+
+
+def test_bootstrap_installs_the_worker_drains_the_table_and_leaves_the_group(
+        aws_env, client, table, autoscaling, make_group, tmp_path: Path):
+    group = make_group(maximum=2, desired=1)
+    (instance_id,) = [i["InstanceId"] for i in describe_group(autoscaling, group)["Instances"]]
+    rows = [f"s{n}|S|echo \"$PYANAMO_ITEM_ID on $(hostname)\" > $PYANAMO_ITEM_ID.out" for n in range(3)]
+    assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
+    home = tmp_path / "instance" / "opt" / "pyanamo"
+
+    with StubImds(instance_id) as imds:
+        env = {
+            **os.environ,
+            **aws_env,
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url,
+            "PYANAMO_TABLE": table,
+            "PYANAMO_ASSET": str(runtime_zip(tmp_path / "runtime.zip")),
+            "PYANAMO_HOME": str(home),
+            "PYANAMO_PYTHON": "python3",
+            "PYANAMO_MODE": "foreground",
+            "PYANAMO_WORKER_ARGS": "--lease 10 --quiet",
+        }
+        env.pop("AWS_EC2_METADATA_DISABLED")  # this "instance" has a metadata service
+        proc = subprocess.run(["bash", str(REPO / "infra" / "bootstrap.sh")], env=env,
+                              capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"instance {instance_id} left its Auto Scaling group" in proc.stdout
+
+    assert (home / "venv" / "bin" / "pyanamo").exists()
+    queue = TaskQueue(client, table)
+    for n in range(3):
+        item = queue.get(f"s{n}")
+        assert item.state is ItemState.DONE and item.instance_id == instance_id
+        assert (home / "work" / f"s{n}.out").exists()
+        assert item.log_summary["Task_0"]["Log_Location"].startswith(str(home / "logs"))
+    after = describe_group(autoscaling, group)
+    assert after["DesiredCapacity"] == 0 and after["Instances"] == []

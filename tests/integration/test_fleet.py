@@ -1,0 +1,70 @@
+"""The backlog scaler and `fleet leave` against moto's DynamoDB and Auto Scaling over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import put_items
+
+from pyanamo import fleet, scaler
+from pyanamo.model import Item, Subtask
+
+
+def todo_items(client, table: str, count: int) -> None:
+    put_items(client, table, [Item(f"i{n}", "t", (Subtask("Task_0", "true"),)) for n in range(count)])
+
+
+def desired(autoscaling, group: str) -> int:
+    return fleet.describe_group(autoscaling, group)["DesiredCapacity"]
+
+
+@pytest.mark.parametrize("todo, per_instance, current, maximum, expected", [
+    (0, 10, 0, 8, 0), (45, 10, 0, 8, 5), (45, 10, 7, 8, 7), (500, 10, 2, 8, 8), (1, 4, 0, 8, 1)])
+def test_desired_capacity_rule(todo, per_instance, current, maximum, expected):
+    assert scaler.desired_capacity(todo, per_instance, current, maximum) == expected
+
+
+def test_no_todo_leaves_the_group_alone(client, table, autoscaling, make_group):
+    group = make_group(maximum=8)
+    result = scaler.scale(client, autoscaling, table, group, items_per_instance=10)
+    assert result == {"todo": 0, "previous": 0, "desired": 0, "maximum": 8}
+    assert desired(autoscaling, group) == 0
+
+
+def test_45_todo_with_10_per_instance_raises_to_5(client, table, autoscaling, make_group):
+    group = make_group(maximum=8)
+    todo_items(client, table, 45)
+    assert scaler.scale(client, autoscaling, table, group, items_per_instance=10)["todo"] == 45
+    assert desired(autoscaling, group) == 5
+
+
+def test_never_above_the_maximum(client, table, autoscaling, make_group):
+    group = make_group(maximum=3)
+    todo_items(client, table, 45)
+    result = scaler.scale(client, autoscaling, table, group, items_per_instance=10)
+    assert desired(autoscaling, group) == 3 and result["todo"] >= 30  # counting stops at enough
+
+
+def test_never_lowers(client, table, autoscaling, make_group):
+    group = make_group(maximum=8, desired=6)
+    todo_items(client, table, 12)
+    scaler.scale(client, autoscaling, table, group, items_per_instance=10)
+    assert desired(autoscaling, group) == 6
+
+
+def test_handler_reads_its_settings_from_the_environment(client, table, autoscaling, make_group, monkeypatch):
+    group = make_group(maximum=8)
+    todo_items(client, table, 7)
+    monkeypatch.setenv("TABLE_NAME", table)
+    monkeypatch.setenv("GROUP_NAME", group)
+    monkeypatch.setenv("ITEMS_PER_INSTANCE", "2")
+    assert scaler.handler({}, None)["desired"] == 4
+    assert desired(autoscaling, group) == 4
+
+
+def test_leave_stays_when_the_worker_was_stopped_by_a_signal(autoscaling):
+    assert "stays in its group" in fleet.leave(autoscaling, worker_exit=143)
+
+
+def test_leave_off_ec2_is_a_clear_error(autoscaling):
+    with pytest.raises(fleet.PyAnamoError, match="not on an EC2 instance"):
+        fleet.leave(autoscaling, worker_exit=0)
