@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 
 .PHONY: demo test clean
 
-$(VENV)/.installed: requirements.txt runtime/pyproject.toml
+$(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
 demo: $(VENV)/.installed
@@ -18,4 +19,4 @@ test: $(VENV)/.installed
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) demo-run
+	rm -rf $(VENV) node_modules demo-run

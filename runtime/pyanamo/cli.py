@@ -247,14 +247,18 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         print(f"fleet {stack.group}: desired capacity {group['DesiredCapacity']} (max {group['MaxSize']})")
         return 0
     group = fleet.describe_group(autoscaling, stack.group)
-    instances = Table(title=f"fleet {stack.group} (table {stack.table}): desired {group['DesiredCapacity']}, "
-                      f"min {group['MinSize']}, max {group['MaxSize']}", title_justify="left")
-    for column in ("instance", "type", "zone", "state", "health"):
-        instances.add_column(column)
-    for i in group.get("Instances", []):
-        instances.add_row(i["InstanceId"], i.get("InstanceType", "?"), i.get("AvailabilityZone", "?"),
-                          i.get("LifecycleState", "?"), i.get("HealthStatus", "?"))
-    Console().print(instances)
+    print(f"fleet {stack.group} (table {stack.table}): desired {group['DesiredCapacity']}, "
+          f"min {group['MinSize']}, max {group['MaxSize']}")
+    if group.get("Instances"):
+        instances = Table()
+        for column in ("instance", "type", "zone", "state", "health"):
+            instances.add_column(column)
+        for i in group["Instances"]:
+            instances.add_row(i["InstanceId"], i.get("InstanceType", "?"), i.get("AvailabilityZone", "?"),
+                              i.get("LifecycleState", "?"), i.get("HealthStatus", "?"))
+        Console().print(instances)
+    else:
+        print("no instances (the fleet is at zero)")
     if stack.log_bucket:
         print(f"full logs: s3://{stack.log_bucket}/")
     return 0

@@ -1,0 +1,133 @@
+"""The synthesized stack deployed on moto's server, read back through the service APIs, deleted.
+
+Deployment as the CDK CLI does it: assets zipped and uploaded to the bootstrap bucket, then the
+template created as a CloudFormation stack (boto3 `create_stack` on moto's server).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+from helpers import cli
+
+from pyanamo import schema
+from pyanamo.aws import Endpoint, aws_client
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+
+
+def upload_assets(s3, assembly: Path, stack: str) -> None:
+    manifest = json.loads((assembly / f"{stack}.assets.json").read_text())
+    for asset in manifest["files"].values():
+        source = assembly / asset["source"]["path"]
+        if asset["source"].get("packaging") == "zip":
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                for file in sorted(source.rglob("*")):
+                    if file.is_file():
+                        archive.write(file, file.relative_to(source).as_posix())
+            body = buffer.getvalue()
+        else:
+            body = source.read_bytes()
+        for destination in asset["destinations"].values():
+            bucket = destination["bucketName"].replace("${AWS::AccountId}", ACCOUNT).replace("${AWS::Region}", REGION)
+            if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+                s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket=bucket, Key=destination["objectKey"], Body=body)
+
+
+def wait_for_stack(cloudformation, name: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+        if not stacks[0]["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
+            return stacks[0]
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def services(aws_env):
+    endpoint = Endpoint()
+    return {name: aws_client(name, endpoint) for name in
+            ("cloudformation", "s3", "ec2", "autoscaling", "dynamodb", "lambda", "events", "iam")}
+
+
+def test_stack_deploys_on_moto_reads_back_and_deletes(aws_env, services, tmp_path: Path):
+    import app
+
+    ec2, cloudformation = services["ec2"], services["cloudformation"]
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]][:2]
+    name = f"PyAnamoTest{uuid.uuid4().hex[:8]}"
+    table = f"{name}-tasks"
+    context = {
+        "stack_name": name, "table": table, "vpc_id": vpc, "subnet_ids": ",".join(subnets),
+        "fleet_size": "4", "spot": "true", "instance_types": "c6i.large,c5.large",
+        # moto cannot run the Lambda-backed custom resource that empties the bucket, nor check
+        # the bootstrap version parameter: both off here, both on by default.
+        "empty_log_bucket_on_destroy": "false", "bootstrap_version_rule": "false",
+    }
+    assembly = tmp_path / "cdk.out"
+    app.build_app(context, outdir=str(assembly)).synth()
+    upload_assets(services["s3"], assembly, name)
+
+    cloudformation.create_stack(
+        StackName=name, TemplateBody=(assembly / f"{name}.template.json").read_text(),
+        Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM"])
+    stack = wait_for_stack(cloudformation, name)
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    outputs = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert outputs["TableName"] == table
+
+    # The table and its indexes, as the runtime defines them.
+    described = services["dynamodb"].describe_table(TableName=table)["Table"]
+    assert {g["IndexName"] for g in described["GlobalSecondaryIndexes"]} == {i.name for i in schema.INDEXES}
+    assert described["KeySchema"] == [{"AttributeName": schema.PARTITION_KEY, "KeyType": "HASH"}]
+
+    # The group and its launch template: IMDSv2 and the bootstrap in the user-data.
+    group = services["autoscaling"].describe_auto_scaling_groups(
+        AutoScalingGroupNames=[outputs["GroupName"]])["AutoScalingGroups"][0]
+    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == (0, 4, 0)
+    spec = group["MixedInstancesPolicy"]["LaunchTemplate"]["LaunchTemplateSpecification"]
+    data = ec2.describe_launch_template_versions(LaunchTemplateId=spec["LaunchTemplateId"])[
+        "LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert data["MetadataOptions"]["HttpTokens"] == "required"
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert f"export PYANAMO_TABLE='{table}'" in user_data
+    assert f"--log-bucket {outputs['LogBucketName']}/logs" in user_data
+    assert "systemctl enable --now pyanamo-worker.service" in user_data
+
+    # The fleet CLI reads the stack's outputs, as a user would.
+    status = cli("fleet", "status", name, env={**aws_env, "COLUMNS": "200"})
+    assert status.returncode == 0, status.stderr
+    assert f"fleet {outputs['GroupName']} (table {table}): desired 0, min 0, max 4" in status.stdout
+    scaled = cli("fleet", "scale", name, "2", env=aws_env)
+    assert scaled.returncode == 0 and "desired capacity 2 (max 4)" in scaled.stdout
+    assert len(services["autoscaling"].describe_auto_scaling_groups(
+        AutoScalingGroupNames=[outputs["GroupName"]])["AutoScalingGroups"][0]["Instances"]) == 2
+    too_many = cli("fleet", "scale", name, "9", env=aws_env)
+    assert too_many.returncode == 2 and "between 0 and 4" in too_many.stderr
+
+    # The backlog scaler and its schedule.
+    functions = [f for f in services["lambda"].list_functions()["Functions"] if f["Handler"] == "pyanamo.scaler.handler"]
+    assert [f["Environment"]["Variables"]["TABLE_NAME"] for f in functions] == [table]
+    rules = services["events"].list_rules()["Rules"]
+    assert any(r.get("ScheduleExpression") == "rate(1 minute)" for r in rules)
+    assert services["s3"].head_bucket(Bucket=outputs["LogBucketName"])
+
+    # Delete: the table, group and launch template go with the stack.
+    services["autoscaling"].set_desired_capacity(AutoScalingGroupName=outputs["GroupName"], DesiredCapacity=0)
+    cloudformation.delete_stack(StackName=name)
+    assert wait_for_stack(cloudformation, stack["StackId"])["StackStatus"] == "DELETE_COMPLETE"
+    assert table not in services["dynamodb"].list_tables()["TableNames"]
+    assert not services["autoscaling"].describe_auto_scaling_groups(
+        AutoScalingGroupNames=[outputs["GroupName"]])["AutoScalingGroups"]
+    remaining = {t["LaunchTemplateId"] for t in ec2.describe_launch_templates()["LaunchTemplates"]}
+    assert spec["LaunchTemplateId"] not in remaining
