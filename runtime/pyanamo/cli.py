@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -155,7 +156,8 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .identity import worker_identity
+    from .identity import Imds, worker_identity
+    from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
     events.enabled = not args.quiet
@@ -168,9 +170,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
     _require_table(client, args.table)
-    queue = TaskQueue(client, args.table, owner=worker_identity(), lease_seconds=args.lease)
+    imds = Imds()
+    instance_id = imds.get("instance-id")
+    queue = TaskQueue(client, args.table, owner=instance_id or worker_identity(imds), lease_seconds=args.lease)
     worker = Worker(queue, config)
     worker.install_signal_handlers()
+    if instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
+        SpotWatcher(imds, lambda _: worker.stop("spot_interruption", signal.SIGTERM)).start()
     return worker.run()
 
 

@@ -201,3 +201,25 @@ def test_timeout_kills_the_subtask_and_is_recorded(aws_env, client, table, tmp_p
     assert item.log_summary["Task_0"]["Timed_Out"] is True
     assert item.last_error == "Task_0: timed out after 1s"
     assert [r.end for r in recorder.runs()] == [None]
+
+
+def test_spot_interruption_notice_releases_the_item_without_using_an_attempt(
+        aws_env, client, table, tmp_path, workers, recorder, monkeypatch):
+    from helpers import StubImds
+
+    rows = [f"spot|S|{recorder.command(0)} a", f"spot|S|{recorder.command(60)} b"]
+    import_rows(aws_env, table, tmp_path, rows)
+    with StubImds("i-0spot0000000000001") as imds:
+        monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
+        workers.env = {k: v for k, v in workers.env.items() if k != "AWS_EC2_METADATA_DISABLED"}
+        worker = workers.start(table, "--lease", "30", "--max-attempts", "1")
+        wait_for(lambda: ("spot", "Task_1") in recorder.starts(), message="Task_1 started")
+        noticed = time.monotonic()
+        imds.interrupt()
+        assert worker.wait(timeout=20) == 128 + signal.SIGTERM  # "stopped": the instance stays in its group
+    assert time.monotonic() - noticed < 10
+    item = TaskQueue(client, table).get("spot")
+    assert item.state is ItemState.TODO and item.instance_id == "i-0spot0000000000001"
+    assert [(s.status, s.attempts) for s in item.subtasks] == [(SubtaskStatus.DONE, 1), (SubtaskStatus.TODO, 0)]
+    assert b'"event": "spot_interruption"' in worker.log_path.read_bytes()
