@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import secrets
 import time
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
@@ -83,7 +85,7 @@ def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
 
 
 def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
-    """Put matching items back to todo. A live lease is only broken for items named by ID."""
+    """Put matching items back to todo. A live lease is only revoked for items named by ID."""
     if spec.empty:
         raise UsageError("say which items to reset: ITEM_ID ..., --state, --task, --instance or --expired")
     actions = []
@@ -114,7 +116,14 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
     verb = "would reset" if dry_run else "reset"
     detail = f" (sub-tasks {', '.join(subtasks)})" if subtasks else ""
-    message = f"{verb} {item.item_id}: {item.state.value} -> todo{detail}"
+    if live:
+        # Revoke, do not requeue: the holder's next renewal fails and it stops the item's
+        # processes; nobody may claim it before the old lease runs out, so no two runs overlap.
+        until = datetime.fromtimestamp(item.lease_expiry or now, timezone.utc).strftime("%H:%M:%S UTC")
+        message = (f"{'would revoke' if dry_run else 'revoked'} {item.item_id} from {item.instance_id}: "
+                   f"its worker stops it; claimable again when the lease runs out at {until}{detail}")
+    else:
+        message = f"{verb} {item.item_id}: {item.state.value} -> todo{detail}"
     if dry_run:
         return ResetAction(item.item_id, True, message)
     expr = Expression()
@@ -122,8 +131,12 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
         expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.TODO.value)
         if spec.subtasks:
             expr.set((Attr.TASK_SCRIPT, key, SUBTASK_ATTEMPTS), 0)
-    _to_todo(expr, item.item_id)
-    expr.remove(Attr.DONE_DATE).remove(Attr.LAST_ERROR)
+    if live:
+        expr.set(Attr.LEASE_TOKEN, f"revoked-{secrets.token_hex(8)}")
+    else:
+        _to_todo(expr, item.item_id)
+        expr.remove(Attr.DONE_DATE)
+    expr.remove(Attr.LAST_ERROR)
     # Only if nobody changed the item since it was read (a worker claiming or finishing it).
     expr.when("{a:lockID} = {state}", state=item.state.value)
     if item.lease_token:

@@ -149,6 +149,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     if report.skipped:
         shown = ", ".join(report.skipped[:10]) + (" …" if len(report.skipped) > 10 else "")
         print(f"left {len(report.skipped)} existing items untouched (use --replace to overwrite): {shown}")
+    if report.busy:
+        shown = ", ".join(report.busy[:10]) + (" …" if len(report.busy) > 10 else "")
+        print(f"left {len(report.busy)} items untouched that workers are running now "
+              f"(reset them by ID, then import again): {shown}")
     if report.replaced:
         print(f"replaced {report.replaced} existing items")
     print(f"imported {report.imported} items ({report.subtasks} sub-tasks)")

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .aws import UsageError
+from .aws import UsageError, is_conditional_failure
 from .model import Item, Subtask
-from .schema import MAX_ITEM_ID_BYTES, MAX_SCRIPTS_BYTES, Attr, subtask_key
+from .schema import MAX_ITEM_ID_BYTES, MAX_SCRIPTS_BYTES, Attr, ItemState, subtask_key
 
 HEADER = ("itemid", "taskid", "taskscript")
 HEADER_WITH_ARGS = (*HEADER, "taskargs")
@@ -195,6 +195,7 @@ class ImportReport:
     subtasks: int
     skipped: list[str]
     replaced: int
+    busy: list[str] = field(default_factory=list)
 
 
 def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
@@ -232,13 +233,27 @@ def write_items(
     replace: bool = False,
     advance: Callable[[int], None] = lambda n: None,
 ) -> ImportReport:
-    """Write parsed items; existing itemIDs are skipped (reported) unless ``replace``."""
+    """Write parsed items; existing itemIDs are skipped (reported) unless ``replace``.
+
+    Even with ``replace``, an item a worker holds (live lease) is never overwritten: the worker
+    would go on running the old sub-tasks while another claims the new ones.
+    """
     present = existing_ids(client, table, [i.item_id for i in items])
-    skipped = [] if replace else [i.item_id for i in items if i.item_id in present]
-    to_write = [i for i in items if replace or i.item_id not in present]
-    if skipped:
-        advance(len(skipped))
-    for chunk in _chunks(to_write, 25):
+    skipped: list[str] = []
+    busy: list[str] = []
+    replaced: list[Item] = []
+    for item in items:
+        if item.item_id not in present:
+            continue
+        if not replace:
+            skipped.append(item.item_id)
+        elif _replace_unless_held(client, table, item):
+            replaced.append(item)
+        else:
+            busy.append(item.item_id)
+    advance(len(present))
+    new = [i for i in items if i.item_id not in present]
+    for chunk in _chunks(new, 25):
         pending = [{"PutRequest": {"Item": item.new_row()}} for item in chunk]
         delay = 0.05
         while pending:
@@ -248,9 +263,29 @@ def write_items(
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
         advance(len(chunk))
+    written = new + replaced
     return ImportReport(
-        imported=len(to_write),
-        subtasks=sum(len(i.subtasks) for i in to_write),
+        imported=len(written),
+        subtasks=sum(len(i.subtasks) for i in written),
         skipped=skipped,
-        replaced=len(present) if replace else 0,
+        replaced=len(replaced),
+        busy=busy,
     )
+
+
+def _replace_unless_held(client: Any, table: str, item: Item) -> bool:
+    """Overwrite ``item`` unless a worker holds it now; False if it was left alone."""
+    try:
+        client.put_item(
+            TableName=table,
+            Item=item.new_row(),
+            ConditionExpression="attribute_not_exists(#i) OR #s <> :locked OR #e < :now",
+            ExpressionAttributeNames={"#i": Attr.ITEM_ID, "#s": Attr.STATE, "#e": Attr.LEASE_EXPIRY},
+            ExpressionAttributeValues={":locked": {"S": ItemState.LOCKED.value},
+                                       ":now": {"N": str(round(time.time(), 3))}},
+        )
+    except Exception as exc:
+        if is_conditional_failure(exc):
+            return False
+        raise
+    return True

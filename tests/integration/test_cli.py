@@ -189,9 +189,26 @@ def test_reset_never_breaks_a_live_lease_unless_named(aws_env, table, known_stat
     assert known_state.get("l1").state is ItemState.LOCKED
     x1 = known_state.get("x1")
     assert x1.state is ItemState.TODO and [s.status for s in x1.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.TODO]
+    before = known_state.get("l1")
     proc = cli("reset", table, "l1", env=aws_env)
-    assert "reset l1: locked -> todo" in proc.stdout
-    assert known_state.get("l1").state is ItemState.TODO
+    assert "revoked l1 from i-live: its worker stops it; claimable again when the lease runs out at" in proc.stdout
+    after = known_state.get("l1")
+    # Still locked until the old lease runs out, but the holder's token no longer works.
+    assert after.state is ItemState.LOCKED and after.lease_expiry == before.lease_expiry
+    assert after.lease_token != before.lease_token and after.lease_token.startswith("revoked-")
+
+
+def test_replace_never_overwrites_an_item_a_worker_holds(aws_env, table, known_state, tmp_path: Path):
+    path = write_task_file(tmp_path / "new.txt", ["l1|B|echo new", "t1|A|echo new t1"])
+    proc = cli("import", table, str(path), "--replace", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    assert "left 1 items untouched that workers are running now (reset them by ID, then import again): l1" in proc.stdout
+    assert "replaced 1 existing items" in proc.stdout
+    assert known_state.get("l1").subtasks[0].script == "sleep 1"
+    assert known_state.get("t1").subtasks[0].script == "echo new t1"
+    # The expired holder's item (x1) may be replaced: its worker is gone.
+    path = write_task_file(tmp_path / "x.txt", ["x1|C|echo replaced"])
+    assert "replaced 1 existing items" in cli("import", table, str(path), "--replace", env=aws_env).stdout
 
 
 def test_reset_by_expired_instance_and_task(aws_env, table, known_state):
