@@ -21,6 +21,16 @@ from pyanamo.schema import create_table_request
 from helpers import Recorder, Workers
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--soak", action="store_true",
+                     help="run the fault-injection scenarios at full size (slow)")
+
+
+@pytest.fixture(scope="session")
+def soak(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--soak"))
+
+
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
     """A moto server in its own process on 127.0.0.1 and a free port."""

@@ -51,13 +51,14 @@ class Workers:
     root: Path
     processes: list[subprocess.Popen] = field(default_factory=list)
 
-    def start(self, table: str, *args: str, name: str | None = None) -> subprocess.Popen:
+    def start(self, table: str, *args: str, name: str | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
         name = name or f"w{len(self.processes)}"
         log = open(self.root / f"{name}.log", "wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "pyanamo", "worker", table,
              "--log-dir", str(self.root / "logs"), "--workdir", str(self.root), *args],
-            env={**os.environ, **self.env, "WORKER_NAME": name},
+            env={**os.environ, **self.env, "WORKER_NAME": name, **(env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -142,6 +143,7 @@ log=${RECORD_FILE:?}
 echo "start|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$(date +%s.%N)" >> "$log"
 sleep "$1"
 echo "end|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$(date +%s.%N)" >> "$log"
+echo "ran by ${WORKER_NAME:-?}"
 exit "${2:-0}"
 """
 

@@ -1,0 +1,197 @@
+"""Fault injection for the reliability suite: a misbehaving proxy, and what the runs show."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import socket
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+from helpers import Run
+
+THROTTLING_ERRORS = (
+    "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+    "com.amazon.coral.availability#ThrottlingException",
+)
+
+
+class FaultProxy:
+    """An HTTP proxy between workers and moto's server.
+
+    Modes: ``pass`` forwards; ``refuse`` closes the listening socket (connection refused);
+    ``stall`` accepts, reads the request and never answers until the stall ends, then drops the
+    connection. With ``throttle`` > 0, that share of requests gets DynamoDB's HTTP 400 throttling
+    errors instead of an answer. Every request is forwarded on a fresh connection, so a mode
+    change takes effect for the next request.
+    """
+
+    def __init__(self, upstream: str, throttle: float = 0.0, seed: int = 7) -> None:
+        parsed = urlparse(upstream)
+        self.upstream = (parsed.hostname, parsed.port)
+        self.throttle = throttle
+        self.random = random.Random(seed)
+        self.counts: dict[str, int] = defaultdict(int)
+        self._lock = threading.Lock()
+        self._stall_until = 0.0
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server: ThreadingHTTPServer | None = None
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                self.close_connection = True
+                stall = proxy._stall_until - time.monotonic()
+                if stall > 0:
+                    proxy._count("stalled")
+                    time.sleep(stall)
+                    return  # no answer at all: the client sees the connection drop
+                with proxy._lock:
+                    throttled = proxy.throttle and proxy.random.random() < proxy.throttle
+                    kind = proxy.random.choice(THROTTLING_ERRORS)
+                if throttled:
+                    proxy._count("throttled")
+                    self._send(400, json.dumps({"__type": kind, "message": "Rate exceeded"}).encode(),
+                               "application/x-amz-json-1.0")
+                    return
+                upstream = http.client.HTTPConnection(*proxy.upstream, timeout=30)
+                try:
+                    upstream.request("POST", self.path, body, {k: v for k, v in self.headers.items()})
+                    response = upstream.getresponse()
+                    data = response.read()
+                finally:
+                    upstream.close()
+                proxy._count("forwarded")
+                self._send(response.status, data, response.getheader("Content-Type", "application/json"))
+
+            def _send(self, status: int, data: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(data)
+
+        return Handler
+
+    def _count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] += 1
+
+    def start(self) -> "FaultProxy":
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def refuse(self, seconds: float) -> None:
+        """Refuse connections for ``seconds`` (blocks), then listen again on the same port."""
+        self.stop()
+        self._count("refusals")
+        time.sleep(seconds)
+        self.start()
+
+    def stall(self, seconds: float) -> None:
+        """Stall every request for ``seconds`` (blocks)."""
+        self._stall_until = time.monotonic() + seconds
+        time.sleep(seconds)
+
+    def __enter__(self) -> "FaultProxy":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self._stall_until = 0.0
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# -- what the runs show -------------------------------------------------------------------
+
+@dataclass
+class Analysis:
+    """Executions per sub-task, from the run records and the kill times of killed workers."""
+
+    runs: list[Run]
+    killed_at: dict[str, float] = field(default_factory=dict)
+
+    def _end(self, run: Run) -> float:
+        if run.end is not None:
+            return run.end
+        return self.killed_at.get(run.worker, float("inf"))
+
+    def by_subtask(self) -> dict[tuple[str, str], list[Run]]:
+        grouped: dict[tuple[str, str], list[Run]] = defaultdict(list)
+        for run in self.runs:
+            grouped[(run.item, run.subtask)].append(run)
+        for runs in grouped.values():
+            runs.sort(key=lambda r: r.start)
+        return grouped
+
+    def overlaps(self) -> list[tuple[str, str]]:
+        """Sub-tasks two of whose executions ran at the same time (must be none)."""
+        found = []
+        for key, runs in self.by_subtask().items():
+            if any(self._end(a) > b.start for a, b in zip(runs, runs[1:])):
+                found.append(key)
+        return found
+
+    def completed(self) -> dict[tuple[str, str], int]:
+        return {key: sum(r.end is not None for r in runs) for key, runs in self.by_subtask().items()}
+
+    def duplicates(self) -> dict[str, int]:
+        """Extra executions of a sub-task, by why the earlier one did not count."""
+        reasons: dict[str, int] = defaultdict(int)
+        for runs in self.by_subtask().values():
+            for run in runs[:-1]:
+                killed = self.killed_at.get(run.worker)
+                if run.end is None:
+                    reasons["worker killed mid-run" if killed else "stopped by its worker (lease lost)"] += 1
+                elif killed is not None and killed >= run.end:
+                    reasons["worker killed before recording the result"] += 1
+                else:
+                    reasons["finished, but its result could not be recorded (lease lost)"] += 1
+        return dict(reasons)
+
+
+class Figures:
+    """One scenario's figures; appended as a JSON line to $PYANAMO_FAULTS_REPORT when set
+    (``make reliability`` renders them into docs/reliability.md)."""
+
+    def __init__(self, scenario: str, **figures) -> None:
+        self.row = {"scenario": scenario, **figures}
+
+    def add(self, **figures) -> "Figures":
+        self.row.update(figures)
+        return self
+
+    def save(self) -> None:
+        path = os.environ.get("PYANAMO_FAULTS_REPORT")
+        if path:
+            with open(path, "a") as handle:
+                handle.write(json.dumps(self.row) + "\n")
