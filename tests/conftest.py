@@ -75,7 +75,7 @@ def aws_env(moto_url: str) -> dict[str, str]:
 def _environment(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
     """Keep every test away from real AWS: no profile, no metadata service."""
     for name in list(os.environ):
-        if name.startswith("AWS_") or name.startswith("PYANAMO_"):
+        if name.startswith("AWS_") or (name.startswith("PYANAMO_") and name != "PYANAMO_FAULTS_REPORT"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens: never real AWS

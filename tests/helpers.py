@@ -65,6 +65,7 @@ class Workers:
         )
         log.close()
         process.log_path = self.root / f"{name}.log"  # type: ignore[attr-defined]
+        process.name = name  # type: ignore[attr-defined]
         self.processes.append(process)
         return process
 

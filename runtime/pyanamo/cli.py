@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive(float), default=None, help="kill a sub-task after this many seconds")
     p.add_argument("--linger", type=float, default=None,
                    help="seconds to wait for other workers' items before exiting (default: twice the lease)")
+    p.add_argument("--outage-limit", type=_positive(float), default=900.0,
+                   help="exit 1 after the table has been unreachable this many seconds (default 900)")
     p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
     p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
     p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
@@ -170,6 +172,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     config = WorkerConfig(
         table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
         lease=args.lease, max_attempts=args.max_attempts, retry_delay=args.retry_delay, timeout=args.timeout, linger=args.linger,
+        outage_limit=args.outage_limit,
         workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
     )
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))

@@ -71,6 +71,7 @@ class WorkerConfig:
     retry_delay: float = 1.0
     timeout: float | None = None
     linger: float | None = None  # default: twice the lease
+    outage_limit: float = 900.0  # exit 1 after the table was unreachable this long
     workdir: Path = Path(".")
     log_dir: Path = Path("pyanamo-logs")
     log_bucket: str | None = None
@@ -160,7 +161,7 @@ class Worker:
                 now = time.monotonic()
                 failing_since = failing_since or now
                 emit("queue_error", error=str(exc))
-                if now - failing_since > self.config.linger_seconds:
+                if now - failing_since > self.config.outage_limit:
                     self.failed = True
                     self.stop_reason = "queue_unreachable"
                     return
@@ -299,7 +300,9 @@ class Worker:
         attempts = subtask.attempts
         while True:
             outcome, location = self._run_once(item, held, subtask, attempts + 1)
-            if outcome.interrupted:
+            if outcome.interrupted:  # its process group is stopped and reaped by now
+                emit("subtask_interrupted", item=item.item_id, subtask=subtask.key,
+                     reason="lease_lost" if held.lost.is_set() else self.stop_reason or "stop")
                 return None
             attempts += 1
             result = self._result(item, subtask.key, outcome, attempts, location)

@@ -115,23 +115,6 @@ def test_failures_are_retried_then_fail_the_item_while_others_go_on(
     assert queue.get("mixed").subtasks[1].attempts == 1
 
 
-def test_sigterm_releases_the_item_keeping_finished_subtasks(aws_env, client, table, tmp_path, workers, recorder):
-    rows = [f"long|S|{recorder.command(0)} a", f"long|S|{recorder.command(60)} b", f"long|S|{recorder.command(0)} c"]
-    import_rows(aws_env, table, tmp_path, rows)
-    worker = workers.start(table, "--lease", "30")
-    wait_for(lambda: ("long", "Task_1") in recorder.starts(), message="Task_1 started")
-    sent = time.monotonic()
-    worker.send_signal(signal.SIGTERM)
-    assert worker.wait(timeout=15) == 128 + signal.SIGTERM
-    assert time.monotonic() - sent < 10
-    item = TaskQueue(client, table).get("long")
-    assert item.state is ItemState.TODO and item.lease_token is None
-    assert [s.status for s in item.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.TODO, SubtaskStatus.TODO]
-    assert item.subtasks[1].attempts == 0, "an interruption must not use up an attempt"
-    time.sleep(0.5)
-    assert [r.end for r in recorder.runs() if r.subtask == "Task_1"] == [None], "sub-task kept running"
-
-
 def test_wall_time_stops_claiming(aws_env, client, table, tmp_path, workers, recorder):
     import_rows(aws_env, table, tmp_path, [f"i{n}|S|{recorder.command(0.6)}" for n in range(8)])
     worker = workers.start(table, "--lease", LEASE, "--wall-time", "1")
@@ -201,25 +184,3 @@ def test_timeout_kills_the_subtask_and_is_recorded(aws_env, client, table, tmp_p
     assert item.log_summary["Task_0"]["Timed_Out"] is True
     assert item.last_error == "Task_0: timed out after 1s"
     assert [r.end for r in recorder.runs()] == [None]
-
-
-def test_spot_interruption_notice_releases_the_item_without_using_an_attempt(
-        aws_env, client, table, tmp_path, workers, recorder, monkeypatch):
-    from helpers import StubImds
-
-    rows = [f"spot|S|{recorder.command(0)} a", f"spot|S|{recorder.command(60)} b"]
-    import_rows(aws_env, table, tmp_path, rows)
-    with StubImds("i-0spot0000000000001") as imds:
-        monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
-        monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.url)
-        workers.env = {k: v for k, v in workers.env.items() if k != "AWS_EC2_METADATA_DISABLED"}
-        worker = workers.start(table, "--lease", "30", "--max-attempts", "1")
-        wait_for(lambda: ("spot", "Task_1") in recorder.starts(), message="Task_1 started")
-        noticed = time.monotonic()
-        imds.interrupt()
-        assert worker.wait(timeout=20) == 128 + signal.SIGTERM  # "stopped": the instance stays in its group
-    assert time.monotonic() - noticed < 10
-    item = TaskQueue(client, table).get("spot")
-    assert item.state is ItemState.TODO and item.instance_id == "i-0spot0000000000001"
-    assert [(s.status, s.attempts) for s in item.subtasks] == [(SubtaskStatus.DONE, 1), (SubtaskStatus.TODO, 0)]
-    assert b'"event": "spot_interruption"' in worker.log_path.read_bytes()

@@ -11,6 +11,7 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
@@ -133,16 +134,37 @@ def _free_port() -> int:
 
 # -- what the runs show -------------------------------------------------------------------
 
+def interruptions(processes) -> dict[tuple[str, str, str], list[float]]:
+    """When each worker reports having stopped and reaped a sub-task's processes."""
+    found: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for process in processes:
+        for line in process.log_path.read_text(errors="replace").splitlines():
+            if '"subtask_interrupted"' in line:
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed worker may be torn
+                    continue
+                stamp = datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+                found[(event["item"], event["subtask"], process.name)].append(stamp)
+    return found
+
+
 @dataclass
 class Analysis:
-    """Executions per sub-task, from the run records and the kill times of killed workers."""
+    """Executions per sub-task, from the run records, the kill times of killed workers, and
+    the times workers report having stopped a run (``interruptions``)."""
 
     runs: list[Run]
     killed_at: dict[str, float] = field(default_factory=dict)
+    stopped: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
 
     def _end(self, run: Run) -> float:
+        """A run's end; an unfinished run ends when its worker stopped it or was killed."""
         if run.end is not None:
             return run.end
+        stops = [t for t in self.stopped.get((run.item, run.subtask, run.worker), []) if t >= run.start]
+        if stops:
+            return min(stops)
         return self.killed_at.get(run.worker, float("inf"))
 
     def by_subtask(self) -> dict[tuple[str, str], list[Run]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 
-from faultkit import Analysis, Figures
+from faultkit import Analysis, Figures, interruptions
 from helpers import cli, kill_tree, wait_for, write_task_file
 
 from pyanamo.queue import TaskQueue
@@ -47,7 +47,7 @@ def test_chaos_kills(aws_env, client, table, tmp_path, workers, recorder, soak):
              timeout=60, message="queue drained")
     recovered = time.monotonic() - last_kill
 
-    analysis = Analysis(recorder.runs(), killed_at)
+    analysis = Analysis(recorder.runs(), killed_at, interruptions(workers.processes))
     completed = analysis.completed()
     final = {}
     for n in range(items):
