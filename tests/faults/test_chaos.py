@@ -24,7 +24,7 @@ def test_chaos_kills(aws_env, client, table, tmp_path, workers, recorder, soak):
 
     def start() -> None:
         name = next(names)
-        live[name] = workers.start(table, "--lease", "2", name=name, env={"AWS_BATCH_JOB_ID": name})
+        live[name] = workers.start(table, "--lease", "5", name=name, env={"AWS_BATCH_JOB_ID": name})
 
     live: dict = {}
     for _ in range(pool):
