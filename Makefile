@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test clean
+.PHONY: demo test reliability audit clean
 
 $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,17 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# The fault-injection suite with figures, rendered into docs/reliability.md (SOAK=--soak: long form).
+reliability: $(VENV)/.installed
+	mkdir -p build docs && rm -f build/faults.jsonl
+	PYANAMO_FAULTS_REPORT=build/faults.jsonl $(PY) -m pytest tests/faults -q $(SOAK)
+	SOAK=$(SOAK) $(PY) tests/faults/render_report.py build/faults.jsonl > docs/reliability.md
+
+# Known vulnerabilities in the installed, pinned packages. --strict fails if any package could
+# not be checked (pip-audit needs PyPI's JSON API or OSV to be reachable).
+audit: $(VENV)/.installed
+	$(PY) -m pip_audit --strict --skip-editable --progress-spinner off
 
 clean:
 	rm -rf $(VENV) node_modules demo-run

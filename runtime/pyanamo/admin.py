@@ -68,7 +68,8 @@ def _candidate_ids(queue: TaskQueue, spec: ResetFilter) -> Iterable[str]:
     if spec.task_id:
         return _query_ids(queue, TASK_INDEX.name, Attr.TASK_ID, spec.task_id, None)
     state = ItemState.LOCKED if spec.expired else spec.state
-    assert state is not None
+    if state is None:  # reset() refuses an empty selection before it gets here
+        raise UsageError("say which items to reset")
     return (row[Attr.ITEM_ID]["S"] for row in queue.index_rows(state, [Attr.ITEM_ID]))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import urllib.error
+import urllib.parse
 import urllib.request
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
@@ -19,7 +20,11 @@ class Imds:
             endpoint or os.environ.get("AWS_EC2_METADATA_SERVICE_ENDPOINT") or DEFAULT_IMDS_ENDPOINT
         ).rstrip("/")
         self.timeout = timeout
-        self.disabled = os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+        # Only http(s): an endpoint from the environment must not make urlopen read files.
+        self.disabled = (
+            os.environ.get("AWS_EC2_METADATA_DISABLED", "").lower() == "true"
+            or urllib.parse.urlparse(self.endpoint).scheme not in {"http", "https"}
+        )
         self._token: str | None = None
 
     def _fetch_token(self) -> str:
@@ -28,7 +33,8 @@ class Imds:
             method="PUT",
             headers={"X-aws-ec2-metadata-token-ttl-seconds": TOKEN_TTL_SECONDS},
         )
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+        # The endpoint's scheme is checked (http/https only) in __init__.
+        with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310
             return response.read().decode()
 
     def get(self, path: str) -> str | None:
@@ -43,7 +49,8 @@ class Imds:
                     f"{self.endpoint}/latest/meta-data/{path}",
                     headers={"X-aws-ec2-metadata-token": self._token},
                 )
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310
+                # The endpoint's scheme is checked (http/https only) in __init__.
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:  # nosec B310
                     return response.read().decode().strip() or None
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:

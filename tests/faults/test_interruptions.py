@@ -65,4 +65,5 @@ def test_interruption_releases_the_item(aws_env, client, table, tmp_path, worker
             faults="spot/instance-action in IMDS" if how == "spot" else "SIGTERM to the worker",
             lost=0, overlaps=0, duplicates=1,
             why={"interrupted sub-task run again by the next worker (attempt not counted)": 1},
-            recovery=f"worker exited {stopped:.1f} s after the notice; item back in todo").save()
+            recovery=f"worker exited {stopped:.1f} s after the {'notice' if how == 'spot' else 'signal'}; "
+                     "item back in todo").save()

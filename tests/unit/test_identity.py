@@ -45,3 +45,12 @@ def test_unanswering_endpoint_gives_up_within_a_second(monkeypatch: pytest.Monke
     assert worker_identity() == socket.gethostname()
     assert time.monotonic() - started < 1.5
     silent.close()
+
+
+def test_non_http_metadata_endpoint_is_refused(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    secret = tmp_path / "latest" / "meta-data"
+    secret.mkdir(parents=True)
+    (secret / "instance-id").write_text("i-from-a-file")
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    monkeypatch.setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", f"file://{tmp_path}")
+    assert Imds().disabled and worker_identity() == socket.gethostname()
