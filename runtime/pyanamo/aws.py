@@ -10,6 +10,8 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from .stats import from_environment
+
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOCAL_REGION = "us-east-1"
 
@@ -73,7 +75,10 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
             kwargs["aws_secret_access_key"] = "local"
     elif session.region_name is None:
         raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
-    return session.client(service, **kwargs)
+    client = session.client(service, **kwargs)
+    if service == "dynamodb" and (stats := from_environment()) is not None:
+        stats.install(client)  # PYANAMO_STATS_FILE: count requests for the benchmarks
+    return client
 
 
 def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 from .aws import is_conditional_failure
 from .expressions import Expression
@@ -29,6 +29,7 @@ from .schema import (
     expiry_rank,
     shard_keys,
     state_shard,
+    subtask_key,
 )
 
 CANDIDATES_PER_QUERY = 8
@@ -123,6 +124,14 @@ class TaskQueue:
         return [row[Attr.ITEM_ID]["S"] for row in response.get("Items", [])]
 
     def _try_claim(self, item_id: str) -> tuple[Item, Lease] | None:
+        """Claim one item. For a fresh item the claim also marks Task_0 running, which saves a
+        write; if that was the only reason the claim failed, claim it plainly."""
+        claimed, claimable = self._claim_once(item_id, mark_first=True)
+        if claimed is None and claimable:
+            claimed, _ = self._claim_once(item_id, mark_first=False)
+        return claimed
+
+    def _claim_once(self, item_id: str, mark_first: bool) -> tuple[tuple[Item, Lease] | None, bool]:
         now = time.time()
         lease = Lease(item_id, secrets.token_hex(16), now + self.lease_seconds)
         expr = (
@@ -142,15 +151,21 @@ class TaskQueue:
                 now=round(now, 3),
             )
         )
+        first = (Attr.TASK_SCRIPT, subtask_key(0), SUBTASK_STATUS)
+        if mark_first:
+            expr.set(first, SubtaskStatus.RUNNING.value)
+            expr.when("{a:TaskScript.Task_0.Status} = {todo}", todo=SubtaskStatus.TODO.value)
         try:
             response = self.client.update_item(
-                TableName=self.table, Key=_key(item_id), ReturnValues="ALL_NEW", **expr.request()
+                TableName=self.table, Key=_key(item_id), ReturnValues="ALL_NEW",
+                ReturnValuesOnConditionCheckFailure="ALL_OLD", **expr.request(),
             )
         except Exception as exc:
             if is_conditional_failure(exc):
-                return None
+                old = getattr(exc, "response", {}).get("Item")
+                return None, bool(old) and _claimable(Item.from_row(old), now)
             raise
-        return Item.from_row(response["Attributes"]), lease
+        return (Item.from_row(response["Attributes"]), lease), False
 
     # -- writes under a lease -------------------------------------------------------------
 
@@ -197,11 +212,15 @@ class TaskQueue:
             self._finish(expr, lease.item_id, final)
         self._fenced_update(lease, expr)
 
-    def finish(self, lease: Lease, final: ItemState, error_line: str | None = None) -> None:
-        """End the item as done or failed (when its last result was already written)."""
+    def finish(self, lease: Lease, final: ItemState, error_line: str | None = None,
+               failed: Sequence[str] = ()) -> None:
+        """End the item as done or failed (when its last result was already written);
+        ``failed`` sub-tasks are marked failed on the way (no attempts left)."""
         expr = Expression()
         if error_line is not None:
             expr.set(Attr.LAST_ERROR, error_line)
+        for key in failed:
+            expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.FAILED.value)
         self._finish(expr, lease.item_id, final)
         self._fenced_update(lease, expr)
 
@@ -276,6 +295,12 @@ class TaskQueue:
                 ProjectionExpression=", ".join(names),
             ):
                 yield from page.get("Items", [])
+
+
+def _claimable(item: Item, now: float) -> bool:
+    return item.state is ItemState.TODO or (
+        item.state is ItemState.LOCKED and (item.lease_expiry or 0) < now
+    )
 
 
 def _key(item_id: str) -> dict[str, Any]:

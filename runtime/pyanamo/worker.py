@@ -209,7 +209,8 @@ class Worker:
             if exhausted:
                 s = exhausted[0]
                 error = f"{s.key}: no attempts left ({s.attempts} of {self.retry.max_attempts})"
-            self._write(held, self.queue.finish, ItemState.FAILED if exhausted else ItemState.DONE, error)
+            self._write(held, self.queue.finish, ItemState.FAILED if exhausted else ItemState.DONE, error,
+                        failed=[s.key for s in exhausted])
             self._finished(item, not exhausted)
             return
         if self.config.nests > 1 and len(runnable) > 1:
@@ -218,7 +219,8 @@ class Worker:
             self._run_sequential(item, held, runnable, ok=not exhausted)
 
     def _run_sequential(self, item: Item, held: HeldItem, runnable: list[Subtask], ok: bool) -> None:
-        self._write(held, self.queue.mark_running, [runnable[0].key])
+        if runnable[0].status is not SubtaskStatus.RUNNING:  # the claim marks a fresh item's first
+            self._write(held, self.queue.mark_running, [runnable[0].key])
         for n, subtask in enumerate(runnable):
             result = self._attempts(item, held, subtask)
             if result is None:
@@ -241,7 +243,8 @@ class Worker:
             if self.stopping.is_set() or held.lost.is_set():
                 return None
             try:
-                self._write(held, self.queue.mark_running, [subtask.key])
+                if subtask.status is not SubtaskStatus.RUNNING:
+                    self._write(held, self.queue.mark_running, [subtask.key])
                 result = self._attempts(item, held, subtask)
                 if result is not None:
                     self._write(held, self.queue.record, result)

@@ -112,7 +112,8 @@ def test_fencing_a_worker_whose_lease_was_taken_over_cannot_write(client, table)
             write()
     current = new.get("a")
     assert current.state is ItemState.LOCKED and current.lease_token == new_lease.token
-    assert all(s.status is SubtaskStatus.TODO for s in current.subtasks)
+    # Only the new owner's claim shows: its first sub-task running, nothing from the old owner.
+    assert [s.status for s in current.subtasks] == [SubtaskStatus.RUNNING, SubtaskStatus.TODO]
     # ... and the new owner's writes go through.
     new.record(new_lease, result("Task_0"))
     new.record(new_lease, result("Task_1"), final=ItemState.DONE)
@@ -163,3 +164,39 @@ def test_hostile_item_ids_and_subtask_keys_are_placeholders(queue, client, table
     assert got.item_id == hostile
     queue.record(lease, result("Task_0"), final=ItemState.DONE)
     assert queue.get(hostile).subtasks[0].script == "echo '$(rm -rf /)' \"`x`\""
+
+
+def test_a_fresh_claim_marks_the_first_subtask_running_in_the_same_write(queue, client, table):
+    from pyanamo.stats import RequestStats
+
+    put_items(client, table, [item("a", "echo 1", "echo 2")])
+    stats = RequestStats()
+    stats.install(client)
+    got, _ = queue.claim()
+    assert [s.status for s in got.subtasks] == [SubtaskStatus.RUNNING, SubtaskStatus.TODO]
+    calls = stats.snapshot()["calls"]  # queries: shards probed until the one item's was found
+    assert calls["UpdateItem"] == 1 and set(calls) == {"Query", "UpdateItem"}
+
+
+def test_a_reclaimed_item_keeps_its_done_first_subtask(client, table):
+    put_items(client, table, [item("a", "echo 1", "echo 2")])
+    first = TaskQueue(client, table, owner="first", lease_seconds=0.2)
+    _, lease = first.claim()
+    first.record(lease, result("Task_0"), next_running="Task_1")
+    time.sleep(0.3)  # the first worker died
+    second = TaskQueue(client, table, owner="second", lease_seconds=30)
+    got, _ = second.claim()
+    assert got.instance_id == "second"
+    assert [s.status for s in got.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.RUNNING]
+
+
+def test_a_lost_race_costs_one_request(client, table):
+    from pyanamo.stats import RequestStats
+
+    put_items(client, table, [item("a")])
+    TaskQueue(client, table, owner="winner", lease_seconds=30).claim()
+    loser = TaskQueue(client, table, owner="loser", lease_seconds=30)
+    stats = RequestStats()
+    stats.install(client)
+    assert loser._try_claim("a") is None
+    assert stats.snapshot()["calls"] == {"UpdateItem": 1}

@@ -1,0 +1,126 @@
+"""Shared pieces of the benchmarks: a moto server, tables, timed commands, results."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+BENCH = Path(__file__).resolve().parent
+RESULTS = BENCH / "results"
+PYANAMO = [sys.executable, "-m", "pyanamo"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class MotoServer:
+    """moto's DynamoDB-compatible server in its own process on 127.0.0.1."""
+
+    def __enter__(self) -> "MotoServer":
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.env = {**os.environ, "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "bench",
+                    "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def new_table(self) -> str:
+        table = f"bench-{uuid.uuid4().hex[:8]}"
+        subprocess.run([*PYANAMO, "create-table", table], env=self.env, check=True, capture_output=True)
+        return table
+
+
+@dataclass
+class Timed:
+    seconds: float
+    returncode: int
+    max_rss_mb: float
+    stats: dict[str, Any]
+
+
+def timed(args: list[str], env: dict[str, str], stats_file: Path | None = None) -> Timed:
+    """Run a command; its wall time, exit code, peak RSS and (PYANAMO_STATS_FILE) request stats."""
+    env = dict(env)
+    if stats_file:
+        env["PYANAMO_STATS_FILE"] = str(stats_file)
+    started = time.monotonic()
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.monotonic() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    stats = json.loads(stats_file.read_text()) if stats_file and stats_file.exists() else {}
+    return Timed(seconds, process.returncode, usage.ru_maxrss / 1024, stats)
+
+
+def write_task_file(path: Path, rows: list[str], header: str = "itemID|taskID|TaskScript") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def merge_stats(files: list[Path]) -> dict[str, Any]:
+    """The sum of several processes' request stats."""
+    total: dict[str, Any] = {"calls": {}, "errors": {}, "items_read": 0, "read_units": 0.0, "write_units": 0.0}
+    for file in files:
+        if not file.exists():
+            continue
+        stats = json.loads(file.read_text())
+        for key in ("calls", "errors"):
+            for name, count in stats[key].items():
+                total[key][name] = total[key].get(name, 0) + count
+        for key in ("items_read", "read_units", "write_units"):
+            total[key] += stats[key]
+    return total
+
+
+def machine() -> dict[str, Any]:
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+
+
+def save(name: str, data: dict[str, Any]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **data}, indent=2) + "\n")
+    return path
+
+
+def show(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*[f"{v:.3g}" if isinstance(v, float) else str(v) for v in row])
+    Console().print(table)
+
+
+def peak_rss_self_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,0 +1,85 @@
+"""DynamoDB request accounting for benchmarks: calls by operation, conflicts, capacity used.
+
+Set ``PYANAMO_STATS_FILE=path`` and every `pyanamo` command counts its DynamoDB calls with a
+botocore event hook, asks for ``ReturnConsumedCapacity``, and writes the totals to ``path`` as
+JSON when it exits.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import threading
+from collections import Counter
+from typing import Any
+
+STATS_ENV = "PYANAMO_STATS_FILE"
+_CAPACITY_OPERATIONS = {
+    "GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "Scan", "BatchGetItem", "BatchWriteItem",
+}
+
+
+class RequestStats:
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self.items_read = 0  # Query/Scan ScannedCount: what the service read to answer
+        self.read_units = 0.0
+        self.write_units = 0.0
+        self._lock = threading.Lock()
+
+    def install(self, client: Any) -> None:
+        events = client.meta.events
+        events.register("provide-client-params.dynamodb.*", self._ask_for_capacity)
+        events.register("after-call.dynamodb.*", self._count)
+
+    def _ask_for_capacity(self, params: dict, model: Any, **_: Any) -> None:
+        if model.name in _CAPACITY_OPERATIONS:
+            params.setdefault("ReturnConsumedCapacity", "TOTAL")
+
+    def _count(self, parsed: dict, model: Any, **_: Any) -> None:
+        with self._lock:
+            self.calls[model.name] += 1
+            code = (parsed.get("Error") or {}).get("Code")
+            if code:
+                self.errors[f"{model.name}:{code}"] += 1
+            self.items_read += int(parsed.get("ScannedCount", 0))
+            capacity = parsed.get("ConsumedCapacity") or []
+            for entry in capacity if isinstance(capacity, list) else [capacity]:
+                units = float(entry.get("CapacityUnits", 0))
+                if model.name in {"GetItem", "Query", "Scan", "BatchGetItem"}:
+                    self.read_units += units
+                else:
+                    self.write_units += units
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "calls": dict(self.calls),
+                "errors": dict(self.errors),
+                "items_read": self.items_read,
+                "read_units": round(self.read_units, 3),
+                "write_units": round(self.write_units, 3),
+            }
+
+
+_active: RequestStats | None = None
+
+
+def from_environment() -> RequestStats | None:
+    """The process's stats collector if PYANAMO_STATS_FILE is set (written at exit)."""
+    global _active
+    path = os.environ.get(STATS_ENV)
+    if not path:
+        return None
+    if _active is None:
+        _active = RequestStats()
+        collector = _active
+
+        def write() -> None:
+            with open(path, "w") as handle:
+                json.dump(collector.snapshot(), handle)
+
+        atexit.register(write)
+    return _active
