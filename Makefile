@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test reliability audit clean
+.PHONY: demo test reliability audit bench-setup bench clean
 
 $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ reliability: $(VENV)/.installed
 # not be checked (pip-audit needs PyPI's JSON API or OSV to be reachable).
 audit: $(VENV)/.installed
 	$(PY) -m pip_audit --strict --skip-editable --progress-spinner off
+
+# Benchmarks (docs/performance.md): matplotlib for the plot, GNU parallel for the comparison.
+bench-setup: $(VENV)/.installed
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	command -v parallel > /dev/null || (apt-get update && apt-get install -y parallel)
+
+bench: bench-setup
+	$(PY) bench/cost.py
+	$(PY) bench/backlog.py
+	$(PY) bench/import_status.py
+	$(PY) bench/footprint.py
+	$(PY) bench/dispatch.py
 
 clean:
 	rm -rf $(VENV) node_modules demo-run

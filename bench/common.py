@@ -51,7 +51,11 @@ class MotoServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # still busy answering: results are already taken
+            self.process.kill()
+            self.process.wait()
 
     def new_table(self) -> str:
         table = f"bench-{uuid.uuid4().hex[:8]}"

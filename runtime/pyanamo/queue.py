@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -33,6 +34,8 @@ from .schema import (
 )
 
 CANDIDATES_PER_QUERY = 8
+CANDIDATE_MAX_AGE = 2.0  # seconds: older candidates have probably been taken by others
+EMPTY_SHARD_SECONDS = 5.0  # how long a shard found empty is skipped (at most a quarter lease)
 
 
 class LeaseLost(Exception):
@@ -68,6 +71,9 @@ class TaskQueue:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self._candidates: deque[str] = deque()
+        self._fetched_at = 0.0
+        self._empty_until: dict[str, float] = {}
+        self._empty_shard_ttl = min(EMPTY_SHARD_SECONDS, lease_seconds / 4)
         self._lock = threading.Lock()
         self.claim_conflicts = 0
 
@@ -84,19 +90,29 @@ class TaskQueue:
                 return claimed
             with self._lock:
                 self.claim_conflicts += 1
+                # Its neighbours in the index are probably contended too: look elsewhere.
+                self._candidates.clear()
 
     def _next_candidate(self) -> str | None:
         with self._lock:
-            if self._candidates:
+            if self._candidates and time.monotonic() - self._fetched_at < CANDIDATE_MAX_AGE:
                 return self._candidates.popleft()
+            self._candidates.clear()
         found = self._find_candidates()
         with self._lock:
             self._candidates.extend(found)
+            self._fetched_at = time.monotonic()
             return self._candidates.popleft() if self._candidates else None
 
     def _find_candidates(self) -> list[str]:
-        """Candidates from one shard, starting at a random rank so workers spread out."""
-        for shard in random.sample(shard_keys(ItemState.TODO), k=len(shard_keys(ItemState.TODO))):
+        """Candidates from one shard, starting at a random rank so workers spread out.
+
+        Shards found empty are skipped for a while (a quarter of the lease at most), so a
+        draining queue does not cost a query per empty shard on every claim."""
+        now = time.monotonic()
+        shards = [s for s in shard_keys(ItemState.TODO) if self._empty_until.get(s, 0.0) <= now]
+        random.shuffle(shards)
+        for shard in shards:
             start = secrets.token_hex(8)
             found = self._query_ids(shard, ">=", start, CANDIDATES_PER_QUERY)
             if len(found) < CANDIDATES_PER_QUERY:
@@ -104,6 +120,7 @@ class TaskQueue:
             if found:
                 random.shuffle(found)
                 return found
+            self._empty_until[shard] = now + self._empty_shard_ttl
         now_rank = expiry_rank(time.time())
         for shard in random.sample(shard_keys(ItemState.LOCKED), k=len(shard_keys(ItemState.LOCKED))):
             found = self._query_ids(shard, "<", now_rank, CANDIDATES_PER_QUERY)
@@ -283,18 +300,29 @@ class TaskQueue:
 
     def index_rows(self, state: ItemState, attributes: list[str]) -> Iterator[dict[str, Any]]:
         """The given attributes of every item in ``state`` (paginated Query per shard)."""
-        names = {f"#p{n}": name for n, name in enumerate(attributes)}
-        paginator = self.client.get_paginator("query")
         for shard in shard_keys(state):
-            for page in paginator.paginate(
-                TableName=self.table,
-                IndexName=STATE_INDEX.name,
-                KeyConditionExpression="#s = :s",
-                ExpressionAttributeNames={"#s": Attr.STATE_SHARD, **names},
-                ExpressionAttributeValues={":s": {"S": shard}},
-                ProjectionExpression=", ".join(names),
-            ):
-                yield from page.get("Items", [])
+            yield from self._shard_rows(shard, attributes)
+
+    def all_index_rows(self, attributes: list[str]) -> Iterator[tuple[ItemState, dict[str, Any]]]:
+        """Every item of every state, its shards queried concurrently (latency-bound reads)."""
+        partitions = [(state, shard) for state in ItemState for shard in shard_keys(state)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            pages = pool.map(lambda part: (part[0], list(self._shard_rows(part[1], attributes))), partitions)
+            for state, rows in pages:
+                for row in rows:
+                    yield state, row
+
+    def _shard_rows(self, shard: str, attributes: list[str]) -> Iterator[dict[str, Any]]:
+        names = {f"#p{n}": name for n, name in enumerate(attributes)}
+        for page in self.client.get_paginator("query").paginate(
+            TableName=self.table,
+            IndexName=STATE_INDEX.name,
+            KeyConditionExpression="#s = :s",
+            ExpressionAttributeNames={"#s": Attr.STATE_SHARD, **names},
+            ExpressionAttributeValues={":s": {"S": shard}},
+            ProjectionExpression=", ".join(names),
+        ):
+            yield from page.get("Items", [])
 
 
 def _claimable(item: Item, now: float) -> bool:

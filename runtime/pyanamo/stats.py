@@ -37,6 +37,9 @@ class RequestStats:
     def _ask_for_capacity(self, params: dict, model: Any, **_: Any) -> None:
         if model.name in _CAPACITY_OPERATIONS:
             params.setdefault("ReturnConsumedCapacity", "TOTAL")
+        if model.name == "Query" and params.get("Select") == "COUNT":
+            with self._lock:  # "is anything left?" probes (drain checks, the scaler, status)
+                self.calls["Query (COUNT probe)"] += 1
 
     def _count(self, parsed: dict, model: Any, **_: Any) -> None:
         with self._lock:
