@@ -33,6 +33,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def measure(process: subprocess.Popen, seconds: float) -> tuple[float, float, int]:
+    """A running worker's CPU share (% of one core) over ``seconds``, its RSS and thread count;
+    then stop it."""
+    time.sleep(3)  # past start-up
+    before = cpu_seconds(process.pid)
+    time.sleep(seconds)
+    cpu = 100 * (cpu_seconds(process.pid) - before) / seconds
+    rss = rss_mb(process.pid)
+    threads = len(list(Path(f"/proc/{process.pid}/task").iterdir()))
+    process.terminate()
+    process.wait()
+    return cpu, rss, threads
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -51,13 +65,7 @@ def main() -> None:
         TaskQueue(dynamodb_client(Endpoint()), table, owner="other", lease_seconds=600).claim()
         idle = subprocess.Popen([*PYANAMO, "worker", table, "--lease", "60", "--linger", "600", *common],
                                 env=server.env)
-        time.sleep(3)
-        before = cpu_seconds(idle.pid)
-        time.sleep(args.seconds)
-        idle_cpu = cpu_seconds(idle.pid) - before
-        idle_rss = rss_mb(idle.pid)
-        idle.terminate()
-        idle.wait()
+        idle_cpu, idle_rss, idle_threads = measure(idle, args.seconds)
         # Busy: 16 sub-tasks at once.
         table = server.new_table()
         rows = [f"wide|S|sleep {args.seconds + 5} # {k}" for k in range(16)]
@@ -65,22 +73,15 @@ def main() -> None:
                        env=server.env, check=True, capture_output=True)
         busy = subprocess.Popen([*PYANAMO, "worker", table, "--lease", "60", "--nests", "16", *common],
                                 env=server.env)
-        time.sleep(3)
-        before = cpu_seconds(busy.pid)
-        time.sleep(args.seconds)
-        busy_cpu = cpu_seconds(busy.pid) - before
-        busy_rss = rss_mb(busy.pid)
-        threads = len(list(Path(f"/proc/{busy.pid}/task").iterdir()))
-        busy.terminate()
-        busy.wait()
+        busy_cpu, busy_rss, busy_threads = measure(busy, args.seconds)
     rows = [
         {"case": "idle, polling behind a live item", "rss_mb": round(idle_rss, 1),
-         "cpu_percent": round(100 * idle_cpu / args.seconds, 2)},
+         "cpu_percent": round(idle_cpu, 2), "threads": idle_threads},
         {"case": "running 16 sub-tasks (--nests 16)", "rss_mb": round(busy_rss, 1),
-         "cpu_percent": round(100 * busy_cpu / args.seconds, 2), "threads": threads},
+         "cpu_percent": round(busy_cpu, 2), "threads": busy_threads},
     ]
-    show("Worker footprint", ["case", "RSS MB", "CPU % of one core"],
-         [[r["case"], r["rss_mb"], r["cpu_percent"]] for r in rows])
+    show("Worker footprint", ["case", "RSS MB", "CPU % of one core", "threads"],
+         [[r["case"], r["rss_mb"], r["cpu_percent"], r["threads"]] for r in rows])
     print(f"results: {save('footprint', {'seconds': args.seconds, 'rows': rows})}")
 
 

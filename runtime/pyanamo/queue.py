@@ -12,7 +12,6 @@ import secrets
 import threading
 import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
@@ -302,15 +301,6 @@ class TaskQueue:
         """The given attributes of every item in ``state`` (paginated Query per shard)."""
         for shard in shard_keys(state):
             yield from self._shard_rows(shard, attributes)
-
-    def all_index_rows(self, attributes: list[str]) -> Iterator[tuple[ItemState, dict[str, Any]]]:
-        """Every item of every state, its shards queried concurrently (latency-bound reads)."""
-        partitions = [(state, shard) for state in ItemState for shard in shard_keys(state)]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            pages = pool.map(lambda part: (part[0], list(self._shard_rows(part[1], attributes))), partitions)
-            for state, rows in pages:
-                for row in rows:
-                    yield state, row
 
     def _shard_rows(self, shard: str, attributes: list[str]) -> Iterator[dict[str, Any]]:
         names = {f"#p{n}": name for n, name in enumerate(attributes)}

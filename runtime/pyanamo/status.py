@@ -64,7 +64,7 @@ def gather(queue: TaskQueue) -> StatusReport:
         subtasks_total=0,
         instances={},
     )
-    for state, row in queue.all_index_rows(attributes):
+    for state, row in ((state, row) for state in ItemState for row in queue.index_rows(state, attributes)):
         data = from_dynamo(row)
         report.items_read += 1
         report.items[state.value] += 1
