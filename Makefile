@@ -40,6 +40,7 @@ bench: bench-setup
 	$(PY) bench/import_status.py
 	$(PY) bench/footprint.py
 	$(PY) bench/dispatch.py
+	$(PY) bench/report.py > docs/performance.md
 
 clean:
 	rm -rf $(VENV) node_modules demo-run

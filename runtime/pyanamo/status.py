@@ -64,21 +64,22 @@ def gather(queue: TaskQueue) -> StatusReport:
         subtasks_total=0,
         instances={},
     )
-    for state, row in ((state, row) for state in ItemState for row in queue.index_rows(state, attributes)):
-        data = from_dynamo(row)
-        report.items_read += 1
-        report.items[state.value] += 1
-        count = int(data.get(Attr.SUBTASK_COUNT, 1))
-        report.subtasks_total += count
-        report.subtasks_done += count if state is ItemState.DONE else int(data.get(Attr.SUBTASKS_DONE, 0))
-        if state is ItemState.LOCKED:
-            load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
-            load.held += 1
-            if float(data.get(Attr.LEASE_EXPIRY, 0)) < now:
-                load.expired += 1
-        elif state is ItemState.FAILED:
-            report.failed.append(FailedItem(
-                data[Attr.ITEM_ID], str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
+    for state in ItemState:
+        for row in queue.index_rows(state, attributes):
+            data = from_dynamo(row)
+            report.items_read += 1
+            report.items[state.value] += 1
+            count = int(data.get(Attr.SUBTASK_COUNT, 1))
+            report.subtasks_total += count
+            report.subtasks_done += count if state is ItemState.DONE else int(data.get(Attr.SUBTASKS_DONE, 0))
+            if state is ItemState.LOCKED:
+                load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
+                load.held += 1
+                if float(data.get(Attr.LEASE_EXPIRY, 0)) < now:
+                    load.expired += 1
+            elif state is ItemState.FAILED:
+                report.failed.append(FailedItem(
+                    data[Attr.ITEM_ID], str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
     return report
 
