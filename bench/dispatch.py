@@ -53,6 +53,7 @@ def run_parallel(folder: Path, items: int, workers: int, seconds: float) -> floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=2000)
+    parser.add_argument("--name", default="dispatch", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--workers", default="1,4,16,64,16x4",
                         help="worker processes, or PROCESSESxSLOTS (e.g. 16x4: 16 processes with --items 4)")
     args = parser.parse_args()
@@ -80,7 +81,7 @@ def main() -> None:
           "overhead ms/item"],
          [[r["workers"], f"{r['processes']} x {r['slots']}", r["items"], r["sleep"], r["pyanamo_seconds"], r["parallel_seconds"], r["ratio"],
            r["items_per_second"], r["overhead_per_item_ms"]] for r in rows])
-    print(f"results: {save('dispatch', {'rows': rows})}")
+    print(f"results: {save(args.name, {'rows': rows})}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ off from the left, TaskArgs from the right. Rows that share an itemID are one bu
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -20,6 +21,7 @@ HEADER = ("itemid", "taskid", "taskscript")
 HEADER_WITH_ARGS = (*HEADER, "taskargs")
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "pipe": "|"}
 MAX_REPORTED_ERRORS = 20
+IO_THREADS = 4  # batch calls in flight at once
 
 
 class InvalidTaskFile(UsageError):
@@ -206,23 +208,43 @@ def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
 def existing_ids(client: Any, table: str, item_ids: list[str]) -> set[str]:
     """Which of ``item_ids`` are already in the table (BatchGetItem, 100 keys a call)."""
     found: set[str] = set()
-    for chunk in _chunks(item_ids, 100):
-        request = {
-            table: {
-                "Keys": [{Attr.ITEM_ID: {"S": i}} for i in chunk],
-                "ProjectionExpression": "#i",
-                "ExpressionAttributeNames": {"#i": Attr.ITEM_ID},
-            }
-        }
-        delay = 0.05
-        while request:
-            response = client.batch_get_item(RequestItems=request)
-            found.update(row[Attr.ITEM_ID]["S"] for row in response["Responses"].get(table, []))
-            request = response.get("UnprocessedKeys") or {}
-            if request:
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        for ids in pool.map(lambda chunk: _present(client, table, chunk), _chunks(item_ids, 100)):
+            found.update(ids)
     return found
+
+
+def _present(client: Any, table: str, item_ids: list[str]) -> set[str]:
+    request = {
+        table: {
+            "Keys": [{Attr.ITEM_ID: {"S": i}} for i in item_ids],
+            "ProjectionExpression": "#i",
+            "ExpressionAttributeNames": {"#i": Attr.ITEM_ID},
+        }
+    }
+    found: set[str] = set()
+    delay = 0.05
+    while request:
+        response = client.batch_get_item(RequestItems=request)
+        found.update(row[Attr.ITEM_ID]["S"] for row in response["Responses"].get(table, []))
+        request = response.get("UnprocessedKeys") or {}
+        if request:
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    return found
+
+
+def _put_batch(client: Any, table: str, items: list[Item]) -> int:
+    """Write up to 25 new items, retrying what DynamoDB leaves unprocessed."""
+    pending = [{"PutRequest": {"Item": item.new_row()}} for item in items]
+    delay = 0.05
+    while pending:
+        response = client.batch_write_item(RequestItems={table: pending})
+        pending = (response.get("UnprocessedItems") or {}).get(table, [])
+        if pending:
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+    return len(items)
 
 
 def write_items(
@@ -253,16 +275,10 @@ def write_items(
             busy.append(item.item_id)
     advance(len(present))
     new = [i for i in items if i.item_id not in present]
-    for chunk in _chunks(new, 25):
-        pending = [{"PutRequest": {"Item": item.new_row()}} for item in chunk]
-        delay = 0.05
-        while pending:
-            response = client.batch_write_item(RequestItems={table: pending})
-            pending = (response.get("UnprocessedItems") or {}).get(table, [])
-            if pending:
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        advance(len(chunk))
+    # A few batches in flight: each call waits on the network, not on this process.
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        for written in pool.map(lambda chunk: _put_batch(client, table, chunk), _chunks(new, 25)):
+            advance(written)
     written = new + replaced
     return ImportReport(
         imported=len(written),

@@ -145,7 +145,9 @@ class Worker:
         return wall is not None and time.monotonic() - self.started >= wall
 
     def _slot(self) -> None:
-        backoff = Backoff(cap=max(0.5, min(10.0, self.config.lease / 2)))
+        # Polls while other workers' items are locked cost one or two queries (the drain check
+        # stops at the first locked shard), so a short cap keeps the end of a run prompt.
+        backoff = Backoff(cap=max(0.5, min(2.0, self.config.lease / 4)))
         idle_since: float | None = None
         failing_since: float | None = None
         while not self.stopping.is_set():
