@@ -38,26 +38,43 @@ def main() -> None:
         "moto's own cost grows with the table (its index queries look at every item) the text says so.\n")
     targets: list[list[str]] = []
 
-    dispatch = load("dispatch")
-    if dispatch:
-        m = dispatch["machine"]
-        say(f"## 1. Dispatch overhead next to GNU parallel\n\n`python bench/dispatch.py --items "
-            f"{dispatch['rows'][0]['items']}` ({m['cores']} cores, {m['date']}): single items of `sleep S`; "
-            "W worker processes (or processes x `--items` slots) against moto, and `parallel -j W` on the "
-            "same commands.\n")
+    for name in ("dispatch", "dispatch-200-items"):
+        dispatch = load(name)
+        if not dispatch:
+            continue
+        m, rows = dispatch["machine"], dispatch["rows"]
+        if name == "dispatch":
+            say("## 1. Dispatch overhead next to GNU parallel\n\nSingle items of `sleep S` (S = 0.5 s for "
+                "W <= 16, 2 s for W = 64); W worker processes, or processes x `--items` slots, against moto, "
+                "and `parallel -j W` on the same commands. Overhead per item is (W x wall - N x S) / N.\n")
+        workers = ",".join(f"{r['processes']}x{r['slots']}" if r["slots"] > 1 else str(r["workers"]) for r in rows)
+        say(f"`python bench/dispatch.py --items {rows[0]['items']} --workers {workers}` "
+            f"({m['cores']} cores, {m['date']}):\n")
         say(table(["W", "processes x slots", "items", "sleep (s)", "PyAnamo (s)", "GNU parallel (s)", "ratio",
                    "items/s", "overhead per item (ms)"],
                   [[r["workers"], f"{r['processes']} x {r['slots']}", r["items"], r["sleep"], r["pyanamo_seconds"],
                     r["parallel_seconds"], r["ratio"], r["items_per_second"], r["overhead_per_item_ms"]]
-                   for r in dispatch["rows"]]))
+                   for r in rows]))
         say("")
-        for w, limit in ((16, 1.10), (64, 1.25)):
-            rows = [r for r in dispatch["rows"] if r["workers"] == w]
-            best = min(rows, key=lambda r: r["ratio"]) if rows else None
-            if best:
-                targets.append([f"ratio to GNU parallel at W = {w}", f"<= {limit}",
-                                f"{best['ratio']} ({best['processes']} x {best['slots']})",
-                                mark(best["ratio"] <= limit)])
+        if name == "dispatch":
+            say("**Where W = 16 and 64 fall short, and why.** The ideal wall time is N x S / W; GNU parallel "
+                "comes within a few percent of it. PyAnamo's throughput instead levels off (the items/s "
+                "column) while every item still costs about two DynamoDB requests (benchmark 2): on this "
+                "2-core machine the worker processes, their sub-tasks and moto's server, which is Python "
+                "updating three indexes per write, all compete for the same two cores, so the local server "
+                "and the CPU are the bottleneck, not the queue's protocol. Fewer processes with more slots "
+                "each (16 x 4) spend less CPU on Python processes and do better than 64 x 1. Against "
+                "DynamoDB, whose per-request cost is not on the workers' cores, and with tasks of minutes "
+                "(the intended workload), the fixed costs per item (about 36 ms at W = 1, where nothing "
+                "competes) vanish next to the work. The 200-item run below shows W = 1 and 4 within the "
+                "target (running W = 1 on 2,000 items takes over half an hour).\n")
+            for w, limit in ((16, 1.10), (64, 1.25)):
+                candidates = [r for r in rows if r["workers"] == w]
+                if candidates:
+                    best = min(candidates, key=lambda r: r["ratio"])
+                    targets.append([f"ratio to GNU parallel at W = {w}", f"<= {limit}",
+                                    f"{best['ratio']} ({best['processes']} x {best['slots']})",
+                                    mark(best["ratio"] <= limit)])
 
     cost = load("cost")
     if cost:
@@ -131,8 +148,9 @@ def main() -> None:
         say("## 6. Worker footprint\n\n`python bench/footprint.py`:\n")
         say(table(["case", "RSS (MB)", "CPU (% of one core)", "threads"],
                   [[r["case"], r["rss_mb"], r["cpu_percent"], r["threads"]] for r in footprint["rows"]]))
-        say("\nAn idle worker polls with exponential backoff (0.2 s doubling to half the lease, at most "
-            "10 s), so waiting costs almost nothing; it exits as soon as the queue is drained.\n")
+        say("\nAn idle worker polls with exponential backoff (0.2 s doubling to a quarter of the lease, at "
+            "most 2 s; a poll behind live items costs one or two queries), so waiting costs almost "
+            "nothing; it exits as soon as the queue is drained.\n")
         idle = footprint["rows"][0]
         targets.append(["idle worker", "exponential backoff, no busy loop", f"{idle['cpu_percent']} % of a core",
                         mark(idle["cpu_percent"] < 5)])
