@@ -139,7 +139,7 @@ def main() -> None:
             "states x 16 shards), never a Scan. Its time on moto is dominated by moto, which looks at "
             "every item for every index query; on DynamoDB the same reads are about 15 MB of index "
             f"entries in the {data['status'][0]['calls'].get('Query', 0)} Query calls above (at least one "
-            "per partition, then 1 MB pages), which it serves in well under a second of server time.\n")
+            "per partition, then 1 MB pages).\n")
         st = data["status"][0]
         targets.append(["status on 100,000 items", "< 5 s, no Scan",
                         f"{st['seconds']} s on moto, {st['scans']} Scan calls", mark(st["seconds"] < 5 and not st["scans"])])
