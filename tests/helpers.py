@@ -141,9 +141,9 @@ def s3_client(aws_env: dict[str, str]):
 RECORDER = """#!/usr/bin/env bash
 # record.sh SECONDS [EXIT]: log start and end of this sub-task run, sleep, exit.
 log=${RECORD_FILE:?}
-echo "start|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$(date +%s.%N)" >> "$log"
+echo "start|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$$|$(date +%s.%N)" >> "$log"
 sleep "$1"
-echo "end|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$(date +%s.%N)" >> "$log"
+echo "end|$PYANAMO_ITEM_ID|$PYANAMO_SUBTASK|${WORKER_NAME:-?}|$$|$(date +%s.%N)" >> "$log"
 echo "ran by ${WORKER_NAME:-?}"
 exit "${2:-0}"
 """
@@ -170,18 +170,14 @@ class Recorder:
         return f"{self.script} {seconds} {exit_code}"
 
     def runs(self) -> list[Run]:
-        """Every run, pairing each start with the same worker's next end of that sub-task."""
-        open_runs: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-        finished: list[Run] = []
+        """Every run: a start and the end written by the same process (none if it was stopped)."""
+        starts: dict[tuple[str, str, str, str], float] = {}
+        ends: dict[tuple[str, str, str, str], float] = {}
         for line in self.file.read_text().splitlines():
-            kind, item, subtask, worker, stamp = line.split("|")
-            key = (item, subtask, worker)
-            if kind == "start":
-                open_runs[key].append(float(stamp))
-            else:
-                finished.append(Run(item, subtask, worker, open_runs[key].pop(0), float(stamp)))
-        unfinished = [Run(i, s, w, t, None) for (i, s, w), starts in open_runs.items() for t in starts]
-        return finished + unfinished
+            kind, item, subtask, worker, pid, stamp = line.split("|")
+            (starts if kind == "start" else ends)[(item, subtask, worker, pid)] = float(stamp)
+        return [Run(item, subtask, worker, start, ends.get((item, subtask, worker, pid)))
+                for (item, subtask, worker, pid), start in starts.items()]
 
     def starts(self) -> dict[tuple[str, str], int]:
         counts: dict[tuple[str, str], int] = defaultdict(int)
