@@ -74,7 +74,6 @@ class TaskQueue:
         self._empty_until: dict[str, float] = {}
         self._empty_shard_ttl = min(EMPTY_SHARD_SECONDS, lease_seconds / 4)
         self._lock = threading.Lock()
-        self.claim_conflicts = 0
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -87,9 +86,7 @@ class TaskQueue:
             claimed = self._try_claim(item_id)
             if claimed is not None:
                 return claimed
-            with self._lock:
-                self.claim_conflicts += 1
-                # Its neighbours in the index are probably contended too: look elsewhere.
+            with self._lock:  # its neighbours in the index are probably contended too: look elsewhere
                 self._candidates.clear()
 
     def _next_candidate(self) -> str | None:
