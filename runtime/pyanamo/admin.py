@@ -80,7 +80,7 @@ def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
         return False
     if spec.instance_id and (item.instance_id != spec.instance_id or item.state is not ItemState.LOCKED):
         return False
-    if spec.expired and not (item.state is ItemState.LOCKED and (item.lease_expiry or 0) < now):
+    if spec.expired and (item.state is not ItemState.LOCKED or item.lease_live(now)):
         return False
     return True
 
@@ -105,7 +105,7 @@ def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list
 def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
     now = time.time()
     forced = item.item_id in spec.item_ids
-    live = item.state is ItemState.LOCKED and (item.lease_expiry or 0) >= now
+    live = item.lease_live(now)
     if live and not forced:
         return ResetAction(item.item_id, False,
                            f"{item.item_id}: skipped, lease held by {item.instance_id} is live "

@@ -162,7 +162,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .identity import Imds, worker_identity
+    from .identity import Imds, off_ec2_identity
     from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
@@ -179,7 +179,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _require_table(client, args.table)
     imds = Imds()
     instance_id = imds.get("instance-id")
-    queue = TaskQueue(client, args.table, owner=instance_id or worker_identity(imds), lease_seconds=args.lease)
+    queue = TaskQueue(client, args.table, owner=instance_id or off_ec2_identity(), lease_seconds=args.lease)
     worker = Worker(queue, config)
     worker.install_signal_handlers()
     if instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would

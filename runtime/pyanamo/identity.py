@@ -62,7 +62,11 @@ class Imds:
         return None
 
 
+def off_ec2_identity() -> str:
+    """Who the worker is without an instance ID: the Batch job ID, else the hostname."""
+    return os.environ.get("AWS_BATCH_JOB_ID") or socket.gethostname()
+
+
 def worker_identity(imds: Imds | None = None) -> str:
     """The ID recorded as ``InstanceID`` in the items this worker holds."""
-    instance_id = (imds or Imds()).get("instance-id")
-    return instance_id or os.environ.get("AWS_BATCH_JOB_ID") or socket.gethostname()
+    return (imds or Imds()).get("instance-id") or off_ec2_identity()

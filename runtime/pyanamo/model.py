@@ -142,6 +142,10 @@ class Item:
         }
         return {key: to_dynamo(value) for key, value in values.items()}
 
+    def lease_live(self, now: float) -> bool:
+        """Whether a worker holds this item now (locked, lease not yet run out)."""
+        return self.state is ItemState.LOCKED and (self.lease_expiry or 0.0) >= now
+
     @property
     def pending(self) -> tuple[Subtask, ...]:
         """Sub-tasks still to run (a `running` one was interrupted and runs again)."""

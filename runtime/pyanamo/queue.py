@@ -164,10 +164,10 @@ class TaskQueue:
                 now=round(now, 3),
             )
         )
-        first = (Attr.TASK_SCRIPT, subtask_key(0), SUBTASK_STATUS)
         if mark_first:
+            first = (Attr.TASK_SCRIPT, subtask_key(0), SUBTASK_STATUS)
             expr.set(first, SubtaskStatus.RUNNING.value)
-            expr.when("{a:TaskScript.Task_0.Status} = {todo}", todo=SubtaskStatus.TODO.value)
+            expr.when("{a:" + ".".join(first) + "} = {todo}", todo=SubtaskStatus.TODO.value)
         try:
             response = self.client.update_item(
                 TableName=self.table, Key=_key(item_id), ReturnValues="ALL_NEW",
@@ -313,9 +313,7 @@ class TaskQueue:
 
 
 def _claimable(item: Item, now: float) -> bool:
-    return item.state is ItemState.TODO or (
-        item.state is ItemState.LOCKED and (item.lease_expiry or 0) < now
-    )
+    return item.state in (ItemState.TODO, ItemState.LOCKED) and not item.lease_live(now)
 
 
 def _key(item_id: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 
 import boto3
 
+from .fleet import describe_group
 from .schema import STATE_INDEX, Attr, ItemState, shard_keys
 
 
@@ -40,11 +41,8 @@ def desired_capacity(todo: int, items_per_instance: int, current: int, maximum: 
 
 
 def scale(dynamodb: Any, autoscaling: Any, table: str, group: str, items_per_instance: int) -> dict[str, Any]:
-    described = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])
-    found = described["AutoScalingGroups"]
-    if not found:
-        raise LookupError(f"no Auto Scaling group {group!r}")
-    current, maximum = found[0]["DesiredCapacity"], found[0]["MaxSize"]
+    described = describe_group(autoscaling, group)
+    current, maximum = described["DesiredCapacity"], described["MaxSize"]
     todo = count_todo(dynamodb, table, enough=maximum * max(1, items_per_instance))
     desired = desired_capacity(todo, items_per_instance, current, maximum)
     if desired > current:

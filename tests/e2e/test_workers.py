@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import socket
 import time
 from collections import defaultdict
@@ -82,7 +81,7 @@ def test_failures_are_retried_then_fail_the_item_while_others_go_on(
         f"flaky|S|test -e {flaky} || {{ touch {flaky}; echo 'first try fails' >&2; exit 9; }}",
         f"good|S|{recorder.command(0)}",
         f"mixed|S|{recorder.command(0)} a",
-        f"mixed|S|echo 'disk full' >&2; exit 4",
+        "mixed|S|echo 'disk full' >&2; exit 4",
         f"mixed|S|{recorder.command(0)} c",
     ]
     import_rows(aws_env, table, tmp_path, rows)

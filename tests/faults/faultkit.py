@@ -6,7 +6,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import threading
 import time
 from collections import defaultdict
@@ -16,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 from helpers import Run
+
+from pyanamo.local import free_port
 
 THROTTLING_ERRORS = (
     "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
@@ -41,7 +42,7 @@ class FaultProxy:
         self.counts: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._stall_until = 0.0
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: ThreadingHTTPServer | None = None
 
@@ -124,12 +125,6 @@ class FaultProxy:
     def __exit__(self, *exc) -> None:
         self._stall_until = 0.0
         self.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # -- what the runs show -------------------------------------------------------------------
