@@ -6,11 +6,9 @@ import json
 import os
 import platform
 import resource
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -25,26 +23,14 @@ RESULTS = BENCH / "results"
 PYANAMO = [sys.executable, "-m", "pyanamo"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class MotoServer:
     """moto's DynamoDB-compatible server in its own process on 127.0.0.1."""
 
     def __enter__(self) -> "MotoServer":
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(f"{self.url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        # Started as `pyanamo local` runs it: one request at a time, atomic conditional writes.
+        self.process = subprocess.Popen([*PYANAMO, "local", "--port", "0"], stdout=subprocess.PIPE,
+                                        stderr=subprocess.DEVNULL, text=True)
+        self.url = self.process.stdout.readline().strip().split("=", 1)[1]
         self.env = {**os.environ, "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "bench",
                     "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
         return self

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -14,7 +12,6 @@ from typing import Iterator
 import pytest
 
 from pyanamo.aws import Endpoint, aws_client, dynamodb_client
-from pyanamo.local import free_port
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import create_table_request
 
@@ -33,25 +30,15 @@ def soak(request: pytest.FixtureRequest) -> bool:
 
 @pytest.fixture(scope="session")
 def moto_url() -> Iterator[str]:
-    """A moto server in its own process on 127.0.0.1 and a free port."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("moto server did not start")
-            time.sleep(0.1)
-    yield url
+    """moto's server in its own process on 127.0.0.1, started as `pyanamo local` runs it (one
+    request at a time, so conditional writes are atomic as in DynamoDB)."""
+    process = subprocess.Popen([sys.executable, "-m", "pyanamo", "local", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    line = process.stdout.readline().strip()
+    if not line.startswith("export AWS_ENDPOINT_URL_DYNAMODB="):
+        process.kill()
+        raise RuntimeError(f"pyanamo local did not start: {line!r}")
+    yield line.split("=", 1)[1]
     process.terminate()
     process.wait(timeout=10)
 

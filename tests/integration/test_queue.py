@@ -200,3 +200,33 @@ def test_a_lost_race_costs_one_request(client, table):
     stats.install(client)
     assert loser._try_claim("a") is None
     assert stats.snapshot()["calls"] == {"UpdateItem": 1}
+
+
+def test_the_local_endpoint_lets_exactly_one_conditional_write_win(client, table):
+    """PyAnamo's claims rely on DynamoDB's atomic conditional writes. moto's own server does
+    not guarantee it under concurrent requests; `pyanamo local` (which the tests run) does."""
+    rounds, racers = 40, 8
+    for n in range(rounds):
+        put_items(client, table, [item(f"race{n}")])
+    clients = [dynamodb_client(Endpoint()) for _ in range(racers)]
+    for n in range(rounds):
+        wins, barrier = [], threading.Barrier(racers)
+
+        def racer(r: int) -> None:
+            own = clients[r]
+            barrier.wait()
+            try:
+                own.update_item(TableName=table, Key={"itemID": {"S": f"race{n}"}},
+                                UpdateExpression="SET #o = :me", ConditionExpression="attribute_not_exists(#o)",
+                                ExpressionAttributeNames={"#o": "Owner"},
+                                ExpressionAttributeValues={":me": {"S": str(r)}})
+                wins.append(r)
+            except own.exceptions.ConditionalCheckFailedException:
+                pass
+
+        threads = [threading.Thread(target=racer, args=(r,)) for r in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(wins) == 1, f"round {n}: {len(wins)} conditional writes won"
