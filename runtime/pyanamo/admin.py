@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
-from .aws import UsageError, is_conditional_failure
-from .expressions import Expression
+from .errors import UsageError
 from .model import Item
-from .queue import TaskQueue, _key, _to_todo
-from .schema import (
-    INSTANCE_INDEX,
-    SUBTASK_ATTEMPTS,
-    SUBTASK_STATUS,
-    TASK_INDEX,
-    Attr,
-    ItemState,
-    SubtaskStatus,
-)
+from .queue import TaskQueue
+from .schema import INSTANCE_INDEX, TASK_INDEX, Attr, ItemState, SubtaskStatus
 
 
 @dataclass(frozen=True)
@@ -44,33 +34,22 @@ class ResetAction:
     message: str
 
 
-def _query_ids(queue: TaskQueue, index: str, key: str, value: str, sort: tuple[str, str] | None) -> Iterator[str]:
-    condition = "#k = :k"
-    names = {"#k": key, "#i": Attr.ITEM_ID}
-    values = {":k": {"S": value}}
-    if sort:
-        condition += " AND #r = :r"
-        names["#r"], values[":r"] = sort[0], {"S": sort[1]}
-    for page in queue.client.get_paginator("query").paginate(
-        TableName=queue.table, IndexName=index, KeyConditionExpression=condition,
-        ExpressionAttributeNames=names, ExpressionAttributeValues=values, ProjectionExpression="#i",
-    ):
-        for row in page.get("Items", []):
-            yield row[Attr.ITEM_ID]["S"]
+def _ids(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    return (row[Attr.ITEM_ID]["S"] for row in rows)
 
 
 def _candidate_ids(queue: TaskQueue, spec: ResetFilter) -> Iterable[str]:
     if spec.item_ids:
         return spec.item_ids
     if spec.instance_id:
-        return _query_ids(queue, INSTANCE_INDEX.name, Attr.INSTANCE_ID, spec.instance_id,
-                          (Attr.STATE, ItemState.LOCKED.value))
+        return _ids(queue.query_index(INSTANCE_INDEX.name, (Attr.INSTANCE_ID, spec.instance_id),
+                                      (Attr.STATE, ItemState.LOCKED.value)))
     if spec.task_id:
-        return _query_ids(queue, TASK_INDEX.name, Attr.TASK_ID, spec.task_id, None)
+        return _ids(queue.query_index(TASK_INDEX.name, (Attr.TASK_ID, spec.task_id)))
     state = ItemState.LOCKED if spec.expired else spec.state
     if state is None:  # reset() refuses an empty selection before it gets here
         raise UsageError("say which items to reset")
-    return (row[Attr.ITEM_ID]["S"] for row in queue.index_rows(state, [Attr.ITEM_ID]))
+    return _ids(queue.index_rows(state, [Attr.ITEM_ID]))
 
 
 def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
@@ -127,29 +106,9 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
         message = f"{verb} {item.item_id}: {item.state.value} -> todo{detail}"
     if dry_run:
         return ResetAction(item.item_id, True, message)
-    expr = Expression()
-    for key in subtasks:
-        expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.TODO.value)
-        if spec.subtasks:
-            expr.set((Attr.TASK_SCRIPT, key, SUBTASK_ATTEMPTS), 0)
-    if live:
-        expr.set(Attr.LEASE_TOKEN, f"revoked-{secrets.token_hex(8)}")
-    else:
-        _to_todo(expr, item.item_id)
-        expr.remove(Attr.DONE_DATE)
-    expr.remove(Attr.LAST_ERROR)
-    # Only if nobody changed the item since it was read (a worker claiming or finishing it).
-    expr.when("{a:lockID} = {state}", state=item.state.value)
-    if item.lease_token:
-        expr.when("{a:Lease_Token} = {token}", token=item.lease_token)
-    else:
-        expr.when("attribute_not_exists({a:Lease_Token})")
-    try:
-        queue.client.update_item(TableName=queue.table, Key=_key(item.item_id), **expr.request())
-    except Exception as exc:
-        if is_conditional_failure(exc):
-            return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
-        raise
+    write = queue.revoke if live else queue.reset
+    if not write(item, subtasks, clear_attempts=spec.subtasks):
+        return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
     return ResetAction(item.item_id, True, message)
 
 

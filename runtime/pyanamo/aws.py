@@ -10,22 +10,19 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
+from .errors import (
+    BOTO_ERRORS,
+    AccessDenied,
+    PyAnamoError,
+    QueueError,
+    TableMissing,
+    Unreachable,
+    translate,
+)
 from .stats import from_environment
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOCAL_REGION = "us-east-1"
-
-
-class PyAnamoError(Exception):
-    """An error for the user: printed as one line, exits with ``exit_code``."""
-
-    exit_code = 1
-
-
-class UsageError(PyAnamoError):
-    """Bad input or usage (exit 2)."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -85,37 +82,24 @@ def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10
     return aws_client("dynamodb", endpoint, max_attempts=max_attempts, pool=pool)
 
 
-def error_code(exc: BaseException) -> str:
-    if isinstance(exc, botocore.exceptions.ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
-    return ""
-
-
-def is_conditional_failure(exc: BaseException) -> bool:
-    return error_code(exc) == "ConditionalCheckFailedException"
-
-
 def describe(exc: BaseException, table: str | None = None) -> PyAnamoError | None:
-    """A user-facing error for an AWS/botocore exception, or None if it is not one."""
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+    """A user-facing error for an AWS/botocore exception or a typed queue error, or None if it
+    is neither. The typed errors come from the queue's ``translate``; this never matches text."""
+    original = exc.__cause__ if isinstance(exc, QueueError) and exc.__cause__ is not None else exc
+    if isinstance(original, botocore.exceptions.NoCredentialsError):
         return PyAnamoError("no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID")
-    if isinstance(exc, botocore.exceptions.NoRegionError):
+    if isinstance(original, botocore.exceptions.NoRegionError):
         return PyAnamoError("no AWS region: set AWS_REGION or pass --region")
-    if isinstance(exc, botocore.exceptions.EndpointConnectionError):
-        return PyAnamoError(f"cannot reach the DynamoDB endpoint {exc.kwargs.get('endpoint_url')}")
-    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
+    if isinstance(original, botocore.exceptions.EndpointConnectionError):
+        return PyAnamoError(f"cannot reach the DynamoDB endpoint {original.kwargs.get('endpoint_url')}")
+    if isinstance(original, BOTO_ERRORS):
+        exc = translate(original)
+    if isinstance(exc, TableMissing) and table:
+        return PyAnamoError(f"table {table!r} does not exist (create it with: pyanamo create-table {table})")
+    if isinstance(exc, AccessDenied):
+        return PyAnamoError(f"AWS refused the request ({exc})")
+    if isinstance(exc, Unreachable):
         return PyAnamoError(f"connection to DynamoDB failed: {exc}")
-    if isinstance(exc, botocore.exceptions.ClientError):
-        code = error_code(exc)
-        message = exc.response.get("Error", {}).get("Message", "")
-        if code == "ResourceNotFoundException" and table:
-            return PyAnamoError(
-                f"table {table!r} does not exist (create it with: pyanamo create-table {table})"
-            )
-        if code in {"UnrecognizedClientException", "InvalidSignatureException",
-                    "ExpiredTokenException", "AccessDeniedException"}:
-            return PyAnamoError(f"AWS refused the request ({code}): {message}")
-        return PyAnamoError(f"DynamoDB error {code}: {message}")
-    if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return PyAnamoError(str(exc))
+    if isinstance(exc, QueueError):
+        return PyAnamoError(f"DynamoDB error: {exc}")
     return None

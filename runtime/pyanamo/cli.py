@@ -1,17 +1,26 @@
-"""The `pyanamo` command line. Exit codes: 0 success, 2 bad input or usage, 1 other errors."""
+"""The `pyanamo` command line.
+
+Exit codes: 0 success; 1 an error; 2 bad input or usage; 3 some items failed (`worker`: it
+drained the queue but items it finished failed; `status`: the table holds failed items);
+128 + N a worker stopped by signal N.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import events
-from .aws import Endpoint, PyAnamoError, UsageError, aws_client, describe, dynamodb_client
+from .aws import Endpoint, aws_client, describe, dynamodb_client
+from .errors import EXIT_FAILED_ITEMS, PyAnamoError, UsageError
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request
 
@@ -66,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive(float), default=None, help="kill a sub-task after this many seconds")
     p.add_argument("--linger", type=float, default=None,
                    help="seconds to wait for other workers' items before exiting (default: twice the lease)")
+    p.add_argument("--max-claims", type=_positive(int), default=3,
+                   help="fail an item after this many workers left it unfinished (died, lost the lease; "
+                        "default 3)")
     p.add_argument("--outage-limit", type=_positive(float), default=900.0,
                    help="exit 1 after the table has been unreachable this many seconds (default 900)")
     p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
@@ -73,11 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
     p.add_argument("--quiet", action="store_true", help="no log events on stderr")
 
-    p = command("status", "where a run stands")
+    p = command("status", "where a run stands (exit 3 if any item failed)")
     p.add_argument("table")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--watch", type=_positive(float), default=None, metavar="SECONDS",
-                   help="refresh every SECONDS until no item is todo or locked")
+                   help="refresh every SECONDS until no item is todo or locked (an empty table: says so and exits)")
 
     p = command("reset", "put items back to todo")
     p.add_argument("table")
@@ -136,18 +148,19 @@ def _require_table(client: Any, table: str) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from .importer import parse_delimiter, parse_task_file, write_items
+    from .importer import IO_THREADS, parse_delimiter, parse_task_file, write_items
 
     items = parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter)
-    client = _client(args)
+    client = _client(args, pool=IO_THREADS + 2)
     _require_table(client, args.table)
+    queue = TaskQueue(client, args.table)
     if sys.stderr.isatty():
         with Progress(transient=True) as progress:
             bar = progress.add_task("importing", total=len(items))
-            report = write_items(client, args.table, items, replace=args.replace,
+            report = write_items(queue, items, replace=args.replace,
                                  advance=lambda n: progress.advance(bar, n))
     else:
-        report = write_items(client, args.table, items, replace=args.replace)
+        report = write_items(queue, items, replace=args.replace)
     if report.skipped:
         shown = ", ".join(report.skipped[:10]) + (" …" if len(report.skipped) > 10 else "")
         print(f"left {len(report.skipped)} existing items untouched (use --replace to overwrite): {shown}")
@@ -161,14 +174,27 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_can_run(args: argparse.Namespace) -> None:
+    """Fail at start, with one line, on a machine that could not run any sub-task."""
+    if not args.workdir.is_dir():
+        raise UsageError(f"--workdir {args.workdir}: no such folder")
+    if shutil.which("bash") is None:
+        raise PyAnamoError("bash is not on PATH: sub-tasks run with bash -c")
+    try:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=args.log_dir):
+            pass
+    except OSError as exc:
+        raise PyAnamoError(f"--log-dir {args.log_dir}: cannot write logs there: {exc.strerror}") from None
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from .identity import Imds, off_ec2_identity
     from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
     events.enabled = not args.quiet
-    if not args.workdir.is_dir():
-        raise UsageError(f"--workdir {args.workdir}: no such folder")
+    _check_can_run(args)
     config = WorkerConfig(
         table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
         lease=args.lease, max_attempts=args.max_attempts, retry_delay=args.retry_delay, timeout=args.timeout, linger=args.linger,
@@ -179,12 +205,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _require_table(client, args.table)
     imds = Imds()
     instance_id = imds.get("instance-id")
-    queue = TaskQueue(client, args.table, owner=instance_id or off_ec2_identity(), lease_seconds=args.lease)
+    queue = TaskQueue(client, args.table, owner=instance_id or off_ec2_identity(), lease_seconds=args.lease,
+                      max_claims=args.max_claims)
     worker = Worker(queue, config)
     worker.install_signal_handlers()
     if instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
         SpotWatcher(imds, lambda _: worker.stop("spot_interruption", signal.SIGTERM)).start()
-    return worker.run()
+    code = worker.run()
+    policy = worker.policy
+    if policy.error:
+        print(f"pyanamo: error: worker stopped ({policy.reason}): {policy.detail}", file=sys.stderr)
+    elif worker.items_failed:
+        print(f"pyanamo: {worker.items_failed} of the items this worker finished failed "
+              f"(see: pyanamo status {args.table})", file=sys.stderr)
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -196,19 +230,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     client = _client(args)
     _require_table(client, args.table)
     queue = TaskQueue(client, args.table)
-    if args.json:
-        print(json.dumps(gather(queue).to_json(), indent=2))
-        return 0
-    if args.watch is None:
-        Console().print(render(gather(queue)))
-        return 0
     report = gather(queue)
-    with Live(render(report), auto_refresh=False) as live:
-        while not (report.finished and report.total):
-            time.sleep(args.watch)
-            report = gather(queue)
-            live.update(render(report), refresh=True)
-    return 0
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    elif args.watch is None or report.total == 0:
+        Console().print(render(report))
+        if args.watch is not None:
+            print(f"table {args.table} is empty: nothing to watch (import items first)")
+    else:
+        with Live(render(report), auto_refresh=False) as live:
+            while not report.finished:
+                time.sleep(args.watch)
+                report = gather(queue)
+                live.update(render(report), refresh=True)
+    return EXIT_FAILED_ITEMS if report.items[ItemState.FAILED.value] else 0
 
 
 def cmd_reset(args: argparse.Namespace) -> int:
@@ -305,6 +340,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `pyanamo logs ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         error = describe(exc, getattr(args, "table", None))
         if error is None:

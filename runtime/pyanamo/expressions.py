@@ -44,6 +44,11 @@ class Expression:
         self._sets.append(f"{self.name(path)} = {self.value(value)}")
         return self
 
+    def set_from(self, path: Path, source: Path, default: Any) -> "Expression":
+        """Set ``path`` to the value ``source`` had before this update (``default`` if none)."""
+        self._sets.append(f"{self.name(path)} = if_not_exists({self.name(source)}, {self.value(default)})")
+        return self
+
     def remove(self, path: Path) -> "Expression":
         self._removes.append(self.name(path))
         return self
@@ -58,6 +63,8 @@ class Expression:
         ``template`` names attributes as ``{name:Attr}`` and values as ``{value}`` fields::
 
             when("{a:lockID} = {state}", state="todo")
+
+        The named conditions in ``queue`` (``is_state``, ``lease_is``, ...) are the only callers.
         """
         values = {field: self.value(operand) for field, operand in operands.items()}
         rendered = []

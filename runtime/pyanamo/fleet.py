@@ -5,15 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .aws import PyAnamoError, UsageError
+from .errors import BOTO_ERRORS, PyAnamoError, UsageError, error_code
 from .identity import Imds
+from .runner import SIGNAL_EXIT_BASE
 
 # Stack output keys: the CDK stack writes them, the CLI reads them.
 OUTPUT_TABLE = "TableName"
 OUTPUT_GROUP = "GroupName"
 OUTPUT_LOG_BUCKET = "LogBucketName"
-
-SIGNAL_EXIT_BASE = 128
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,8 @@ class FleetStack:
 def read_stack(cloudformation: Any, stack: str) -> FleetStack:
     try:
         found = cloudformation.describe_stacks(StackName=stack)["Stacks"]
-    except Exception as exc:
-        if "does not exist" in str(exc):
+    except BOTO_ERRORS as exc:
+        if error_code(exc) == "ValidationError":  # CloudFormation's answer for a stack that does not exist
             raise UsageError(f"no stack {stack!r} (deploy it with: cdk deploy)") from None
         raise
     outputs = {o["OutputKey"]: o["OutputValue"] for o in found[0].get("Outputs", [])}

@@ -7,21 +7,28 @@ off from the left, TaskArgs from the right. Rows that share an itemID are one bu
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Callable
 
-from .aws import UsageError, is_conditional_failure
+from .errors import UsageError
 from .model import Item, Subtask
-from .schema import MAX_ITEM_ID_BYTES, MAX_SCRIPTS_BYTES, Attr, ItemState, subtask_key
+from .queue import TaskQueue
+from .schema import (
+    ITEM_LIMIT_BYTES,
+    MAX_ITEM_ID_BYTES,
+    MAX_SCRIPTS_BYTES,
+    MIN_TAIL_BYTES,
+    subtask_key,
+    tail_budget,
+)
 
 HEADER = ("itemid", "taskid", "taskscript")
 HEADER_WITH_ARGS = (*HEADER, "taskargs")
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "pipe": "|"}
 MAX_REPORTED_ERRORS = 20
-IO_THREADS = 4  # batch calls in flight at once
+IO_THREADS = 16  # conditional puts in flight at once
 
 
 class InvalidTaskFile(UsageError):
@@ -120,6 +127,12 @@ def parse_task_bytes(
                 f"{name}:{draft.first_line}: item {item_id!r} has {draft.size} bytes of scripts "
                 f"(at most {MAX_SCRIPTS_BYTES}); split it into several items"
             )
+        elif tail_budget(draft.size, len(draft.scripts)) < MIN_TAIL_BYTES:
+            errors.append(
+                f"{name}:{draft.first_line}: item {item_id!r} has {len(draft.scripts)} sub-tasks: with their "
+                f"results it could outgrow DynamoDB's {ITEM_LIMIT_BYTES // 1024} KB item limit (at most "
+                f"{_most_subtasks(draft)} sub-tasks like these fit); split it into several items"
+            )
     if errors:
         raise InvalidTaskFile(errors)
     return [
@@ -189,6 +202,14 @@ def _parse_row(
     return None
 
 
+def _most_subtasks(draft: _Draft) -> int:
+    each = draft.size / len(draft.scripts)
+    most = len(draft.scripts)
+    while most > 1 and tail_budget(int(each * most), most) < MIN_TAIL_BYTES:
+        most -= 1
+    return most
+
+
 # -- writing ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -200,108 +221,32 @@ class ImportReport:
     busy: list[str] = field(default_factory=list)
 
 
-def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def existing_ids(client: Any, table: str, item_ids: list[str]) -> set[str]:
-    """Which of ``item_ids`` are already in the table (BatchGetItem, 100 keys a call)."""
-    found: set[str] = set()
-    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
-        for ids in pool.map(lambda chunk: _present(client, table, chunk), _chunks(item_ids, 100)):
-            found.update(ids)
-    return found
-
-
-def _present(client: Any, table: str, item_ids: list[str]) -> set[str]:
-    request = {
-        table: {
-            "Keys": [{Attr.ITEM_ID: {"S": i}} for i in item_ids],
-            "ProjectionExpression": "#i",
-            "ExpressionAttributeNames": {"#i": Attr.ITEM_ID},
-        }
-    }
-    found: set[str] = set()
-    delay = 0.05
-    while request:
-        response = client.batch_get_item(RequestItems=request)
-        found.update(row[Attr.ITEM_ID]["S"] for row in response["Responses"].get(table, []))
-        request = response.get("UnprocessedKeys") or {}
-        if request:
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    return found
-
-
-def _put_batch(client: Any, table: str, items: list[Item]) -> int:
-    """Write up to 25 new items, retrying what DynamoDB leaves unprocessed."""
-    pending = [{"PutRequest": {"Item": item.new_row()}} for item in items]
-    delay = 0.05
-    while pending:
-        response = client.batch_write_item(RequestItems={table: pending})
-        pending = (response.get("UnprocessedItems") or {}).get(table, [])
-        if pending:
-            time.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    return len(items)
-
-
 def write_items(
-    client: Any,
-    table: str,
+    queue: TaskQueue,
     items: list[Item],
     *,
     replace: bool = False,
     advance: Callable[[int], None] = lambda n: None,
 ) -> ImportReport:
-    """Write parsed items; existing itemIDs are skipped (reported) unless ``replace``.
+    """Write parsed items, each with one conditional put (from a few threads): an itemID that
+    exists, or comes to exist meanwhile (another import), is never overwritten unless
+    ``replace``; even then an item a worker holds is left alone (reported as busy)."""
+    def write(item: Item) -> tuple[Item, str]:
+        if replace:
+            outcome = queue.replace_unless_held(item)
+            return item, "busy" if outcome is None else "replaced" if outcome else "new"
+        return item, "new" if queue.put_new(item) else "skipped"
 
-    Even with ``replace``, an item a worker holds (live lease) is never overwritten: the worker
-    would go on running the old sub-tasks while another claims the new ones.
-    """
-    present = existing_ids(client, table, [i.item_id for i in items])
-    skipped: list[str] = []
-    busy: list[str] = []
-    replaced: list[Item] = []
-    for item in items:
-        if item.item_id not in present:
-            continue
-        if not replace:
-            skipped.append(item.item_id)
-        elif _replace_unless_held(client, table, item):
-            replaced.append(item)
-        else:
-            busy.append(item.item_id)
-    advance(len(present))
-    new = [i for i in items if i.item_id not in present]
-    # A few batches in flight: each call waits on the network, not on this process.
+    outcomes: dict[str, list[Item]] = {"new": [], "replaced": [], "skipped": [], "busy": []}
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
-        for written in pool.map(lambda chunk: _put_batch(client, table, chunk), _chunks(new, 25)):
-            advance(written)
-    written = new + replaced
+        for item, outcome in pool.map(write, items):
+            outcomes[outcome].append(item)
+            advance(1)
+    written = outcomes["new"] + outcomes["replaced"]
     return ImportReport(
         imported=len(written),
         subtasks=sum(len(i.subtasks) for i in written),
-        skipped=skipped,
-        replaced=len(replaced),
-        busy=busy,
+        skipped=[i.item_id for i in outcomes["skipped"]],
+        replaced=len(outcomes["replaced"]),
+        busy=[i.item_id for i in outcomes["busy"]],
     )
-
-
-def _replace_unless_held(client: Any, table: str, item: Item) -> bool:
-    """Overwrite ``item`` unless a worker holds it now; False if it was left alone."""
-    try:
-        client.put_item(
-            TableName=table,
-            Item=item.new_row(),
-            ConditionExpression="attribute_not_exists(#i) OR #s <> :locked OR #e < :now",
-            ExpressionAttributeNames={"#i": Attr.ITEM_ID, "#s": Attr.STATE, "#e": Attr.LEASE_EXPIRY},
-            ExpressionAttributeValues={":locked": {"S": ItemState.LOCKED.value},
-                                       ":now": {"N": str(round(time.time(), 3))}},
-        )
-    except Exception as exc:
-        if is_conditional_failure(exc):
-            return False
-        raise
-    return True

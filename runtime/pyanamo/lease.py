@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Iterable
 
+from .errors import QueueError
 from .events import emit
 from .queue import Lease, LeaseLost, TaskQueue
 from .runner import SubtaskProcess
@@ -101,7 +102,7 @@ class LeaseKeeper:
                     held.lease = self.queue.renew(held.lease)
                 except LeaseLost:
                     held.abandon("lease_taken")
-                except Exception as exc:  # outage or throttling: the watchdog decides
+                except QueueError as exc:  # outage or throttling: the watchdog decides
                     emit("lease_renew_failed", item=held.item_id, error=str(exc))
 
     def _watch_loop(self) -> None:

@@ -13,7 +13,7 @@ import socket
 import threading
 from typing import Any, Callable, Iterable
 
-from .aws import PyAnamoError
+from .errors import PyAnamoError
 
 HOST = "127.0.0.1"
 

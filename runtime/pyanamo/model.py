@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from .errors import MalformedItem
 from .schema import (
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
@@ -22,6 +23,8 @@ from .schema import (
     subtask_order,
 )
 
+ITEM_STATES = {s.value for s in ItemState}
+SUBTASK_STATUSES = {s.value for s in SubtaskStatus}
 _deserializer = TypeDeserializer()
 _serializer = TypeSerializer()
 
@@ -51,6 +54,10 @@ def utc_now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
 def _int(value: Any, default: int = 0) -> int:
     return int(value) if isinstance(value, (int, Decimal)) else default
 
@@ -64,12 +71,21 @@ class Subtask:
     exit_code: int | None = None
 
     @classmethod
-    def from_map(cls, key: str, value: Mapping[str, Any]) -> "Subtask":
+    def from_map(cls, key: str, value: Any) -> "Subtask":
+        """Build from ``TaskScript.<key>``; ValueError says why it cannot be run as stored."""
+        if not isinstance(value, Mapping):
+            raise ValueError(f"sub-task {key} is not a map")
+        script = value.get(SUBTASK_SCRIPT)
+        if not isinstance(script, str) or not script.strip():
+            raise ValueError(f"sub-task {key} has no {SUBTASK_SCRIPT}")
+        status = value.get(SUBTASK_STATUS, SubtaskStatus.TODO.value)
+        if status not in SUBTASK_STATUSES:
+            raise ValueError(f"sub-task {key} has an unknown {SUBTASK_STATUS} {str(status)[:40]!r}")
         exit_code = value.get(SUBTASK_EXIT_CODE)
         return cls(
             key=key,
-            script=str(value.get(SUBTASK_SCRIPT, "")),
-            status=SubtaskStatus(value.get(SUBTASK_STATUS, SubtaskStatus.TODO.value)),
+            script=script,
+            status=SubtaskStatus(status),
             attempts=_int(value.get(SUBTASK_ATTEMPTS)),
             exit_code=None if exit_code is None else _int(exit_code),
         )
@@ -104,25 +120,37 @@ class Item:
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Item":
-        """Build from a low-level DynamoDB row."""
+        """Build from a low-level DynamoDB row; MalformedItem says why it cannot be run."""
         data = from_dynamo(row)
-        scripts = data.get(Attr.TASK_SCRIPT) or {}
+        item_id = str(data.get(Attr.ITEM_ID, ""))
+        scripts = data.get(Attr.TASK_SCRIPT)
+        state = data.get(Attr.STATE, ItemState.TODO.value)
         expiry = data.get(Attr.LEASE_EXPIRY)
+        try:
+            if state not in ITEM_STATES:
+                raise ValueError(f"unknown {Attr.STATE} {str(state)[:40]!r}")
+            if not isinstance(scripts, Mapping):
+                raise ValueError(f"{Attr.TASK_SCRIPT} is not a map of sub-tasks")
+            if not scripts:
+                raise ValueError(f"{Attr.TASK_SCRIPT} has no sub-tasks")
+            subtasks = tuple(Subtask.from_map(key, scripts[key]) for key in sorted(scripts, key=subtask_order))
+            if expiry is not None and not isinstance(expiry, (int, Decimal)):
+                raise ValueError(f"{Attr.LEASE_EXPIRY} is not a number")
+        except ValueError as exc:
+            raise MalformedItem(item_id, str(exc)) from None
         return cls(
-            item_id=data[Attr.ITEM_ID],
+            item_id=item_id,
             task_id=str(data.get(Attr.TASK_ID, "")),
-            subtasks=tuple(
-                Subtask.from_map(key, scripts[key]) for key in sorted(scripts, key=subtask_order)
-            ),
-            state=ItemState(data.get(Attr.STATE, ItemState.TODO.value)),
+            subtasks=subtasks,
+            state=ItemState(state),
             instance_id=data.get(Attr.INSTANCE_ID),
             lease_token=data.get(Attr.LEASE_TOKEN),
             lease_expiry=None if expiry is None else float(expiry),
             lock_date=data.get(Attr.LOCK_DATE),
             done_date=data.get(Attr.DONE_DATE),
             last_error=data.get(Attr.LAST_ERROR),
-            logs=data.get(Attr.LOG) or {},
-            log_summary=data.get(Attr.LOG_SUMMARY) or {},
+            logs=_map(data.get(Attr.LOG)),
+            log_summary=_map(data.get(Attr.LOG_SUMMARY)),
         )
 
     def new_row(self) -> dict[str, Any]:

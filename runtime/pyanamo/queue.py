@@ -1,8 +1,12 @@
-"""The DynamoDB task queue: claims, leases and fenced writes.
+"""The DynamoDB task queue: the only code that writes items.
 
-A claim is one conditional UpdateItem (todo, or locked with an expired lease -> locked) that
-stores a fresh lease token. Every later write for the item is conditional on that token, so a
-worker that has lost its lease can never overwrite the work of the item's new owner.
+A claim is one conditional UpdateItem (todo -> locked, or locked with an expired lease -> locked)
+that stores a fresh lease token. Every later write for the item is conditional on that token, so
+a worker that has lost its lease can never overwrite the work of the item's new owner. Imports,
+resets, revocations and cancellations go through here too, with conditions built by the named
+helpers below (``is_state``, ``lease_is``, ``lease_expired``, ``not_held``, ``absent``), so each
+rule is written once. Every request goes through ``_call``, which raises the typed errors of
+``errors`` instead of boto3's.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
-from .aws import is_conditional_failure
+from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
+from .events import emit
 from .expressions import Expression
 from .model import Item, utc_now_iso
 from .schema import (
@@ -35,6 +40,9 @@ from .schema import (
 CANDIDATES_PER_QUERY = 8
 CANDIDATE_MAX_AGE = 2.0  # seconds: older candidates have probably been taken by others
 EMPTY_SHARD_SECONDS = 5.0  # how long a shard found empty is skipped (at most a quarter lease)
+CLAIM_TRIES = 8  # candidates one claim() tries before it reports nothing claimable
+DEFAULT_MAX_CLAIMS = 3
+UNKNOWN_HOLDER = "unknown"
 
 
 class LeaseLost(Exception):
@@ -61,35 +69,105 @@ class SubtaskResult:
     error_line: str | None = None
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """An item found in the state index: todo, or (``reclaim``) locked with an expired lease."""
+
+    item_id: str
+    reclaim: bool = False
+
+
+# -- conditions, each written once ----------------------------------------------------------
+
+def is_state(expr: Expression, state: ItemState) -> Expression:
+    return expr.when(f"{{a:{Attr.STATE}}} = {{state}}", state=state.value)
+
+
+def lease_is(expr: Expression, token: str | None) -> Expression:
+    """The item still carries this lease token (or none, for ``None``)."""
+    if token is None:
+        return expr.when(f"attribute_not_exists({{a:{Attr.LEASE_TOKEN}}})")
+    return expr.when(f"{{a:{Attr.LEASE_TOKEN}}} = {{token}}", token=token)
+
+
+def lease_expired(expr: Expression, now: float) -> Expression:
+    """Locked, and its lease ran out before ``now``: the holder is gone."""
+    return expr.when(f"{{a:{Attr.STATE}}} = {{locked}} AND {{a:{Attr.LEASE_EXPIRY}}} < {{now}}",
+                     locked=ItemState.LOCKED.value, now=round(now, 3))
+
+
+def not_held(expr: Expression, now: float) -> Expression:
+    """No worker holds the item now (it may not even exist)."""
+    return expr.when(
+        f"attribute_not_exists({{a:{Attr.ITEM_ID}}}) OR {{a:{Attr.STATE}}} <> {{locked}} "
+        f"OR {{a:{Attr.LEASE_EXPIRY}}} < {{now}}",
+        locked=ItemState.LOCKED.value, now=round(now, 3))
+
+
+def absent(expr: Expression) -> Expression:
+    return expr.when(f"attribute_not_exists({{a:{Attr.ITEM_ID}}})")
+
+
+def to_todo(expr: Expression, item_id: str) -> Expression:
+    """Turn ``expr`` into a return to todo: state index entry and lease cleared."""
+    expr.set(Attr.STATE, ItemState.TODO.value)
+    expr.set(Attr.STATE_SHARD, state_shard(ItemState.TODO, item_id))
+    expr.set(Attr.STATE_RANK, secrets.token_hex(8))
+    return expr.remove(Attr.LEASE_TOKEN).remove(Attr.LEASE_EXPIRY)
+
+
+def to_final(expr: Expression, item_id: str, final: ItemState) -> Expression:
+    """Turn ``expr`` into the end of the item in ``final`` (done, failed or cancelled)."""
+    date = utc_now_iso()
+    expr.set(Attr.STATE, final.value)
+    expr.set(Attr.STATE_SHARD, state_shard(final, item_id))
+    expr.set(Attr.STATE_RANK, date)
+    if final is ItemState.DONE:
+        expr.set(Attr.DONE_DATE, date)
+    return expr.remove(Attr.LEASE_TOKEN).remove(Attr.LEASE_EXPIRY)
+
+
 class TaskQueue:
     """One table seen as a queue. Thread-safe: slots of one worker share an instance."""
 
-    def __init__(self, client: Any, table: str, *, owner: str = "", lease_seconds: float = 60):
+    def __init__(self, client: Any, table: str, *, owner: str = "", lease_seconds: float = 60,
+                 max_claims: int = DEFAULT_MAX_CLAIMS):
         self.client = client
         self.table = table
         self.owner = owner
         self.lease_seconds = lease_seconds
-        self._candidates: deque[str] = deque()
+        self.max_claims = max_claims
+        self._candidates: deque[Candidate] = deque()
         self._fetched_at = 0.0
         self._empty_until: dict[str, float] = {}
         self._empty_shard_ttl = min(EMPTY_SHARD_SECONDS, lease_seconds / 4)
         self._lock = threading.Lock()
 
+    def _call(self, operation: str, **request: Any) -> dict[str, Any]:
+        """One DynamoDB request on this table; boto3's errors come out typed (``errors``)."""
+        try:
+            return getattr(self.client, operation)(TableName=self.table, **request)
+        except BOTO_ERRORS as exc:
+            raise translate(exc) from exc
+
     # -- claiming -------------------------------------------------------------------------
 
     def claim(self) -> tuple[Item, Lease] | None:
-        """Claim one todo (or expired) item, or return None when none is claimable now."""
-        while True:
-            item_id = self._next_candidate()
-            if item_id is None:
+        """Claim one todo (or expired) item, or return None when none is claimable now.
+
+        Tries a bounded number of candidates, so a caller that is stopping gets control back."""
+        for _ in range(CLAIM_TRIES):
+            candidate = self._next_candidate()
+            if candidate is None:
                 return None
-            claimed = self._try_claim(item_id)
+            claimed = self._try_claim(candidate)
             if claimed is not None:
                 return claimed
             with self._lock:  # its neighbours in the index are probably contended too: look elsewhere
                 self._candidates.clear()
+        return None
 
-    def _next_candidate(self) -> str | None:
+    def _next_candidate(self) -> Candidate | None:
         with self._lock:
             if self._candidates and time.monotonic() - self._fetched_at < CANDIDATE_MAX_AGE:
                 return self._candidates.popleft()
@@ -100,7 +178,7 @@ class TaskQueue:
             self._fetched_at = time.monotonic()
             return self._candidates.popleft() if self._candidates else None
 
-    def _find_candidates(self) -> list[str]:
+    def _find_candidates(self) -> list[Candidate]:
         """Candidates from one shard, starting at a random rank so workers spread out.
 
         Shards found empty are skipped for a while (a quarter of the lease at most), so a
@@ -115,18 +193,18 @@ class TaskQueue:
                 found += self._query_ids(shard, "<", start, CANDIDATES_PER_QUERY - len(found))
             if found:
                 random.shuffle(found)
-                return found
+                return [Candidate(i) for i in found]
             self._empty_until[shard] = now + self._empty_shard_ttl
         now_rank = expiry_rank(time.time())
         for shard in random.sample(shard_keys(ItemState.LOCKED), k=len(shard_keys(ItemState.LOCKED))):
             found = self._query_ids(shard, "<", now_rank, CANDIDATES_PER_QUERY)
             if found:
-                return found
+                return [Candidate(i, reclaim=True) for i in found]
         return []
 
     def _query_ids(self, shard: str, op: str, rank: str, limit: int) -> list[str]:
-        response = self.client.query(
-            TableName=self.table,
+        response = self._call(
+            "query",
             IndexName=STATE_INDEX.name,
             KeyConditionExpression=f"#s = :s AND #r {op} :r",
             ExpressionAttributeNames={"#s": Attr.STATE_SHARD, "#r": Attr.STATE_RANK, "#i": Attr.ITEM_ID},
@@ -136,16 +214,42 @@ class TaskQueue:
         )
         return [row[Attr.ITEM_ID]["S"] for row in response.get("Items", [])]
 
-    def _try_claim(self, item_id: str) -> tuple[Item, Lease] | None:
+    def _try_claim(self, candidate: Candidate) -> tuple[Item, Lease] | None:
         """Claim one item. For a fresh item the claim also marks Task_0 running, which saves a
         write; if that was the only reason the claim failed, claim it plainly."""
-        claimed, claimable = self._claim_once(item_id, mark_first=True)
-        if claimed is None and claimable:
-            claimed, _ = self._claim_once(item_id, mark_first=False)
-        return claimed
-
-    def _claim_once(self, item_id: str, mark_first: bool) -> tuple[tuple[Item, Lease] | None, bool]:
         now = time.time()
+        try:
+            return self._claim_once(candidate, now, mark_first=True)
+        except ConditionFailed as failure:
+            # Servers that omit the old item from the failure (dynalite) get a consistent read.
+            old = failure.old or self._read_row(candidate.item_id)
+        except ItemRejected:  # TaskScript is not a map of sub-tasks: claim it plainly, then fail it
+            old = None
+        else:
+            return None
+        if old is not None:
+            try:
+                item = Item.from_row(old)
+            except MalformedItem as exc:
+                self._fail_unclaimed(old, exc.reason)
+                return None
+            wanted = ItemState.LOCKED if candidate.reclaim else ItemState.TODO
+            if item.state is not wanted or item.lease_live(now):
+                return None  # taken or finished meanwhile
+        try:
+            return self._claim_once(candidate, now, mark_first=False)
+        except ConditionFailed:
+            return None
+        except ItemRejected as exc:  # e.g. already at DynamoDB's size limit: it can never run
+            row = old or self._read_row(candidate.item_id)
+            if row is not None:
+                self._fail_unclaimed(row, f"cannot be claimed: {exc}")
+            return None
+
+    def _claim_once(self, candidate: Candidate, now: float, mark_first: bool) -> tuple[Item, Lease] | None:
+        """The claim itself; None if it succeeded but the item turned out unrunnable (then it
+        is failed at once: malformed, or abandoned by too many workers)."""
+        item_id = candidate.item_id
         lease = Lease(item_id, secrets.token_hex(16), now + self.lease_seconds)
         expr = (
             Expression()
@@ -157,39 +261,70 @@ class TaskQueue:
             .set(Attr.STATE_SHARD, state_shard(ItemState.LOCKED, item_id))
             .set(Attr.STATE_RANK, expiry_rank(lease.expiry))
             .add(Attr.CLAIMS, 1)
-            .when(
-                "{a:lockID} = {todo} OR ({a:lockID} = {locked} AND {a:Lease_Expiry} < {now})",
-                todo=ItemState.TODO.value,
-                locked=ItemState.LOCKED.value,
-                now=round(now, 3),
-            )
         )
+        if candidate.reclaim:  # the holder left without finishing: count it, and who it was
+            lease_expired(expr, now).add(Attr.ABANDONED, 1)
+            expr.set_from(Attr.LAST_HOLDER, Attr.INSTANCE_ID, UNKNOWN_HOLDER)
+        else:
+            is_state(expr, ItemState.TODO)
         if mark_first:
             first = (Attr.TASK_SCRIPT, subtask_key(0), SUBTASK_STATUS)
             expr.set(first, SubtaskStatus.RUNNING.value)
             expr.when("{a:" + ".".join(first) + "} = {todo}", todo=SubtaskStatus.TODO.value)
+        response = self._call("update_item", Key=_key(item_id), ReturnValues="ALL_NEW",
+                              ReturnValuesOnConditionCheckFailure="ALL_OLD", **expr.request())
+        row = response["Attributes"]
         try:
-            response = self.client.update_item(
-                TableName=self.table, Key=_key(item_id), ReturnValues="ALL_NEW",
-                ReturnValuesOnConditionCheckFailure="ALL_OLD", **expr.request(),
-            )
-        except Exception as exc:
-            if is_conditional_failure(exc):
-                old = getattr(exc, "response", {}).get("Item")
-                return None, bool(old) and _claimable(Item.from_row(old), now)
-            raise
-        return (Item.from_row(response["Attributes"]), lease), False
+            item = Item.from_row(row)
+        except MalformedItem as exc:
+            self._end_unrunnable(lease, f"malformed item: {exc.reason}")
+            return None
+        abandoned = int(row.get(Attr.ABANDONED, {}).get("N", "0"))
+        if candidate.reclaim and abandoned >= self.max_claims:
+            holder = row.get(Attr.LAST_HOLDER, {}).get("S", UNKNOWN_HOLDER)
+            self._end_unrunnable(lease, f"abandoned by {abandoned} workers (last: {holder}); "
+                                        f"a sub-task may be killing its worker (out of memory?)")
+            return None
+        return item, lease
+
+    def _end_unrunnable(self, lease: Lease, error: str) -> None:
+        emit("item_failed", item=lease.item_id, reason=error)
+        try:
+            self._fenced_update(lease, to_final(Expression().set(Attr.LAST_ERROR, error),
+                                                lease.item_id, ItemState.FAILED))
+        except LeaseLost:
+            pass
+
+    def _fail_unclaimed(self, row: dict[str, Any], reason: str) -> None:
+        """Fail a malformed item that cannot even be claimed, if it is still as it was read."""
+        item_id = row[Attr.ITEM_ID]["S"]
+        error = f"malformed item: {reason}"
+        expr = to_final(Expression().set(Attr.LAST_ERROR, error), item_id, ItemState.FAILED)
+        state = row.get(Attr.STATE, {}).get("S")
+        if state is None:
+            expr.when(f"attribute_not_exists({{a:{Attr.STATE}}})")
+        else:
+            expr.when(f"{{a:{Attr.STATE}}} = {{state}}", state=state)
+        lease_is(expr, row.get(Attr.LEASE_TOKEN, {}).get("S"))
+        try:
+            self._call("update_item", Key=_key(item_id), **expr.request())
+        except (ConditionFailed, ItemRejected):
+            return
+        emit("item_failed", item=item_id, reason=error)
+
+    def _read_row(self, item_id: str) -> dict[str, Any] | None:
+        return self._call("get_item", Key=_key(item_id), ConsistentRead=True).get("Item")
 
     # -- writes under a lease -------------------------------------------------------------
 
     def _fenced_update(self, lease: Lease, expr: Expression) -> None:
-        expr.when("{a:Lease_Token} = {token}", token=lease.token)
+        """An update that applies only while ``lease`` is the item's lease; else LeaseLost.
+        ItemRejected passes through: the write is invalid and retrying cannot help."""
+        lease_is(expr, lease.token)
         try:
-            self.client.update_item(TableName=self.table, Key=_key(lease.item_id), **expr.request())
-        except Exception as exc:
-            if is_conditional_failure(exc):
-                raise LeaseLost(lease.item_id) from exc
-            raise
+            self._call("update_item", Key=_key(lease.item_id), **expr.request())
+        except ConditionFailed as exc:
+            raise LeaseLost(lease.item_id) from exc
 
     def renew(self, lease: Lease) -> Lease:
         """Extend the lease (heartbeat). Raises LeaseLost if the item is no longer ours."""
@@ -222,7 +357,7 @@ class TaskQueue:
         if next_running:
             expr.set((Attr.TASK_SCRIPT, next_running, SUBTASK_STATUS), SubtaskStatus.RUNNING.value)
         if final is not None:
-            self._finish(expr, lease.item_id, final)
+            to_final(expr, lease.item_id, final)
         self._fenced_update(lease, expr)
 
     def finish(self, lease: Lease, final: ItemState, error_line: str | None = None,
@@ -234,16 +369,14 @@ class TaskQueue:
             expr.set(Attr.LAST_ERROR, error_line)
         for key in failed:
             expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.FAILED.value)
-        self._finish(expr, lease.item_id, final)
-        self._fenced_update(lease, expr)
+        self._fenced_update(lease, to_final(expr, lease.item_id, final))
 
     def release(self, lease: Lease, interrupted: list[str]) -> None:
         """Give the item back as todo; finished sub-tasks are kept, interrupted ones rerun."""
         expr = Expression()
         for key in interrupted:
             expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.TODO.value)
-        _to_todo(expr, lease.item_id)
-        self._fenced_update(lease, expr)
+        self._fenced_update(lease, to_todo(expr, lease.item_id))
 
     @staticmethod
     def _set_result(expr: Expression, result: SubtaskResult) -> None:
@@ -259,30 +392,74 @@ class TaskQueue:
         elif result.error_line is not None:
             expr.set(Attr.LAST_ERROR, result.error_line)
 
+    # -- writes without a lease: imports and the operator's commands -----------------------
+
+    def put_new(self, item: Item) -> bool:
+        """Import ``item`` unless its itemID exists (whoever wrote it, even a concurrent import)."""
+        try:
+            self._call("put_item", Item=item.new_row(), **absent(Expression()).request())
+        except ConditionFailed:
+            return False
+        return True
+
+    def replace_unless_held(self, item: Item) -> bool | None:
+        """Import ``item`` over an existing one, unless a worker holds that one now (it would go
+        on running the old sub-tasks while another worker claims the new ones): None if held,
+        else whether an item was replaced."""
+        try:
+            response = self._call("put_item", Item=item.new_row(), ReturnValues="ALL_OLD",
+                                  **not_held(Expression(), time.time()).request())
+        except ConditionFailed:
+            return None
+        return bool(response.get("Attributes"))
+
+    def reset(self, item: Item, subtasks: Sequence[str], *, clear_attempts: bool) -> bool:
+        """Put an item no worker holds back to todo, with ``subtasks`` set to todo; False if the
+        item changed since it was read. The crash count starts again."""
+        expr = self._subtasks_to_todo(subtasks, clear_attempts)
+        to_todo(expr, item.item_id).remove(Attr.DONE_DATE).remove(Attr.LAST_ERROR)
+        expr.set(Attr.ABANDONED, 0)
+        return self._unchanged_update(item, expr)
+
+    def revoke(self, item: Item, subtasks: Sequence[str], *, clear_attempts: bool) -> bool:
+        """Take a live item from its holder: its next renewal fails and it stops the item's
+        processes. Nobody may claim it before the old lease runs out, so no two runs overlap.
+        The claim that follows is not counted as an abandoned one (the count is pre-decremented)."""
+        expr = self._subtasks_to_todo(subtasks, clear_attempts)
+        expr.set(Attr.LEASE_TOKEN, f"revoked-{secrets.token_hex(8)}").remove(Attr.LAST_ERROR)
+        expr.add(Attr.ABANDONED, -1)
+        return self._unchanged_update(item, expr)
+
     @staticmethod
-    def _finish(expr: Expression, item_id: str, final: ItemState) -> None:
-        date = utc_now_iso()
-        expr.set(Attr.STATE, final.value)
-        expr.set(Attr.STATE_SHARD, state_shard(final, item_id))
-        expr.set(Attr.STATE_RANK, date)
-        if final is ItemState.DONE:
-            expr.set(Attr.DONE_DATE, date)
-        expr.remove(Attr.LEASE_TOKEN).remove(Attr.LEASE_EXPIRY)
+    def _subtasks_to_todo(keys: Sequence[str], clear_attempts: bool) -> Expression:
+        expr = Expression()
+        for key in keys:
+            expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.TODO.value)
+            if clear_attempts:
+                expr.set((Attr.TASK_SCRIPT, key, SUBTASK_ATTEMPTS), 0)
+        return expr
+
+    def _unchanged_update(self, item: Item, expr: Expression) -> bool:
+        """Apply ``expr`` only if nobody changed the item since it was read (a worker claiming
+        or finishing it)."""
+        lease_is(is_state(expr, item.state), item.lease_token)
+        try:
+            self._call("update_item", Key=_key(item.item_id), **expr.request())
+        except ConditionFailed:
+            return False
+        return True
 
     # -- reads ----------------------------------------------------------------------------
 
     def get(self, item_id: str) -> Item | None:
-        response = self.client.get_item(
-            TableName=self.table, Key=_key(item_id), ConsistentRead=True
-        )
-        row = response.get("Item")
+        row = self._read_row(item_id)
         return Item.from_row(row) if row else None
 
     def any_in_state(self, state: ItemState) -> bool:
         """Whether at least one item is in ``state`` (Limit 1 per shard; no Scan)."""
         for shard in shard_keys(state):
-            response = self.client.query(
-                TableName=self.table,
+            response = self._call(
+                "query",
                 IndexName=STATE_INDEX.name,
                 KeyConditionExpression="#s = :s",
                 ExpressionAttributeNames={"#s": Attr.STATE_SHARD},
@@ -300,29 +477,29 @@ class TaskQueue:
             yield from self._shard_rows(shard, attributes)
 
     def _shard_rows(self, shard: str, attributes: list[str]) -> Iterator[dict[str, Any]]:
-        names = {f"#p{n}": name for n, name in enumerate(attributes)}
-        for page in self.client.get_paginator("query").paginate(
-            TableName=self.table,
-            IndexName=STATE_INDEX.name,
-            KeyConditionExpression="#s = :s",
-            ExpressionAttributeNames={"#s": Attr.STATE_SHARD, **names},
-            ExpressionAttributeValues={":s": {"S": shard}},
-            ProjectionExpression=", ".join(names),
-        ):
-            yield from page.get("Items", [])
+        yield from self.query_index(STATE_INDEX.name, (Attr.STATE_SHARD, shard), attributes=attributes)
 
-
-def _claimable(item: Item, now: float) -> bool:
-    return item.state in (ItemState.TODO, ItemState.LOCKED) and not item.lease_live(now)
+    def query_index(self, index: str, key: tuple[str, str], sort: tuple[str, str] | None = None,
+                    attributes: Sequence[str] = (Attr.ITEM_ID,)) -> Iterator[dict[str, Any]]:
+        """Rows of ``index`` whose partition key (and sort key, if given) equal these values
+        (paginated Query)."""
+        names = {"#k": key[0], **{f"#p{n}": name for n, name in enumerate(attributes)}}
+        values = {":k": {"S": key[1]}}
+        condition = "#k = :k"
+        if sort:
+            condition += " AND #r = :r"
+            names["#r"], values[":r"] = sort[0], {"S": sort[1]}
+        pages = self.client.get_paginator("query").paginate(
+            TableName=self.table, IndexName=index, KeyConditionExpression=condition,
+            ExpressionAttributeNames=names, ExpressionAttributeValues=values,
+            ProjectionExpression=", ".join(n for n in names if n.startswith("#p")),
+        )
+        try:
+            for page in pages:
+                yield from page.get("Items", [])
+        except BOTO_ERRORS as exc:
+            raise translate(exc) from exc
 
 
 def _key(item_id: str) -> dict[str, Any]:
     return {Attr.ITEM_ID: {"S": item_id}}
-
-
-def _to_todo(expr: Expression, item_id: str) -> None:
-    """Turn ``expr`` into a return to todo: state index entry and lease cleared."""
-    expr.set(Attr.STATE, ItemState.TODO.value)
-    expr.set(Attr.STATE_SHARD, state_shard(ItemState.TODO, item_id))
-    expr.set(Attr.STATE_RANK, secrets.token_hex(8))
-    expr.remove(Attr.LEASE_TOKEN).remove(Attr.LEASE_EXPIRY)

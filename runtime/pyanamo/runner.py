@@ -1,17 +1,20 @@
-"""Running one sub-task: ``bash -c SCRIPT`` in its own process group, logs to files.
+"""Running one sub-task: ``bash -c SCRIPT`` under a supervisor process, logs to files.
 
-The process group lets the worker stop a sub-task and everything it started (on timeout,
-SIGTERM, or a lost lease). ``wait4`` gives the CPU time of the sub-task and the descendants it
-waited for.
+The supervisor (``supervise.py``) contains everything the script starts: processes that leave
+its process group or session are still found and killed when the sub-task ends, times out or is
+interrupted, and when the worker itself dies (SIGKILL included). It reports the script's exit
+status and the CPU time and peak memory of the whole process tree.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -19,7 +22,14 @@ from pathlib import Path
 from typing import Mapping
 
 TIMEOUT_EXIT_CODE = 124  # as coreutils' timeout(1)
+SIGNAL_EXIT_BASE = 128  # a process ended by signal N exits 128 + N, as a shell reports it
 KILL_GRACE_SECONDS = 5.0
+SUPERVISOR = Path(__file__).with_name("supervise.py")
+
+
+class LocalFailure(Exception):
+    """This machine cannot run sub-tasks (log folder not writable, disk full, fork failed):
+    the item is not at fault and goes back to the queue."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,8 @@ class Outcome:
     wall_time: float
     stdout: Path
     stderr: Path
+    signal: int | None = None  # the signal that ended the script, if one did
+    peak_rss_kb: int = 0
 
     @property
     def interrupted(self) -> bool:
@@ -40,6 +52,17 @@ class Outcome:
     @property
     def succeeded(self) -> bool:
         return self.exit_code == 0
+
+    def signal_reason(self) -> str | None:
+        """``killed (SIGKILL: out of memory?)`` and the like, for a run a signal ended."""
+        if self.signal is None:
+            return None
+        try:
+            name = signal.Signals(self.signal).name
+        except ValueError:
+            name = f"signal {self.signal}"
+        hint = ": out of memory?" if self.signal == signal.SIGKILL else ""
+        return f"killed ({name}{hint})"
 
 
 def safe_name(text: str, limit: int = 80) -> str:
@@ -61,84 +84,99 @@ class SubtaskProcess:
         cwd: Path,
         log_folder: Path,
         timeout: float | None = None,
+        grace: float = KILL_GRACE_SECONDS,
     ) -> None:
         self.script = script
         self.env = dict(env)
         self.cwd = cwd
         self.log_folder = log_folder
         self.timeout = timeout
+        self.grace = grace
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._exited = threading.Event()
 
     def run(self) -> Outcome:
-        self.log_folder.mkdir(parents=True, exist_ok=True)
+        """Run the script to its end; LocalFailure if it could not be started here."""
         stdout_path = self.log_folder / "stdout"
         stderr_path = self.log_folder / "stderr"
+        try:
+            self.log_folder.mkdir(parents=True, exist_ok=True)
+            out = open(stdout_path, "wb")
+            err = open(stderr_path, "wb")
+        except OSError as exc:
+            raise LocalFailure(f"cannot write logs in {self.log_folder}: {exc.strerror}") from None
         started = time.monotonic()
-        with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
-            with self._lock:
-                if self._reason is not None:  # interrupted before it started
-                    return Outcome(None, False, 0.0, 0.0, stdout_path, stderr_path)
-                process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
-                    ["bash", "-c", self.script],
-                    cwd=self.cwd,
-                    env=self.env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=err,
-                    start_new_session=True,
-                )
-                self._pid = process.pid
-            timer = None
-            if self.timeout:
-                timer = threading.Timer(self.timeout, self.interrupt, args=("timeout",))
-                timer.daemon = True
-                timer.start()
-            _, status, usage = os.wait4(process.pid, 0)
-            process.returncode = os.waitstatus_to_exitcode(status)
-            self._exited.set()
-            if timer:
-                timer.cancel()
-            _kill_group(process.pid, signal.SIGKILL)  # leftovers the script left running
+        result_read, result_write = os.pipe()
+        try:
+            with out, err:
+                with self._lock:
+                    if self._reason is not None:  # interrupted before it started
+                        return Outcome(None, False, 0.0, 0.0, stdout_path, stderr_path)
+                    try:
+                        process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
+                            [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()),
+                             str(self.grace), str(result_write), self.script],
+                            cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                            start_new_session=True, pass_fds=(result_write,),
+                        )
+                    except OSError as exc:
+                        raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
+                    self._pid = process.pid
+                os.close(result_write)
+                result_write = -1
+                timer = None
+                if self.timeout:
+                    timer = threading.Timer(self.timeout, self.interrupt, args=("timeout",))
+                    timer.daemon = True
+                    timer.start()
+                _, own_status, _ = os.wait4(process.pid, 0)
+                process.returncode = os.waitstatus_to_exitcode(own_status)
+                self._exited.set()
+                if timer:
+                    timer.cancel()
+                with os.fdopen(result_read, "rb") as pipe:
+                    result_read = -1
+                    report = pipe.read()
+        finally:
+            for fd in (result_read, result_write):
+                if fd >= 0:
+                    os.close(fd)
         wall = time.monotonic() - started
-        cpu = usage.ru_utime + usage.ru_stime
+        try:
+            result = json.loads(report)
+            status, cpu, peak = int(result["status"]), float(result["cpu"]), int(result["maxrss_kb"])
+        except (ValueError, KeyError, TypeError):  # the supervisor itself was killed
+            status, cpu, peak = own_status, 0.0, 0
+        exit_code = os.waitstatus_to_exitcode(status)
+        signum = -exit_code if exit_code < 0 else None
+        if signum is not None:
+            exit_code = SIGNAL_EXIT_BASE + signum
         with self._lock:
             reason = self._reason
         if reason == "timeout":
-            return Outcome(TIMEOUT_EXIT_CODE, True, cpu, wall, stdout_path, stderr_path)
+            return Outcome(TIMEOUT_EXIT_CODE, True, cpu, wall, stdout_path, stderr_path, None, peak)
         if reason is not None:
-            return Outcome(None, False, cpu, wall, stdout_path, stderr_path)
-        return Outcome(process.returncode, False, cpu, wall, stdout_path, stderr_path)
+            return Outcome(None, False, cpu, wall, stdout_path, stderr_path, signum, peak)
+        return Outcome(exit_code, False, cpu, wall, stdout_path, stderr_path, signum, peak)
 
     def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
-        """Stop the whole process group: SIGTERM, then SIGKILL after ``grace`` seconds."""
-        grace = KILL_GRACE_SECONDS if grace is None else grace
+        """Stop the sub-task and everything it started: SIGTERM, then SIGKILL after the grace
+        time (the supervisor does both); ``grace=0`` kills at once."""
         with self._lock:
             if self._reason is None:
                 self._reason = reason
             pid = self._pid
         if pid is None or self._exited.is_set():
             return
-        if grace <= 0:
-            _kill_group(pid, signal.SIGKILL)
-            return
-        _kill_group(pid, signal.SIGTERM)
-        escalate = threading.Timer(grace, self._kill_if_running, args=(pid,))
-        escalate.daemon = True
-        escalate.start()
-
-    def _kill_if_running(self, pid: int) -> None:
-        if not self._exited.is_set():
-            _kill_group(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGHUP if grace is not None and grace <= 0 else signal.SIGTERM)
+        except ProcessLookupError:
+            pass
 
 
-def _kill_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
+ELLIPSIS = "…"
 
 
 @dataclass(frozen=True)
@@ -149,7 +187,9 @@ class StreamSummary:
 
 
 def summarize_stream(path: Path, tail_bytes: int) -> StreamSummary:
-    """The tail (decoded leniently) and the line and byte counts of a log file."""
+    """The tail and the line and byte counts of a log file. The tail is decoded leniently and
+    cut so that it takes at most ``tail_bytes`` stored as UTF-8 (an invalid byte becomes a
+    3-byte replacement character, so cutting the raw bytes alone is not enough)."""
     size = path.stat().st_size if path.exists() else 0
     if size == 0:
         return StreamSummary("", 0, 0)
@@ -162,11 +202,13 @@ def summarize_stream(path: Path, tail_bytes: int) -> StreamSummary:
         if not last.endswith(b"\n"):
             lines += 1
         handle.seek(max(0, size - tail_bytes))
-        tail = handle.read(tail_bytes)
-    text = tail.decode("utf-8", errors="replace")
-    if size > tail_bytes:
-        text = "…" + text
-    return StreamSummary(text, lines, size)
+        raw = handle.read(tail_bytes)
+    encoded = raw.decode("utf-8", errors="replace").encode("utf-8")
+    cut = size > tail_bytes or len(encoded) > tail_bytes
+    if cut:  # keep the end, leave room for the ellipsis, never split a character
+        encoded = encoded[-(tail_bytes - len(ELLIPSIS.encode())):]
+    text = encoded.decode("utf-8", errors="ignore")
+    return StreamSummary(ELLIPSIS + text if cut else text, lines, size)
 
 
 def last_line(text: str) -> str | None:

@@ -51,6 +51,10 @@ class Attr:
     SUBTASKS_DONE = "Subtasks_Done"
     LAST_ERROR = "Last_Error"
     CLAIMS = "Claims"
+    # Claims that ended without their holder finishing (worker died, lease lost): counted when the
+    # item is reclaimed, with the holder that left it; past --max-claims the item fails.
+    ABANDONED = "Abandoned_Claims"
+    LAST_HOLDER = "Last_Holder"
     # State-index keys (see STATE_INDEX below).
     STATE_SHARD = "State_Shard"
     STATE_RANK = "State_Rank"
@@ -104,11 +108,24 @@ KEY_ATTRIBUTES: tuple[str, ...] = tuple(
     dict.fromkeys([PARTITION_KEY, *(a for i in INDEXES for a in (i.partition_key, i.sort_key))])
 )
 
-# DynamoDB limits an item to 400 KB; PyAnamo keeps items far below it.
+# DynamoDB limits an item to 400 KB (attribute names and values, strings as UTF-8). PyAnamo plans
+# every item to stay under ITEM_BUDGET_BYTES whatever its sub-tasks print: the import refuses an
+# item whose scripts leave no room for their results, and the worker sizes the stored log tails
+# from what is left (tail_budget).
+ITEM_LIMIT_BYTES = 400 * 1024
+ITEM_BUDGET_BYTES = 350_000
 MAX_ITEM_ID_BYTES = 1024
 MAX_SCRIPTS_BYTES = 200_000
-LOG_TAIL_BUDGET_BYTES = 100_000  # all stdout/stderr tails of one item together
-LOG_TAIL_MAX_BYTES = 4096  # one stream of one sub-task
+SUBTASK_RECORD_BYTES = 1_000  # the most one sub-task's status, summary and error take, tails aside
+MIN_TAIL_BYTES = 64  # the least kept of one stream of one sub-task
+LOG_TAIL_MAX_BYTES = 4096  # the most kept of one stream of one sub-task
+
+
+def tail_budget(scripts_bytes: int, subtasks: int) -> int:
+    """Bytes of stdout (and as many of stderr) stored per sub-task of an item of ``subtasks``
+    sub-tasks whose scripts take ``scripts_bytes``; below MIN_TAIL_BYTES the item does not fit."""
+    room = ITEM_BUDGET_BYTES - MAX_ITEM_ID_BYTES - scripts_bytes - subtasks * SUBTASK_RECORD_BYTES
+    return min(LOG_TAIL_MAX_BYTES, room // (2 * max(1, subtasks)))
 
 
 def shard_of(item_id: str) -> int:

@@ -8,6 +8,7 @@ with finished sub-tasks kept, and the interruption does not count as an attempt.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 from .events import emit
@@ -21,17 +22,14 @@ class SpotWatcher:
         self.imds = imds
         self.on_notice = on_notice
         self.interval = interval
-        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="spot-watcher", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
-    def stop(self) -> None:
-        self._stop.set()
-
     def _run(self) -> None:
-        while not self._stop.wait(self.interval):
+        while True:
+            time.sleep(self.interval)
             notice = self.imds.get("spot/instance-action")
             if notice:
                 emit("spot_interruption", notice=notice)

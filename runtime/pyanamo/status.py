@@ -6,8 +6,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from rich.console import Console, Group
+from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .model import from_dynamo
 from .queue import TaskQueue
@@ -85,7 +87,8 @@ def gather(queue: TaskQueue) -> StatusReport:
 
 
 def render(report: StatusReport) -> Group:
-    items = Table(title=f"PyAnamo table {report.table}", title_justify="left")
+    # Item IDs, task IDs, instance names and error lines are user text: never read as markup.
+    items = Table(title=f"PyAnamo table {escape(report.table)}", title_justify="left")
     for column in ("state", "items", "share"):
         items.add_column(column, justify="right" if column != "state" else "left")
     for state, count in report.items.items():
@@ -102,20 +105,16 @@ def render(report: StatusReport) -> Group:
         held.add_column("held", justify="right")
         held.add_column("lease expired", justify="right")
         for instance, load in sorted(report.instances.items()):
-            held.add_row(instance, str(load.held), str(load.expired))
+            held.add_row(Text(instance), str(load.held), str(load.expired))
         parts.append(held)
     if report.failed:
         failed = Table(title=f"failed items ({len(report.failed)})", title_justify="left")
         for column in ("item", "task", "last error"):
             failed.add_column(column, overflow="fold")
         for entry in report.failed[:MAX_FAILED_SHOWN]:
-            failed.add_row(entry.item_id, entry.task_id, entry.error)
+            failed.add_row(Text(entry.item_id), Text(entry.task_id), Text(entry.error))
         parts.append(failed)
         if len(report.failed) > MAX_FAILED_SHOWN:
             parts.append(f"… and {len(report.failed) - MAX_FAILED_SHOWN} more (see --json)")
-        parts.append(f"requeue them with: pyanamo reset {report.table} --state failed --subtasks")
+        parts.append(Text(f"requeue them with: pyanamo reset {report.table} --state failed --subtasks"))
     return Group(*parts)
-
-
-def print_report(report: StatusReport, console: Console | None = None) -> None:
-    (console or Console()).print(render(report))

@@ -1,8 +1,14 @@
 """The worker: claim items, run their sub-tasks, write results back, exit when drained.
 
-Each of ``items`` slots runs a simple consumer loop (claim, work, repeat; back off exponentially
-while nothing is claimable). The worker exits 0 once the queue is drained (no todo and no locked
-item), or when only other workers' live items remain after ``linger`` seconds.
+Each of ``items`` slots runs a consumer loop that reads top-down: claim (or wait while nothing is
+claimable) -> run the item -> record. Whether to stop, and why, is decided in one place, the
+``StopPolicy``: wall time, linger behind other workers' items, an outage past its limit, a
+machine that cannot run sub-tasks, a signal.
+
+Exit statuses (documented in the README): 0 drained and every item this worker finished is done;
+3 drained, but some items it finished failed; 1 it could not go on (table unreachable past
+``--outage-limit``, this machine cannot run sub-tasks, an internal error); 128 + N stopped by
+signal N (SIGTERM, or a Spot interruption notice: 143).
 """
 
 from __future__ import annotations
@@ -12,22 +18,33 @@ import random
 import signal
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
 from .lease import HeldItem, LeaseKeeper
 from .logstore import LogStore
 from .model import Item, Subtask
 from .queue import Lease, LeaseLost, SubtaskResult, TaskQueue
-from .runner import Outcome, SubtaskProcess, last_line, summarize_stream
-from .schema import LOG_TAIL_BUDGET_BYTES, LOG_TAIL_MAX_BYTES, ItemState, SubtaskStatus
+from .runner import (
+    KILL_GRACE_SECONDS,
+    SIGNAL_EXIT_BASE,
+    LocalFailure,
+    Outcome,
+    SubtaskProcess,
+    last_line,
+    summarize_stream,
+)
+from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
 
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
 EXIT_ERROR = 1
-EXIT_SIGNAL_BASE = 128  # stopped by a signal: 128 + its number, as a shell reports it
+MAX_LOCAL_FAILURES = 3  # consecutive sub-tasks this machine could not start before the worker exits
+STOP_MARGIN_SECONDS = 5.0  # after a stop request: the kill grace, then at most this long to exit
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,86 @@ class WorkerConfig:
         return 2 * self.lease if self.linger is None else self.linger
 
 
+class StopPolicy:
+    """When the worker stops, and why: every decision and the one stop reason live here.
+
+    ``clock`` is injectable so the decisions can be tested without waiting."""
+
+    def __init__(self, config: WorkerConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.started = clock()
+        self.event = threading.Event()
+        self.reason: str | None = None
+        self.detail: str | None = None
+        self.signal: int | None = None
+        self.error = False
+        self.deadline: float | None = None
+        self._local_failures = 0
+        self._lock = threading.Lock()
+
+    @property
+    def stopping(self) -> bool:
+        return self.event.is_set()
+
+    def stop(self, reason: str, *, signum: int | None = None, error: bool = False,
+             detail: str | None = None) -> bool:
+        """Record the stop (the first reason wins); True if this call stopped the worker."""
+        with self._lock:
+            if self.reason is not None:
+                return False
+            self.reason, self.signal, self.error, self.detail = reason, signum, error, detail
+            self.deadline = self.clock() + KILL_GRACE_SECONDS + STOP_MARGIN_SECONDS
+        self.event.set()
+        return True
+
+    def past_deadline(self) -> bool:
+        """A stop was requested longer ago than the kill grace and the margin: give up waiting."""
+        return self.deadline is not None and self.clock() >= self.deadline
+
+    def out_of_time(self) -> bool:
+        wall = self.config.wall_time
+        return wall is not None and self.clock() - self.started >= wall and self.stop("wall_time")
+
+    def lingered(self, idle_since: float) -> bool:
+        """Nothing claimable since ``idle_since``, only other workers' live items left."""
+        return self.clock() - idle_since >= self.config.linger_seconds and self.stop("linger_expired")
+
+    def unreachable(self, failing_since: float, error: str) -> bool:
+        return (self.clock() - failing_since > self.config.outage_limit
+                and self.stop("queue_unreachable", error=True, detail=error))
+
+    def drained(self) -> None:
+        self.stop("drained")
+
+    def local_failure(self, error: str) -> int:
+        """A sub-task could not be started here; the worker stops after a few in a row.
+        Returns how many in a row so far."""
+        with self._lock:
+            self._local_failures += 1
+            count = self._local_failures
+        if count >= MAX_LOCAL_FAILURES:
+            self.stop("cannot_run_subtasks", error=True, detail=error)
+        return count
+
+    def local_backoff(self) -> float:
+        """How long a slot waits before its next claim: 0, or 2, 4, ... s after local failures."""
+        with self._lock:
+            count = self._local_failures
+        return 0.0 if count == 0 else min(30.0, 2.0 ** count)
+
+    def local_success(self) -> None:
+        with self._lock:
+            self._local_failures = 0
+
+    def exit_code(self, items_failed: int) -> int:
+        if self.error:
+            return EXIT_ERROR
+        if self.signal is not None:
+            return SIGNAL_EXIT_BASE + self.signal
+        return EXIT_FAILED_ITEMS if items_failed else EXIT_DRAINED
+
+
 class Worker:
     def __init__(self, queue: TaskQueue, config: WorkerConfig, logs: LogStore | None = None) -> None:
         self.queue = queue
@@ -88,12 +185,9 @@ class Worker:
         self.logs = logs or LogStore(config.log_dir, config.table, config.log_bucket)
         self.retry = RetryPolicy(config.max_attempts, base_delay=config.retry_delay)
         self.keeper = LeaseKeeper(queue, config.lease)
-        self.stopping = threading.Event()
-        self.stop_reason: str | None = None
-        self.stop_signal: int | None = None
-        self.started = time.monotonic()
+        self.policy = StopPolicy(config)
         self.items_done = 0
-        self.failed = False
+        self.items_failed = 0
         self._count_lock = threading.Lock()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -104,7 +198,7 @@ class Worker:
              items=self.config.items, nests=self.config.nests, lease=self.config.lease)
         self.keeper.start()
         slots = [
-            threading.Thread(target=self._slot, name=f"slot-{n}", daemon=True)
+            threading.Thread(target=self._slot_guarded, name=f"slot-{n}", daemon=True)
             for n in range(self.config.items)
         ]
         for slot in slots:
@@ -112,24 +206,20 @@ class Worker:
         for slot in slots:
             while slot.is_alive():
                 slot.join(timeout=0.5)
+                if self.policy.past_deadline():  # a request stuck in an outage: leave anyway;
+                    emit("worker_stop_overdue")  # the supervisors kill the sub-tasks as we exit
+                    break
         self.keeper.stop()
-        emit("worker_exited", reason=self.stop_reason or "drained", items_done=self.items_done)
-        if self.failed:
-            return EXIT_ERROR
-        if self.stop_signal is not None:
-            return EXIT_SIGNAL_BASE + self.stop_signal
-        return EXIT_DRAINED
+        emit("worker_exited", reason=self.policy.reason or "drained", items_done=self.items_done,
+             items_failed=self.items_failed)
+        return self.policy.exit_code(self.items_failed)
 
     def stop(self, reason: str, signum: int | None = None) -> None:
         """Stop claiming, stop running sub-tasks; their items go back to todo."""
-        if self.stopping.is_set():
-            return
-        self.stop_reason = reason
-        self.stop_signal = signum
-        self.stopping.set()
-        emit("worker_stopping", reason=reason)
-        for held in self.keeper.held():
-            held.interrupt_all("stop")
+        if self.policy.stop(reason, signum=signum):
+            emit("worker_stopping", reason=reason)
+            for held in self.keeper.held():
+                held.interrupt_all("stop")
 
     def install_signal_handlers(self) -> None:
         def handler(signum: int, _frame: Any) -> None:
@@ -140,53 +230,52 @@ class Worker:
 
     # -- the consumer loop ----------------------------------------------------------------
 
-    def _out_of_time(self) -> bool:
-        wall = self.config.wall_time
-        return wall is not None and time.monotonic() - self.started >= wall
+    def _slot_guarded(self) -> None:
+        """A slot's thread: a bug must stop the worker with an error, not end a slot silently."""
+        try:
+            self._slot()
+        except BaseException as exc:  # noqa: BLE001 - the thread's top level
+            emit("worker_crashed", error=repr(exc), traceback=traceback.format_exc())
+            if self.policy.stop("internal_error", error=True, detail=repr(exc)):
+                for held in self.keeper.held():
+                    held.interrupt_all("stop")
 
     def _slot(self) -> None:
         # Polls while other workers' items are locked cost one or two queries (the drain check
         # stops at the first locked shard), so a short cap keeps the end of a run prompt.
-        backoff = Backoff(cap=max(0.5, min(2.0, self.config.lease / 4)))
+        idle = Backoff(cap=max(0.5, min(2.0, self.config.lease / 4)))
+        outage = Backoff(cap=10.0)
         idle_since: float | None = None
         failing_since: float | None = None
-        while not self.stopping.is_set():
-            if self._out_of_time():
-                self.stop_reason = self.stop_reason or "wall_time"
-                return
+        while not self.policy.stopping and not self.policy.out_of_time():
             try:
                 claimed = self.queue.claim()
                 if claimed is None and self._drained():
+                    self.policy.drained()
                     return
-                failing_since = None
-            except Exception as exc:  # outage, throttling past boto3's retries
-                now = time.monotonic()
-                failing_since = failing_since or now
+            except QueueError as exc:  # outage, throttling past boto3's retries
+                failing_since = failing_since or self.policy.clock()
                 emit("queue_error", error=str(exc))
-                if now - failing_since > self.config.outage_limit:
-                    self.failed = True
-                    self.stop_reason = "queue_unreachable"
+                if self.policy.unreachable(failing_since, str(exc)):
                     return
-                self.stopping.wait(backoff.next())
+                self.policy.event.wait(outage.next())
                 continue
-            if claimed is not None:
-                idle_since = None
-                backoff.reset()
-                self._work(*claimed)
+            failing_since = None
+            outage.reset()
+            if claimed is None:
+                idle_since = idle_since or self.policy.clock()
+                if self.policy.lingered(idle_since):
+                    return
+                self.policy.event.wait(idle.next())
                 continue
-            now = time.monotonic()
-            idle_since = idle_since or now
-            if now - idle_since >= self.config.linger_seconds:
-                self.stop_reason = self.stop_reason or "linger_expired"
-                return
-            self.stopping.wait(backoff.next())
+            idle_since = None
+            idle.reset()
+            self._work(*claimed)
+            self.policy.event.wait(self.policy.local_backoff())  # 0 unless sub-tasks cannot start here
 
     def _drained(self) -> bool:
         """No todo and no locked item left at all."""
-        if self.queue.any_in_state(ItemState.LOCKED) or self.queue.any_in_state(ItemState.TODO):
-            return False
-        self.stop_reason = self.stop_reason or "drained"
-        return True
+        return not (self.queue.any_in_state(ItemState.LOCKED) or self.queue.any_in_state(ItemState.TODO))
 
     # -- one item -------------------------------------------------------------------------
 
@@ -197,10 +286,22 @@ class Worker:
             self._run_item(item, held)
         except LeaseLost:
             held.abandon("write_refused")
-        except Exception as exc:  # e.g. an outage outlasting boto3's retries: abandon, lease expires
+        except ItemRejected as exc:  # DynamoDB refuses the write as invalid: retrying cannot help
+            self._reject(item, held, str(exc))
+        except QueueError as exc:  # an outage outlasting the retries: abandon, the lease expires
             held.abandon(f"error: {exc}")
         finally:
             self.keeper.release(held)
+
+    def _reject(self, item: Item, held: HeldItem, error: str) -> None:
+        held.interrupt_all("stop", grace=0)
+        line = f"item write rejected by DynamoDB: {error}"[:300]
+        try:
+            self._write(held, self.queue.finish, ItemState.FAILED, line)
+        except (LeaseLost, QueueError) as exc:
+            held.abandon(f"error: {exc}")
+            return
+        self._finished(item, False)
 
     def _run_item(self, item: Item, held: HeldItem) -> None:
         pending = item.pending
@@ -233,7 +334,7 @@ class Worker:
                 self._write(held, self.queue.record, result,
                             final=ItemState.DONE if ok else ItemState.FAILED)
                 self._finished(item, ok)
-            elif self.stopping.is_set():
+            elif self.policy.stopping:
                 self._write(held, self.queue.record, result)
                 self._give_back(held, [])
                 return
@@ -242,7 +343,7 @@ class Worker:
 
     def _run_parallel(self, item: Item, held: HeldItem, runnable: list[Subtask], ok: bool) -> None:
         def run_one(subtask: Subtask) -> SubtaskResult | None:
-            if self.stopping.is_set() or held.lost.is_set():
+            if self.policy.stopping or held.lost.is_set():
                 return None
             try:
                 if subtask.status is not SubtaskStatus.RUNNING:
@@ -269,18 +370,22 @@ class Worker:
 
     def _finished(self, item: Item, ok: bool) -> None:
         with self._count_lock:
-            self.items_done += 1
+            if ok:
+                self.items_done += 1
+            else:
+                self.items_failed += 1
         emit("item_done" if ok else "item_failed", item=item.item_id)
 
     def _give_back(self, held: HeldItem, interrupted: list[str]) -> None:
         if held.lost.is_set():
             return
         self._write(held, self.queue.release, interrupted)
-        emit("item_released", item=held.item_id, interrupted=interrupted, reason=self.stop_reason)
+        emit("item_released", item=held.item_id, interrupted=interrupted, reason=self.policy.reason)
 
     def _write(self, held: HeldItem, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """A fenced write with the current lease; retried through outages until the lease
-        is about to expire, then the item is abandoned (LeaseLost)."""
+        """A fenced write with the current lease; retried through outages until the lease is
+        about to expire or a stop is overdue, then the item is abandoned (LeaseLost).
+        ItemRejected is not retried: the same write would be refused again."""
         delay = 0.2
         while True:
             if held.lost.is_set():
@@ -288,11 +393,11 @@ class Worker:
             try:
                 write(held.lease, *args, **kwargs)
                 return
-            except LeaseLost:
+            except (LeaseLost, ItemRejected):
                 raise
-            except Exception as exc:
+            except QueueError as exc:
                 emit("write_failed", item=held.item_id, error=str(exc))
-                if self.keeper.expiring(held):
+                if self.keeper.expiring(held) or self.policy.past_deadline():
                     held.abandon("write_failed")
                     raise LeaseLost(held.item_id) from exc
                 held.lost.wait(delay)
@@ -304,10 +409,15 @@ class Worker:
         """Run a sub-task until it succeeds or its attempts are used; None if interrupted."""
         attempts = subtask.attempts
         while True:
-            outcome, location = self._run_once(item, held, subtask, attempts + 1)
-            if outcome.interrupted:  # its process group is stopped and reaped by now
+            try:
+                outcome, location = self._run_once(item, held, subtask, attempts + 1)
+            except LocalFailure as exc:  # this machine, not the item: give it back, no attempt used
+                in_row = self.policy.local_failure(str(exc))
+                emit("local_failure", item=item.item_id, subtask=subtask.key, error=str(exc), in_row=in_row)
+                return None
+            if outcome.interrupted:  # it and everything it started are stopped and reaped by now
                 emit("subtask_interrupted", item=item.item_id, subtask=subtask.key,
-                     reason="lease_lost" if held.lost.is_set() else self.stop_reason or "stop")
+                     reason="lease_lost" if held.lost.is_set() else self.policy.reason or "stop")
                 return None
             attempts += 1
             result = self._result(item, subtask.key, outcome, attempts, location)
@@ -316,7 +426,7 @@ class Worker:
             emit("subtask_retry", item=item.item_id, subtask=subtask.key, attempts=attempts,
                  exit_code=outcome.exit_code)
             self._write(held, self.queue.record, replace(result, status=SubtaskStatus.RUNNING))
-            if self.stopping.wait(self.retry.delay(attempts)) or held.lost.is_set():
+            if self.policy.event.wait(self.retry.delay(attempts)) or held.lost.is_set():
                 return None
 
     def _run_once(self, item: Item, held: HeldItem, subtask: Subtask, attempt: int) -> tuple[Outcome, str]:
@@ -332,17 +442,19 @@ class Worker:
         process = SubtaskProcess(subtask.script, env=env, cwd=self.config.workdir,
                                  log_folder=folder, timeout=self.config.timeout)
         held.track(process)
-        if self.stopping.is_set():
+        if self.policy.stopping:
             process.interrupt("stop")
         try:
             outcome = process.run()
         finally:
             held.untrack(process)
+        self.policy.local_success()
         location = "" if outcome.interrupted else self.logs.publish(folder)
         return outcome, location
 
     def _result(self, item: Item, key: str, outcome: Outcome, attempts: int, location: str) -> SubtaskResult:
-        tail = max(64, min(LOG_TAIL_MAX_BYTES, LOG_TAIL_BUDGET_BYTES // (2 * len(item.subtasks))))
+        scripts = sum(len(s.script.encode("utf-8")) for s in item.subtasks)
+        tail = max(MIN_TAIL_BYTES, tail_budget(scripts, len(item.subtasks)))
         out = summarize_stream(outcome.stdout, tail)
         err = summarize_stream(outcome.stderr, tail)
         status = SubtaskStatus.DONE if outcome.succeeded else SubtaskStatus.FAILED
@@ -350,6 +462,8 @@ class Worker:
         if not outcome.succeeded:
             if outcome.timed_out:
                 reason = f"timed out after {self.config.timeout:g}s"
+            elif outcome.signal is not None:
+                reason = str(outcome.signal_reason())
             else:
                 reason = last_line(err.tail) or last_line(out.tail) or f"exit code {outcome.exit_code}"
             error_line = f"{key}: {reason}"
@@ -360,6 +474,7 @@ class Worker:
             "Wall_Time": round(outcome.wall_time, 3),
             "ExitCode": outcome.exit_code,
             "Timed_Out": outcome.timed_out,
+            "Peak_RSS_KB": outcome.peak_rss_kb,
             "Attempt": attempts,
             "Log_Location": location,
         }

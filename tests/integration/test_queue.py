@@ -11,7 +11,7 @@ from helpers import put_items
 
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
-from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue
+from pyanamo.queue import Candidate, LeaseLost, SubtaskResult, TaskQueue
 from pyanamo.schema import (
     INDEXES,
     STATE_INDEX,
@@ -198,7 +198,7 @@ def test_a_lost_race_costs_one_request(client, table):
     loser = TaskQueue(client, table, owner="loser", lease_seconds=30)
     stats = RequestStats()
     stats.install(client)
-    assert loser._try_claim("a") is None
+    assert loser._try_claim(Candidate("a")) is None
     assert stats.snapshot()["calls"] == {"UpdateItem": 1}
 
 

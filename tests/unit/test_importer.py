@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyanamo.aws import UsageError
+from pyanamo.errors import UsageError
 from pyanamo.importer import InvalidTaskFile, parse_delimiter, parse_task_bytes
 
 HEADER = b"itemID|taskID|TaskScript\n"

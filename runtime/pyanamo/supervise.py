@@ -1,0 +1,164 @@
+"""The per-sub-task supervisor: runs ``bash -c SCRIPT`` and makes sure nothing it started outlives it.
+
+Run by the worker as ``python -I -S supervise.py PARENT_PID GRACE RESULT_FD SCRIPT``; the result is
+written to the pipe RESULT_FD. It uses the standard library only, and imports little, so it starts in a few milliseconds.
+
+Why a separate process: a sub-task may start processes that leave its process group or session
+(``timeout``, ``setsid``, ``nohup``, daemons), so killing the group is not enough; and a worker
+killed by SIGKILL (the OOM killer) cannot clean up after itself. On Linux the supervisor
+
+- is a *child subreaper* (``PR_SET_CHILD_SUBREAPER``): every orphaned descendant of the sub-task
+  is re-parented to it, so it can always find them (through ``/proc``) and reap them;
+- gets a *parent-death signal* (``PR_SET_PDEATHSIG`` = SIGHUP): when the worker dies, however it
+  dies, the supervisor kills the whole tree at once;
+- on SIGTERM (the worker's stop, a timeout) sends SIGTERM to every descendant, and SIGKILL to
+  whatever is left after GRACE seconds; on SIGHUP it kills everything at once;
+- when the script exits, kills whatever it left running (freeze, then kill, until none is left).
+
+It then writes one JSON line to RESULT_FD: the script's wait status and the resource usage of the
+whole tree (``RUSAGE_CHILDREN``: CPU time and the peak resident set of its largest process).
+
+On other platforms (no ``prctl``, no ``/proc``) it falls back to the sub-task's process group:
+processes that leave the group, and a SIGKILLed worker's sub-task, are not contained there.
+"""
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import time
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _prctl(option, value):
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(option, value, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def descendants(root):
+    """Live descendants of ``root`` (from /proc), excluding zombies."""
+    children = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                fields = handle.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != b"Z":
+            children.setdefault(int(fields[1]), []).append(int(name))
+    found, frontier = [], [root]
+    while frontier:
+        frontier = [c for p in frontier for c in children.get(p, [])]
+        found.extend(frontier)
+    return found
+
+
+def _signal(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+class Supervisor:
+    def __init__(self, parent, grace, script):
+        self.parent = parent
+        self.grace = grace
+        self.script = script
+        self.child = None
+        self.contained = False
+
+    def start(self):
+        self.contained = _prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc/self")
+        _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGHUP, self._on_kill)
+        signal.signal(signal.SIGALRM, self._on_kill)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the worker, which decides
+        if os.getppid() != self.parent:  # the worker died before the death signal was armed
+            return False
+        self.child = os.fork()
+        if self.child == 0:  # the sub-task: its own session, default signal handling
+            try:
+                os.setsid()
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_DFL)
+                os.execvp("bash", ["bash", "-c", self.script])
+            finally:
+                os._exit(127)
+        return True
+
+    def tree(self):
+        if self.contained:
+            return descendants(os.getpid())
+        return [-self.child] if self.child else []  # the process group only
+
+    def _on_term(self, signum, frame):
+        _signal(self.tree(), signal.SIGTERM)
+        signal.alarm(max(1, int(round(self.grace))))
+
+    def _on_kill(self, signum, frame):
+        self.kill_all()
+
+    def kill_all(self):
+        """Freeze every descendant, then kill them, until none is left (a fork racing the kill is
+        frozen on the next round)."""
+        for _ in range(100):
+            pids = self.tree()
+            if not pids:
+                return
+            _signal(pids, signal.SIGSTOP)
+            _signal(pids, signal.SIGKILL)
+            if not self.contained:
+                return
+            time.sleep(0.01)
+
+    def wait(self):
+        """Wait for the script, clean up after it, reap everything; return the result."""
+        _, status, _ = os.wait4(self.child, 0)
+        self.kill_all()
+        while True:  # reap the re-parented leftovers too, so their usage is counted
+            try:
+                if os.waitpid(-1, 0)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return {
+            "status": status,
+            "cpu": usage.ru_utime + usage.ru_stime,
+            "maxrss_kb": usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024,
+            "contained": self.contained,
+        }
+
+
+def main(argv):
+    parent, grace, result_fd, script = int(argv[1]), float(argv[2]), int(argv[3]), argv[4]
+    supervisor = Supervisor(parent, grace, script)
+    if not supervisor.start():
+        return 1
+    result = supervisor.wait()
+    try:
+        with os.fdopen(result_fd, "w") as out:
+            out.write(json.dumps(result) + "\n")
+    except OSError:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
