@@ -24,6 +24,10 @@ class HeldItem:
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.lost = threading.Event()
+        # Held while writing: the renewer never renews an item whose last write (finish,
+        # release) is done, which would fail and read as a lost lease.
+        self.write_lock = threading.Lock()
+        self.closed = False
         self._processes: set[SubtaskProcess] = set()
         self._lock = threading.Lock()
 
@@ -96,14 +100,15 @@ class LeaseKeeper:
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.renew_every):
             for held in self.held():
-                if held.lost.is_set():
-                    continue
-                try:
-                    held.lease = self.queue.renew(held.lease)
-                except LeaseLost:
-                    held.abandon("lease_taken")
-                except QueueError as exc:  # outage or throttling: the watchdog decides
-                    emit("lease_renew_failed", item=held.item_id, error=str(exc))
+                with held.write_lock:
+                    if held.lost.is_set() or held.closed:
+                        continue
+                    try:
+                        held.lease = self.queue.renew(held.lease)
+                    except LeaseLost:
+                        held.abandon("lease_taken")
+                    except QueueError as exc:  # outage or throttling: the watchdog decides
+                        emit("lease_renew_failed", item=held.item_id, error=str(exc))
 
     def _watch_loop(self) -> None:
         tick = min(0.5, self.margin / 4)

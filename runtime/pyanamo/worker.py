@@ -386,12 +386,15 @@ class Worker:
         """A fenced write with the current lease; retried through outages until the lease is
         about to expire or a stop is overdue, then the item is abandoned (LeaseLost).
         ItemRejected is not retried: the same write would be refused again."""
+        closing = write in (self.queue.finish, self.queue.release) or kwargs.get("final") is not None
         delay = 0.2
         while True:
             if held.lost.is_set():
                 raise LeaseLost(held.item_id)
             try:
-                write(held.lease, *args, **kwargs)
+                with held.write_lock:
+                    write(held.lease, *args, **kwargs)
+                    held.closed = closing
                 return
             except (LeaseLost, ItemRejected):
                 raise
