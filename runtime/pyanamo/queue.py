@@ -142,6 +142,7 @@ class TaskQueue:
         self._empty_until: dict[str, float] = {}
         self._empty_shard_ttl = min(EMPTY_SHARD_SECONDS, lease_seconds / 4)
         self._lock = threading.Lock()
+        self.failed_on_claim = 0  # items this queue failed as it claimed them (malformed, abandoned)
 
     def _call(self, operation: str, **request: Any) -> dict[str, Any]:
         """One DynamoDB request on this table; boto3's errors come out typed (``errors``)."""
@@ -293,7 +294,9 @@ class TaskQueue:
             self._fenced_update(lease, to_final(Expression().set(Attr.LAST_ERROR, error),
                                                 lease.item_id, ItemState.FAILED))
         except LeaseLost:
-            pass
+            return
+        with self._lock:
+            self.failed_on_claim += 1
 
     def _fail_unclaimed(self, row: dict[str, Any], reason: str) -> None:
         """Fail a malformed item that cannot even be claimed, if it is still as it was read."""
@@ -311,6 +314,8 @@ class TaskQueue:
         except (ConditionFailed, ItemRejected):
             return
         emit("item_failed", item=item_id, reason=error)
+        with self._lock:
+            self.failed_on_claim += 1
 
     def _read_row(self, item_id: str) -> dict[str, Any] | None:
         return self._call("get_item", Key=_key(item_id), ConsistentRead=True).get("Item")
@@ -370,6 +375,15 @@ class TaskQueue:
         for key in failed:
             expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.FAILED.value)
         self._fenced_update(lease, to_final(expr, lease.item_id, final))
+
+    def fail_rejected(self, lease: Lease, error_line: str) -> None:
+        """End an item whose write DynamoDB refused as invalid (too large, most often). The stored
+        log tails go first, in a write of its own that only shrinks the item (moto even applies a
+        refused update in part, so the item may have grown); the full logs stay where
+        ``Log_Location`` says."""
+        self._fenced_update(lease, Expression().remove(Attr.LOG))
+        self._fenced_update(lease, to_final(Expression().set(Attr.LOG, {}).set(Attr.LAST_ERROR, error_line),
+                                            lease.item_id, ItemState.FAILED))
 
     def release(self, lease: Lease, interrupted: list[str]) -> None:
         """Give the item back as todo; finished sub-tasks are kept, interrupted ones rerun."""

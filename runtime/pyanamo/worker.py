@@ -210,6 +210,7 @@ class Worker:
                     emit("worker_stop_overdue")  # the supervisors kill the sub-tasks as we exit
                     break
         self.keeper.stop()
+        self.items_failed += self.queue.failed_on_claim
         emit("worker_exited", reason=self.policy.reason or "drained", items_done=self.items_done,
              items_failed=self.items_failed)
         return self.policy.exit_code(self.items_failed)
@@ -297,7 +298,7 @@ class Worker:
         held.interrupt_all("stop", grace=0)
         line = f"item write rejected by DynamoDB: {error}"[:300]
         try:
-            self._write(held, self.queue.finish, ItemState.FAILED, line)
+            self._write(held, self.queue.fail_rejected, line)
         except (LeaseLost, QueueError) as exc:
             held.abandon(f"error: {exc}")
             return
@@ -386,7 +387,8 @@ class Worker:
         """A fenced write with the current lease; retried through outages until the lease is
         about to expire or a stop is overdue, then the item is abandoned (LeaseLost).
         ItemRejected is not retried: the same write would be refused again."""
-        closing = write in (self.queue.finish, self.queue.release) or kwargs.get("final") is not None
+        closing = (write in (self.queue.finish, self.queue.release, self.queue.fail_rejected)
+                   or kwargs.get("final") is not None)
         delay = 0.2
         while True:
             if held.lost.is_set():

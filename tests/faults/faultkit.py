@@ -30,14 +30,16 @@ class FaultProxy:
     Modes: ``pass`` forwards; ``refuse`` closes the listening socket (connection refused);
     ``stall`` accepts, reads the request and never answers until the stall ends, then drops the
     connection. With ``throttle`` > 0, that share of requests gets DynamoDB's HTTP 400 throttling
-    errors instead of an answer. Every request is forwarded on a fresh connection, so a mode
+    errors instead of an answer. With ``strip_old_item``, a failed conditional write comes back
+    without the old item, as dynalite answers (it ignores ReturnValuesOnConditionCheckFailure). Every request is forwarded on a fresh connection, so a mode
     change takes effect for the next request.
     """
 
-    def __init__(self, upstream: str, throttle: float = 0.0, seed: int = 7) -> None:
+    def __init__(self, upstream: str, throttle: float = 0.0, seed: int = 7, strip_old_item: bool = False) -> None:
         parsed = urlparse(upstream)
         self.upstream = (parsed.hostname, parsed.port)
         self.throttle = throttle
+        self.strip_old_item = strip_old_item
         self.random = random.Random(seed)
         self.counts: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
@@ -79,6 +81,11 @@ class FaultProxy:
                 finally:
                     upstream.close()
                 proxy._count("forwarded")
+                if proxy.strip_old_item and b"ConditionalCheckFailed" in data:
+                    failure = json.loads(data)
+                    if failure.pop("Item", None) is not None:
+                        proxy._count("old_item_stripped")
+                    data = json.dumps(failure).encode()
                 self._send(response.status, data, response.getheader("Content-Type", "application/json"))
 
             def _send(self, status: int, data: bytes, content_type: str) -> None:

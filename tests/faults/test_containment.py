@@ -1,0 +1,93 @@
+"""Scenario 10: no process a sub-task starts outlives it — not one that left its process group or
+session (setsid, nohup, timeout, a double fork), and not when its worker is SIGKILLed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+from faultkit import Figures
+from helpers import cli, wait_for, write_task_file
+
+from pyanamo.queue import TaskQueue
+from pyanamo.schema import Attr, ItemState
+
+
+def escapees(tag: str, pids: Path) -> str:
+    """A shell fragment that leaves four processes behind, each in its own way, all running
+    `sleep <tag>` (a duration unique to the test, so they can be found in /proc)."""
+    return (f"setsid sleep {tag} & echo $! >> {pids}; "
+            f"nohup sleep {tag} > /dev/null 2>&1 & echo $! >> {pids}; "
+            f"timeout 300 sleep {tag} & echo $! >> {pids}; "
+            f"(setsid sleep {tag} & echo $! >> {pids}) & wait $!")
+
+
+def living(tag: str) -> list[int]:
+    """PIDs of live processes running `sleep <tag>` (zombies are not alive)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if cmdline == f"sleep\0{tag}\0".encode() and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def unique_duration() -> str:
+    return f"300.{uuid.uuid4().int % 10**6:06d}"
+
+
+def test_nothing_outlives_its_subtask_end_or_timeout(aws_env, client, table, tmp_path, workers):
+    tag = unique_duration()
+    pids = tmp_path / "pids"
+    rows = [f"leaves|S|{escapees(tag, pids)}; echo done",
+            f"hangs|S|{escapees(tag, pids)}; sleep {tag}"]
+    assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
+    worker = workers.start(table, "--lease", "10", "--timeout", "3", "--max-attempts", "1")
+    assert worker.wait(timeout=120) == 3  # "hangs" timed out: a failed item
+    queue = TaskQueue(client, table)
+    assert queue.get("leaves").state is ItemState.DONE
+    hangs = queue.get("hangs")
+    assert hangs.state is ItemState.FAILED and hangs.subtasks[0].exit_code == 124
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 8
+    assert living(tag) == [], "a process escaped its sub-task"
+    Figures("10a. escaping processes", runs=1, items=2, subtasks=2,
+            faults="8 processes left behind through setsid, nohup, timeout and a double fork; one sub-task past --timeout",
+            lost=0, overlaps=0, duplicates=0, why={},
+            recovery="none left when each sub-task ended (checked in /proc)").save()
+
+
+def test_a_sigkilled_worker_takes_its_subtask_tree_down(aws_env, client, table, tmp_path, workers):
+    tag = unique_duration()
+    pids = tmp_path / "pids"
+    second_run = tmp_path / "second-run"
+    script = f"if [ -e {second_run} ]; then echo finished; else touch {second_run}; {escapees(tag, pids)}; sleep {tag}; fi"
+    assert cli("import", table, str(write_task_file(tmp_path / "t.txt", [f"oom|S|{script}"])),
+               env=aws_env).returncode == 0
+    first = workers.start(table, "--lease", "4", name="w-first", env={"AWS_BATCH_JOB_ID": "w-first"})
+    wait_for(lambda: len(living(tag)) == 5, timeout=60, message="the sub-task and its escapees running")
+    os.kill(first.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
+    killed = time.monotonic()
+    wait_for(lambda: living(tag) == [], timeout=10, interval=0.05, message="the sub-task's tree gone")
+    gone_after = time.monotonic() - killed
+    assert gone_after < 5
+    second = workers.start(table, "--lease", "4", name="w-second", env={"AWS_BATCH_JOB_ID": "w-second"})
+    assert second.wait(timeout=60) == 0
+    row = client.get_item(TableName=table, Key={Attr.ITEM_ID: {"S": "oom"}})["Item"]
+    item = TaskQueue(client, table).get("oom")
+    assert item.state is ItemState.DONE and item.logs["Task_0"]["stdout"] == "finished\n"
+    assert row[Attr.ABANDONED]["N"] == "1" and row[Attr.LAST_HOLDER]["S"] == "w-first"
+    Figures("10b. worker SIGKILLed mid-sub-task", runs=1, items=1, subtasks=1,
+            faults="SIGKILL to the worker process alone, its sub-task holding 4 escaped processes",
+            lost=0, overlaps=0, duplicates=1, why={"the killed run, rerun by the next worker": 1},
+            recovery=f"the sub-task and its 4 escapees gone {gone_after:.2f} s after the kill; "
+                     "reclaimed after the lease ran out").save()
