@@ -230,3 +230,88 @@ def test_the_local_endpoint_lets_exactly_one_conditional_write_win(client, table
         for t in threads:
             t.join()
         assert len(wins) == 1, f"round {n}: {len(wins)} conditional writes won"
+
+
+def test_the_local_endpoint_applies_a_refused_update_not_at_all(client, table):
+    """moto writes the SET actions before the one that crosses the size limit, then refuses the
+    update; DynamoDB (and `pyanamo local`) leave the item as it was."""
+    put_items(client, table, [item("big")])
+    pad = "p" * 380_000
+    client.update_item(TableName=table, Key={"itemID": {"S": "big"}}, UpdateExpression="SET #p = :p",
+                       ExpressionAttributeNames={"#p": "Padding"}, ExpressionAttributeValues={":p": {"S": pad}})
+    before = client.get_item(TableName=table, Key={"itemID": {"S": "big"}})["Item"]
+    with pytest.raises(client.exceptions.ClientError, match="ValidationException"):
+        client.update_item(TableName=table, Key={"itemID": {"S": "big"}}, UpdateExpression="SET #a = :a, #b = :b",
+                           ExpressionAttributeNames={"#a": "A", "#b": "B"},
+                           ExpressionAttributeValues={":a": {"S": "a" * 20_000}, ":b": {"S": "b" * 20_000}})
+    assert client.get_item(TableName=table, Key={"itemID": {"S": "big"}})["Item"] == before
+
+
+def test_a_claim_tries_a_bounded_number_of_candidates(client, table, monkeypatch):
+    from pyanamo import queue as queue_module
+
+    put_items(client, table, [item(f"i{n}") for n in range(3)])
+    q = TaskQueue(client, table, owner="x", lease_seconds=30)
+    tried = []
+    monkeypatch.setattr(q, "_try_claim", lambda candidate: tried.append(candidate) and None)
+    assert q.claim() is None
+    assert len(tried) == queue_module.CLAIM_TRIES
+
+
+def test_reclaims_count_abandoned_claims_and_fail_the_item_at_the_limit(client, table):
+    put_items(client, table, [item("a")])
+    for n in range(3):
+        q = TaskQueue(client, table, owner=f"w{n}", lease_seconds=0.2, max_claims=3)
+        assert q.claim() is not None  # then "dies"
+        time.sleep(0.3)
+    last = TaskQueue(client, table, owner="w3", lease_seconds=30, max_claims=3)
+    assert last.claim() is None and last.failed_on_claim == 1
+    failed = last.get("a")
+    assert failed.state is ItemState.FAILED
+    assert failed.last_error.startswith("abandoned by 3 workers (last: w2)")
+
+
+def test_a_released_item_is_not_counted_as_abandoned(client, table):
+    put_items(client, table, [item("a")])
+    q = TaskQueue(client, table, owner="w", lease_seconds=30, max_claims=1)
+    _, lease = q.claim()
+    q.release(lease, ["Task_0"])
+    assert q.claim() is not None  # a todo claim: the release was not an abandonment
+
+
+def test_reset_restarts_the_crash_count_and_a_revocation_is_not_counted(client, table):
+    put_items(client, table, [item("a")])
+    dead = TaskQueue(client, table, owner="dead", lease_seconds=0.2, max_claims=2)
+    dead.claim()
+    time.sleep(0.3)
+    holder = TaskQueue(client, table, owner="holder", lease_seconds=0.5, max_claims=2)
+    got, _ = holder.claim()  # abandoned: 1
+    assert holder.revoke(got, [], clear_attempts=False)
+    time.sleep(0.6)
+    again = TaskQueue(client, table, owner="after", lease_seconds=30, max_claims=2)
+    assert again.claim() is not None  # 1 - 1 (revoked) + 1 = 1 abandoned: under the limit
+    row = client.get_item(TableName=table, Key={"itemID": {"S": "a"}})["Item"]
+    assert row["Abandoned_Claims"]["N"] == "1"
+
+
+def test_put_new_never_overwrites_and_exactly_one_of_racing_imports_wins(client, table):
+    q = TaskQueue(client, table)
+    fresh = item("a", "echo new")
+    wins = []
+    barrier = threading.Barrier(6)
+
+    def importer() -> None:
+        own = TaskQueue(dynamodb_client(Endpoint()), table)
+        barrier.wait()
+        wins.append(own.put_new(fresh))
+
+    threads = [threading.Thread(target=importer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == [False] * 5 + [True]
+    _, lease = q.claim()
+    assert q.put_new(item("a", "echo other")) is False
+    assert q.replace_unless_held(item("a", "echo other")) is None  # held: left alone
+    assert q.get("a").subtasks[0].script == "echo new"
