@@ -134,6 +134,24 @@ class FaultProxy:
         self.stop()
 
 
+def stored_size(value: dict) -> int:
+    """A DynamoDB value's size as DynamoDB counts it: strings as UTF-8, numbers by their digits,
+    maps by their names and values."""
+    (kind, inner), = value.items()
+    if kind == "M":
+        return sum(len(k.encode()) + stored_size(v) for k, v in inner.items())
+    if kind == "L":
+        return sum(stored_size(v) for v in inner)
+    if kind in ("BOOL", "NULL"):
+        return 1
+    return len(str(inner).encode())
+
+
+def item_size(client, table: str, item_id: str) -> int:
+    """The stored size of an item (attribute names plus values), as DynamoDB limits it."""
+    return stored_size({"M": client.get_item(TableName=table, Key={"itemID": {"S": item_id}})["Item"]})
+
+
 # -- what the runs show -------------------------------------------------------------------
 
 def interruptions(processes) -> dict[tuple[str, str, str], list[float]]:

@@ -24,7 +24,9 @@ def test_chaos_kills(aws_env, client, table, tmp_path, workers, recorder, soak):
 
     def start() -> None:
         name = next(names)
-        live[name] = workers.start(table, "--lease", "5", name=name, env={"AWS_BATCH_JOB_ID": name})
+        # A 10 s lease: renewals every 3.3 s, given up 2.5 s before expiry. With 5 s (1.25 s of
+        # margin) a renewal on 2 cores shared with other work could land too late.
+        live[name] = workers.start(table, "--lease", "10", name=name, env={"AWS_BATCH_JOB_ID": name})
 
     live: dict = {}
     for _ in range(pool):

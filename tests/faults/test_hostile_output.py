@@ -2,42 +2,37 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from faultkit import Figures
+from faultkit import Figures, item_size
 from helpers import cli, write_task_file
 
 from pyanamo.queue import TaskQueue
-from pyanamo.schema import ItemState
-
-ITEM_LIMIT = 400 * 1024
-
-
-def item_size(client, table: str, item_id: str) -> int:
-    """A generous estimate of the stored item's size (its JSON form)."""
-    row = client.get_item(TableName=table, Key={"itemID": {"S": item_id}})["Item"]
-    return len(json.dumps(row).encode())
+from pyanamo.schema import ITEM_BUDGET_BYTES, ITEM_LIMIT_BYTES, ItemState
 
 
 def test_huge_and_hostile_output(aws_env, client, table, tmp_path: Path, workers, soak):
     megabytes = 200 if soak else 50
+    noisy = 260 if soak else 100
     marker = tmp_path / "outlived"
     rows = [
         f"huge|S|head -c {megabytes * 1024 * 1024} /dev/zero | tr '\\0' 'y' | fold -w 1000",
         "huge|S|yes 'stderr line' | head -c 5000000 >&2",
         "binary|S|head -c 100000 /dev/urandom; printf '\\xff\\xfe\\xfd' >&2; exit 3",
         f"silent|S|(sleep 8; touch {marker}) & sleep 600",
-    ] + [f"wide|S|seq 1 20000 | sed 's/^/part {k} /'" for k in range(40)]
+    ] + [f"wide|S|seq 1 20000 | sed 's/^/part {k} /'" for k in range(40)] + [
+        # As many sub-tasks as an item may have, each printing 20 KB of invalid UTF-8 to both
+        # streams (a replacement character takes 3 bytes stored for each byte printed).
+        f"noisy|S|head -c 20000 /dev/zero | tr '\\0' '\\377' | tee /dev/stderr; echo {k}" for k in range(noisy)]
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
     started = time.monotonic()
     worker = workers.start(table, "--lease", "10", "--timeout", "4", "--max-attempts", "1", "--items", "2")
     assert worker.wait(timeout=300) == 3  # "binary" and "silent" fail
     elapsed = time.monotonic() - started
     queue = TaskQueue(client, table)
-    sizes = {i: item_size(client, table, i) for i in ("huge", "binary", "silent", "wide")}
-    assert max(sizes.values()) < ITEM_LIMIT / 2, sizes
+    sizes = {i: item_size(client, table, i) for i in ("huge", "binary", "silent", "wide", "noisy")}
+    assert max(sizes.values()) < ITEM_LIMIT_BYTES / 2, sizes
 
     huge = queue.get("huge")
     assert huge.state is ItemState.DONE
@@ -60,8 +55,12 @@ def test_huge_and_hostile_output(aws_env, client, table, tmp_path: Path, workers
 
     wide = queue.get("wide")
     assert wide.state is ItemState.DONE and len(wide.subtasks) == 40
-    Figures("7. huge and hostile output", runs=1, items=4, subtasks=44,
-            faults=f"{megabytes} MB + 5 MB of output, binary and invalid UTF-8, a silent sub-task past --timeout 4",
+    loud = queue.get("noisy")
+    assert loud.state is ItemState.DONE and len(loud.subtasks) == noisy
+    assert sizes["noisy"] < ITEM_BUDGET_BYTES, sizes
+    Figures("7. huge and hostile output", runs=1, items=5, subtasks=44 + noisy,
+            faults=f"{megabytes} MB + 5 MB of output, binary and invalid UTF-8, a silent sub-task past --timeout 4, "
+                   f"an item of {noisy} sub-tasks each printing 20 KB of invalid UTF-8 to both streams",
             lost=0, overlaps=0, duplicates=0, why={},
-            recovery=f"largest item {max(sizes.values()) // 1024} KB of 400 KB; timeout killed the whole "
-                     f"process group; {elapsed:.1f} s in all").save()
+            recovery=f"largest item {max(sizes.values()) // 1024} KB of 400 KB (the {noisy}-sub-task one "
+                     f"{sizes['noisy'] // 1024} KB); timeout killed the whole process tree; {elapsed:.1f} s in all").save()

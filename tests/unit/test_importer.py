@@ -8,6 +8,13 @@ from hypothesis import strategies as st
 
 from pyanamo.errors import UsageError
 from pyanamo.importer import InvalidTaskFile, parse_delimiter, parse_task_bytes
+from pyanamo.schema import (
+    ITEM_BUDGET_BYTES,
+    LOG_TAIL_BUDGET_BYTES,
+    LOG_TAIL_MAX_BYTES,
+    SUBTASK_RECORD_BYTES,
+    tail_budget,
+)
 
 HEADER = b"itemID|taskID|TaskScript\n"
 
@@ -116,6 +123,25 @@ def test_oversized_item_is_rejected():
     assert errors == [
         "tasks.txt:2: item 'big' has 211780 bytes of scripts (at most 200000); split it into several items"
     ]
+
+
+def test_an_item_whose_results_could_not_fit_dynamodb_is_refused_with_how_many_fit():
+    rows = "".join(f"S1|t|bcftools view -r chr1:{n}-{n + 999} S1.vcf.gz\n" for n in range(1000))
+    errors = errors_of("itemID|taskID|TaskScript\n" + rows)
+    assert len(errors) == 1 and errors[0].startswith("tasks.txt:2: item 'S1' has 1000 sub-tasks: with their "
+                                                     "results it could outgrow DynamoDB's 400 KB item limit")
+    most = int(errors[0].split("(at most ")[1].split()[0])
+    assert 200 < most < 1000 and errors[0].endswith("split it into several items")
+    fits = "".join(f"S1|t|bcftools view -r chr1:{n}-{n + 999} S1.vcf.gz\n" for n in range(most))
+    assert len(parse("itemID|taskID|TaskScript\n" + fits)[0].subtasks) == most
+
+
+def test_tail_budget_shrinks_with_the_item_and_never_overfills_it():
+    assert tail_budget(100, 1) == LOG_TAIL_MAX_BYTES
+    assert tail_budget(100, 100) == LOG_TAIL_BUDGET_BYTES // 200
+    for subtasks in (1, 10, 100, 250):
+        tail = tail_budget(60 * subtasks, subtasks)
+        assert 60 * subtasks + subtasks * (SUBTASK_RECORD_BYTES + 2 * tail) <= ITEM_BUDGET_BYTES
 
 
 def test_error_message_is_capped_and_says_nothing_was_imported():

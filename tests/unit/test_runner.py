@@ -7,8 +7,11 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from pyanamo.runner import (
     TIMEOUT_EXIT_CODE,
+    LocalFailure,
     SubtaskProcess,
     last_line,
     safe_name,
@@ -98,3 +101,38 @@ def test_last_line_and_safe_names():
     assert "/" not in odd and " " not in odd and not odd.startswith(".")
     assert safe_name("a/b") != safe_name("a_b")
     assert len(safe_name("x" * 1000)) < 100
+
+
+def test_a_tail_of_invalid_utf8_stays_within_its_stored_bytes(tmp_path: Path):
+    path = tmp_path / "out"
+    path.write_bytes(b"\xff" * 10_000)  # each byte decodes to a 3-byte replacement character
+    summary = summarize_stream(path, 300)
+    assert len(summary.tail.encode("utf-8")) <= 300 and summary.tail.startswith("…")
+    assert summary.size == 10_000
+
+
+def test_processes_that_leave_the_session_do_not_outlive_the_subtask(tmp_path: Path):
+    pids = tmp_path / "pids"
+    _, outcome = run(f"setsid sleep 30 & echo $! > {pids}; nohup sleep 30 >/dev/null 2>&1 & echo $! >> {pids}",
+                     tmp_path)
+    assert outcome.exit_code == 0
+    for pid in map(int, pids.read_text().split()):  # killed and reaped by the supervisor
+        assert not Path(f"/proc/{pid}").exists(), pid
+
+
+def test_a_signal_is_reported_as_128_plus_its_number_with_its_name(tmp_path: Path):
+    _, outcome = run("kill -9 $$", tmp_path)
+    assert outcome.exit_code == 137 and outcome.signal == 9
+    assert outcome.signal_reason() == "killed (SIGKILL: out of memory?)"
+
+
+def test_peak_memory_of_the_subtask_tree_is_measured(tmp_path: Path):
+    _, outcome = run("python3 -c 'b = bytearray(100_000_000); b[::4096] = b\"x\" * len(b[::4096])'", tmp_path)
+    assert outcome.exit_code == 0 and outcome.peak_rss_kb >= 95_000
+
+
+def test_a_log_folder_that_cannot_be_created_is_a_local_failure(tmp_path: Path):
+    blocker = tmp_path / "logs"
+    blocker.write_text("a file, not a folder")
+    with pytest.raises(LocalFailure, match="cannot write logs in"):
+        SubtaskProcess("true", env=dict(os.environ), cwd=tmp_path, log_folder=blocker / "x").run()

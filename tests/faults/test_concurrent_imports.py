@@ -1,0 +1,44 @@
+"""Scenario 18: two imports of the same items at once, while workers run them. Each item is
+written once (conditional puts); nothing that ran is put back to todo and run again."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import os
+import time
+
+from faultkit import Analysis, Figures
+from helpers import write_task_file
+
+from pyanamo.queue import TaskQueue
+from pyanamo.schema import ItemState
+
+
+def test_concurrent_imports_never_overwrite(aws_env, client, table, tmp_path, workers, recorder, soak):
+    items = 2000 if soak else 400
+    rows = [f"c{n:04d}|S|{recorder.command(0)}" for n in range(items)]
+    task_file = write_task_file(tmp_path / "t.txt", rows)
+    for n in range(2):
+        workers.start(table, "--lease", "20", "--items", "2", "--linger", "15")
+    started = time.monotonic()
+    imports = [subprocess.Popen([sys.executable, "-m", "pyanamo", "import", table, str(task_file)],
+                                env={**os.environ, **aws_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in imports]
+    assert [p.returncode for p in imports] == [0, 0], outputs
+    imported = [int(re.search(r"imported (\d+) items", out).group(1)) for out, _ in outputs]
+    skipped = [int(m.group(1)) if (m := re.search(r"left (\d+) existing items", out)) else 0 for out, _ in outputs]
+    assert sum(imported) == items and sum(skipped) == items, outputs
+    assert workers.wait_all(timeout=300) == [0, 0]
+    elapsed = time.monotonic() - started
+    queue = TaskQueue(client, table)
+    assert all(queue.get(f"c{n:04d}").state is ItemState.DONE for n in range(items))
+    analysis = Analysis(recorder.runs())
+    assert set(analysis.completed().values()) == {1} and analysis.duplicates() == {}
+    Figures("18. concurrent imports", runs=1, items=items, subtasks=items,
+            faults=f"two `pyanamo import` of the same {items} items at once, workers running them",
+            lost=0, overlaps=0, duplicates=sum(analysis.duplicates().values()), why=analysis.duplicates(),
+            recovery=f"imported {imported[0]} + {imported[1]} = {items}, each item once; nothing ran twice; "
+                     f"drained {elapsed:.1f} s after the imports began").save()
