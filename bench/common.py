@@ -11,7 +11,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ PYANAMO = [sys.executable, "-m", "pyanamo"]
 class MotoServer:
     """moto's DynamoDB-compatible server in its own process on 127.0.0.1."""
 
-    def __enter__(self) -> "MotoServer":
+    def __enter__(self) -> MotoServer:
         # Started as `pyanamo local` runs it: one request at a time, atomic conditional writes.
         self.process = subprocess.Popen([*PYANAMO, "local", "--port", "0"], stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
@@ -93,7 +93,7 @@ def merge_stats(files: list[Path]) -> dict[str, Any]:
 
 def machine() -> dict[str, Any]:
     return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+            "date": datetime.now(UTC).strftime("%Y-%m-%d")}
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

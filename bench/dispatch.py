@@ -79,8 +79,8 @@ def main() -> None:
     show("Dispatch: PyAnamo next to GNU parallel",
          ["W", "processes x slots", "items", "sleep s", "PyAnamo s", "parallel s", "ratio", "items/s",
           "overhead ms/item"],
-         [[r["workers"], f"{r['processes']} x {r['slots']}", r["items"], r["sleep"], r["pyanamo_seconds"], r["parallel_seconds"], r["ratio"],
-           r["items_per_second"], r["overhead_per_item_ms"]] for r in rows])
+         [[r["workers"], f"{r['processes']} x {r['slots']}", r["items"], r["sleep"], r["pyanamo_seconds"],
+           r["parallel_seconds"], r["ratio"], r["items_per_second"], r["overhead_per_item_ms"]] for r in rows])
     print(f"results: {save(args.name, {'rows': rows})}")
 
 

@@ -142,7 +142,8 @@ def main() -> None:
             "per partition, then 1 MB pages).\n")
         st = data["status"][0]
         targets.append(["status on 100,000 items", "< 5 s, no Scan",
-                        f"{st['seconds']} s on moto, {st['scans']} Scan calls", mark(st["seconds"] < 5 and not st["scans"])])
+                        f"{st['seconds']} s on moto, {st['scans']} Scan calls",
+                        mark(st["seconds"] < 5 and not st["scans"])])
 
     footprint = load("footprint")
     if footprint:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 from aws_cdk import Annotations, ArnFormat, Fn, Stack
 from aws_cdk import aws_autoscaling as autoscaling

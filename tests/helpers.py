@@ -243,7 +243,7 @@ class StubImds:
     def interrupt(self, action: str = "terminate") -> None:
         self.spot_action = f'{{"action": "{action}", "time": "2026-11-25T08:00:00Z"}}'
 
-    def __enter__(self) -> "StubImds":
+    def __enter__(self) -> StubImds:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

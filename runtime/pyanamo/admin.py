@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 from .errors import UsageError
 from .model import Item
@@ -99,7 +100,7 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
     if live:
         # Revoke, do not requeue: the holder's next renewal fails and it stops the item's
         # processes; nobody may claim it before the old lease runs out, so no two runs overlap.
-        until = datetime.fromtimestamp(item.lease_expiry or now, timezone.utc).strftime("%H:%M:%S UTC")
+        until = datetime.fromtimestamp(item.lease_expiry or now, UTC).strftime("%H:%M:%S UTC")
         message = (f"{'would revoke' if dry_run else 'revoked'} {item.item_id} from {item.instance_id}: "
                    f"its worker stops it; claimable again when the lease runs out at {until}{detail}")
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlparse
 
 import boto3
@@ -37,7 +38,7 @@ def _is_local(url: str | None) -> bool:
     return bool(url) and urlparse(url).hostname in LOCAL_HOSTS
 
 
-def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):
+def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10) -> Any:
     """A thread-safe low-level client for ``service``.
 
     boto3 already honours AWS_ENDPOINT_URL(_<SERVICE>), AWS_REGION and AWS_PROFILE; this adds
@@ -45,13 +46,13 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
     and boto3's standard retry mode unless the environment chooses one.
     """
     session = boto3.session.Session(region_name=endpoint.region)
-    retries: dict = {}
+    retries: dict[str, Any] = {}
     if "AWS_RETRY_MODE" not in os.environ:
         retries["mode"] = "standard"
     if "AWS_MAX_ATTEMPTS" not in os.environ:
         retries["total_max_attempts"] = max_attempts
     config = Config(
-        retries=retries or None,
+        retries=retries or None,  # type: ignore[arg-type]  # the keys are _RetryDict's
         connect_timeout=3,
         read_timeout=20,
         max_pool_connections=pool,
@@ -61,7 +62,7 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
         or os.environ.get(f"AWS_ENDPOINT_URL_{service.upper()}")
         or os.environ.get("AWS_ENDPOINT_URL")
     )
-    kwargs: dict = {"config": config}
+    kwargs: dict[str, Any] = {"config": config}
     if endpoint.url:
         kwargs["endpoint_url"] = endpoint.url
     if _is_local(url):
@@ -72,13 +73,13 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
             kwargs["aws_secret_access_key"] = "local"
     elif session.region_name is None:
         raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
-    client = session.client(service, **kwargs)
+    client = session.client(service, **kwargs)  # type: ignore[call-overload]  # any service by name
     if service == "dynamodb" and (stats := from_environment()) is not None:
         stats.install(client)  # PYANAMO_STATS_FILE: count requests for the benchmarks
     return client
 
 
-def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10):
+def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10) -> Any:
     return aws_client("dynamodb", endpoint, max_attempts=max_attempts, pool=pool)
 
 

@@ -15,8 +15,9 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from . import events
 from .aws import Endpoint, aws_client, describe, dynamodb_client
@@ -197,7 +198,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _check_can_run(args)
     config = WorkerConfig(
         table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
-        lease=args.lease, max_attempts=args.max_attempts, retry_delay=args.retry_delay, timeout=args.timeout, linger=args.linger,
+        lease=args.lease, max_attempts=args.max_attempts, retry_delay=args.retry_delay, timeout=args.timeout,
+        linger=args.linger,
         outage_limit=args.outage_limit,
         workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
     )

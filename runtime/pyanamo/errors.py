@@ -10,7 +10,6 @@ from typing import Any
 
 import botocore.exceptions
 
-
 EXIT_FAILED_ITEMS = 3  # `worker` drained but items it finished failed; `status`: the table has failed items
 
 
@@ -88,7 +87,8 @@ def translate(exc: BaseException) -> QueueError:
     if isinstance(exc, botocore.exceptions.ClientError):
         message = exc.response.get("Error", {}).get("Message", "") or message
         if code == "ConditionalCheckFailedException":
-            return ConditionFailed(message, exc.response.get("Item"))
+            old = exc.response.get("Item")
+            return ConditionFailed(message, old if isinstance(old, dict) else None)
         if code == "ValidationException":
             return ItemRejected(message)
         if code in _THROTTLING:

@@ -40,24 +40,24 @@ class Expression:
         self._values[placeholder] = to_dynamo(value)
         return placeholder
 
-    def set(self, path: Path, value: Any) -> "Expression":
+    def set(self, path: Path, value: Any) -> Expression:
         self._sets.append(f"{self.name(path)} = {self.value(value)}")
         return self
 
-    def set_from(self, path: Path, source: Path, default: Any) -> "Expression":
+    def set_from(self, path: Path, source: Path, default: Any) -> Expression:
         """Set ``path`` to the value ``source`` had before this update (``default`` if none)."""
         self._sets.append(f"{self.name(path)} = if_not_exists({self.name(source)}, {self.value(default)})")
         return self
 
-    def remove(self, path: Path) -> "Expression":
+    def remove(self, path: Path) -> Expression:
         self._removes.append(self.name(path))
         return self
 
-    def add(self, path: Path, amount: int) -> "Expression":
+    def add(self, path: Path, amount: int) -> Expression:
         self._adds.append(f"{self.name(path)} {self.value(amount)}")
         return self
 
-    def when(self, template: str, **operands: Any) -> "Expression":
+    def when(self, template: str, **operands: Any) -> Expression:
         """Add a condition (ANDed with the others).
 
         ``template`` names attributes as ``{name:Attr}`` and values as ``{value}`` fields::
@@ -73,7 +73,7 @@ class Expression:
             if field is None:
                 continue
             if field == "a":
-                rendered.append(self.name(tuple(spec.split("."))))
+                rendered.append(self.name(tuple((spec or "").split("."))))
             else:
                 rendered.append(values[field])
         self._conditions.append("(" + "".join(rendered) + ")")

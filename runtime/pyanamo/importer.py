@@ -7,10 +7,10 @@ off from the left, TaskArgs from the right. Rows that share an itemID are one bu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from .errors import UsageError
 from .model import Item, Subtask

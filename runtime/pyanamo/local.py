@@ -18,7 +18,8 @@ import re
 import signal
 import socket
 import threading
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .errors import PyAnamoError
 
@@ -116,7 +117,7 @@ class LocalEndpoint:
         self.url = f"http://{HOST}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def start(self) -> "LocalEndpoint":
+    def start(self) -> LocalEndpoint:
         self._thread.start()
         return self
 

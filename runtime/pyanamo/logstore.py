@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
+from boto3.exceptions import Boto3Error
+
+from .errors import BOTO_ERRORS
 from .events import emit
 from .runner import safe_name
 
@@ -38,7 +42,7 @@ class LogStore:
                 self._s3 = self._s3_client() if self._s3_client else _default_s3()
             for name in ("stdout", "stderr"):
                 self._s3.upload_file(str(folder / name), self.bucket, f"{base}/{name}")
-        except Exception as exc:  # the local copy stays: a log upload must not fail the task
+        except (*BOTO_ERRORS, Boto3Error, OSError) as exc:  # the local copy stays: an upload must not fail the task
             emit("log_upload_failed", folder=str(folder), error=str(exc))
             return str(folder)
         return f"s3://{self.bucket}/{base}/"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
@@ -46,12 +47,12 @@ def _decimals(value: Any) -> Any:
 
 def to_dynamo(value: Any) -> dict[str, Any]:
     """One plain Python value as a low-level DynamoDB attribute value (floats as numbers)."""
-    return _serializer.serialize(_decimals(value))
+    return dict(_serializer.serialize(_decimals(value)))
 
 
 def utc_now_iso() -> str:
     """The current time, ISO 8601 UTC with milliseconds (sorts as text)."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _map(value: Any) -> Mapping[str, Any]:
@@ -71,7 +72,7 @@ class Subtask:
     exit_code: int | None = None
 
     @classmethod
-    def from_map(cls, key: str, value: Any) -> "Subtask":
+    def from_map(cls, key: str, value: Any) -> Subtask:
         """Build from ``TaskScript.<key>``; ValueError says why it cannot be run as stored."""
         if not isinstance(value, Mapping):
             raise ValueError(f"sub-task {key} is not a map")
@@ -119,7 +120,7 @@ class Item:
     log_summary: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Item":
+    def from_row(cls, row: Mapping[str, Any]) -> Item:
         """Build from a low-level DynamoDB row; MalformedItem says why it cannot be run."""
         data = from_dynamo(row)
         item_id = str(data.get(Attr.ITEM_ID, ""))

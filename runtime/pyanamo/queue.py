@@ -16,8 +16,9 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
 from .events import emit

@@ -17,9 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 TIMEOUT_EXIT_CODE = 124  # as coreutils' timeout(1)
 SIGNAL_EXIT_BASE = 128  # a process ended by signal N exits 128 + N, as a shell reports it

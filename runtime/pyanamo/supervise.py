@@ -1,7 +1,8 @@
 """The per-sub-task supervisor: runs ``bash -c SCRIPT`` and makes sure nothing it started outlives it.
 
-Run by the worker as ``python -I -S supervise.py PARENT_PID GRACE RESULT_FD SCRIPT``; the result is
-written to the pipe RESULT_FD. It uses the standard library only, and imports little, so it starts in a few milliseconds.
+Run by the worker as ``python -I -S supervise.py PARENT_PID GRACE RESULT_FD SCRIPT``; the result
+is written to the pipe RESULT_FD. It uses the standard library only, and imports little, so it
+starts in a few milliseconds.
 
 Why a separate process: a sub-task may start processes that leave its process group or session
 (``timeout``, ``setsid``, ``nohup``, daemons), so killing the group is not enough; and a worker
@@ -44,7 +45,7 @@ def _prctl(option, value):
 
 def descendants(root):
     """Live descendants of ``root`` (from /proc), excluding zombies."""
-    children = {}
+    children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -79,7 +80,7 @@ class Supervisor:
         self.parent = parent
         self.grace = grace
         self.script = script
-        self.child = None
+        self.child: int = 0
         self.contained = False
 
     def start(self):

@@ -19,10 +19,11 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .errors import EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
@@ -361,7 +362,7 @@ class Worker:
             results = list(pool.map(run_one, runnable))
         if held.lost.is_set():
             return
-        interrupted = [s.key for s, r in zip(runnable, results) if r is None]
+        interrupted = [s.key for s, r in zip(runnable, results, strict=False) if r is None]
         if interrupted:
             self._give_back(held, interrupted)
             return
@@ -449,6 +450,7 @@ class Worker:
         held.track(process)
         if self.policy.stopping:
             process.interrupt("stop")
+        emit("subtask_started", item=item.item_id, subtask=subtask.key, attempt=attempt)
         try:
             outcome = process.run()
         finally:

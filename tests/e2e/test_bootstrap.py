@@ -7,11 +7,11 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from helpers import REPO, StubImds, cli, write_task_file
-
 from pyanamo.fleet import describe_group
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from helpers import REPO, StubImds, cli, write_task_file
 
 
 def runtime_zip(path: Path) -> Path:

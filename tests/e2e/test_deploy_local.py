@@ -15,10 +15,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from helpers import cli
 
 from pyanamo import schema
 from pyanamo.aws import Endpoint, aws_client
+
+from helpers import cli
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 
@@ -64,7 +65,8 @@ def test_stack_deploys_on_moto_reads_back_and_deletes(aws_env, services, tmp_pat
 
     ec2, cloudformation = services["ec2"], services["cloudformation"]
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
-    subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]][:2]
+    in_vpc = ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Subnets"]
+    subnets = [s["SubnetId"] for s in in_vpc][:2]
     name = f"PyAnamoTest{uuid.uuid4().hex[:8]}"
     table = f"{name}-tasks"
     context = {
@@ -116,7 +118,8 @@ def test_stack_deploys_on_moto_reads_back_and_deletes(aws_env, services, tmp_pat
     assert too_many.returncode == 2 and "between 0 and 4" in too_many.stderr
 
     # The backlog scaler and its schedule.
-    functions = [f for f in services["lambda"].list_functions()["Functions"] if f["Handler"] == "pyanamo.scaler.handler"]
+    functions = [f for f in services["lambda"].list_functions()["Functions"]
+                 if f["Handler"] == "pyanamo.scaler.handler"]
     assert [f["Environment"]["Variables"]["TABLE_NAME"] for f in functions] == [table]
     rules = services["events"].list_rules()["Rules"]
     assert any(r.get("ScheduleExpression") == "rate(1 minute)" for r in rules)

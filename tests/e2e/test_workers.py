@@ -7,10 +7,10 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from helpers import cli, iso_to_epoch, kill_tree, max_overlap, wait_for, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
+
+from helpers import cli, iso_to_epoch, kill_tree, max_overlap, wait_for, write_task_file
 
 LEASE = "2"
 

@@ -14,9 +14,9 @@ from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
-from helpers import Run
-
 from pyanamo.local import free_port
+
+from helpers import Run
 
 THROTTLING_ERRORS = (
     "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
@@ -31,7 +31,8 @@ class FaultProxy:
     ``stall`` accepts, reads the request and never answers until the stall ends, then drops the
     connection. With ``throttle`` > 0, that share of requests gets DynamoDB's HTTP 400 throttling
     errors instead of an answer. With ``strip_old_item``, a failed conditional write comes back
-    without the old item, as dynalite answers (it ignores ReturnValuesOnConditionCheckFailure). Every request is forwarded on a fresh connection, so a mode
+    without the old item, as dynalite answers (it ignores ReturnValuesOnConditionCheckFailure).
+    Every request is forwarded on a fresh connection, so a mode
     change takes effect for the next request.
     """
 
@@ -102,7 +103,7 @@ class FaultProxy:
         with self._lock:
             self.counts[what] += 1
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -126,7 +127,7 @@ class FaultProxy:
         self._stall_until = time.monotonic() + seconds
         time.sleep(seconds)
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -199,7 +200,7 @@ class Analysis:
         """Sub-tasks two of whose executions ran at the same time (must be none)."""
         found = []
         for key, runs in self.by_subtask().items():
-            if any(self._end(a) > b.start for a, b in zip(runs, runs[1:])):
+            if any(self._end(a) > b.start for a, b in zip(runs, runs[1:], strict=False)):
                 found.append(key)
         return found
 
@@ -221,6 +222,50 @@ class Analysis:
         return dict(reasons)
 
 
+def _events(processes, names: set[str]):
+    for process in processes:
+        for line in process.log_path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:  # the last line of a killed worker may be torn
+                continue
+            if event.get("event") in names:
+                stamp = datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+                yield process.name, event, stamp
+
+
+def executions(processes) -> list[Run]:
+    """Every run of a sub-task, from the workers' own events (``subtask_started``, then
+    ``subtask_finished`` or ``subtask_interrupted``): no run record needed in the script."""
+    runs: list[Run] = []
+    open_runs: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+    for worker, event, stamp in _events(processes, {"subtask_started", "subtask_finished", "subtask_interrupted"}):
+        key = (worker, event["item"], event["subtask"])
+        if event["event"] == "subtask_started":
+            open_runs[key].append(len(runs))
+            runs.append(Run(event["item"], event["subtask"], worker, stamp, None))
+        elif open_runs[key]:
+            n = open_runs[key].pop(0)
+            ended = runs[n]
+            runs[n] = Run(ended.item, ended.subtask, ended.worker, ended.start,
+                          stamp if event["event"] == "subtask_finished" else None)
+    return runs
+
+
+def measured(queue, expected: dict[str, object], analysis: Analysis) -> dict:
+    """The measured columns of a scenario: items not in their expected final state (lost),
+    overlapping executions, and extra executions with why."""
+    lost = 0
+    for item_id, state in expected.items():
+        item = queue.get(item_id)
+        lost += item is None or item.state is not state
+    duplicates = analysis.duplicates()
+    return {"lost": lost, "overlaps": len(analysis.overlaps()), "duplicates": sum(duplicates.values()),
+            "why": duplicates}
+
+
 class Figures:
     """One scenario's figures; appended as a JSON line to $PYANAMO_FAULTS_REPORT when set
     (``make reliability`` renders them into docs/reliability.md)."""
@@ -228,7 +273,7 @@ class Figures:
     def __init__(self, scenario: str, **figures) -> None:
         self.row = {"scenario": scenario, **figures}
 
-    def add(self, **figures) -> "Figures":
+    def add(self, **figures) -> Figures:
         self.row.update(figures)
         return self
 

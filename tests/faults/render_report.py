@@ -10,7 +10,7 @@ import json
 import os
 import platform
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 INTRO = """# Reliability: the fault-injection suite
 
@@ -68,7 +68,7 @@ def main(path: str) -> None:
     soak = os.environ.get("SOAK")
     command = "make reliability" + (f" SOAK={soak}" if soak else "")
     machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
-    date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    date = datetime.now(UTC).strftime("%Y-%m-%d")
     print(INTRO.format(command=command, machine=machine, date=date))
     print("| scenario | items | sub-tasks | faults injected | items lost | overlaps | duplicates (why) | recovery |")
     print("| --- | ---: | ---: | --- | ---: | ---: | --- | --- |")

@@ -7,13 +7,13 @@ from __future__ import annotations
 import signal
 import time
 
-from faultkit import FaultProxy, Figures
-from helpers import put_items, wait_for
-
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
+
+from faultkit import Analysis, FaultProxy, Figures, executions, interruptions, measured
+from helpers import put_items, wait_for
 
 
 def two_step(item_id: str) -> Item:
@@ -53,7 +53,7 @@ def test_claims_without_the_old_item_in_the_failure(aws_env, client, table, work
     Figures("14. endpoint without ReturnValuesOnConditionCheckFailure", runs=1, items=len(items),
             subtasks=2 * len(items),
             faults=f"{stripped} failed conditional writes answered without the old item (as dynalite does)",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(queue, {i: ItemState.DONE for i in items}, Analysis(executions(workers.processes))),
             recovery=f"every given-back item claimed after a consistent read; drained in {elapsed:.1f} s").save()
 
 
@@ -70,9 +70,14 @@ def test_a_worker_stops_within_the_grace_while_the_endpoint_stalls(aws_env, clie
         code = worker.wait(timeout=30)
         stopped = time.monotonic() - sent
     assert code == 128 + signal.SIGTERM
-    assert stopped < 12, stopped  # designed bound: kill grace 5 s + 5 s, plus the interpreter's exit
+    assert stopped < 12, stopped
+    queue = TaskQueue(client, table)  # every item is still there: done, todo, or held until its lease runs out
+    lost = sum(queue.get(f"s{n}") is None or queue.get(f"s{n}").state is ItemState.FAILED for n in range(200))
+    assert lost == 0  # designed bound: kill grace 5 s + 5 s, plus the interpreter's exit
     Figures("15. stop during an endpoint stall", runs=1, items=200, subtasks=200,
             faults="every request stalled for 60 s, then SIGTERM",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **{**measured(TaskQueue(client, table), {},
+                          Analysis(executions(workers.processes), stopped=interruptions(workers.processes))),
+               "lost": lost},
             recovery=f"worker exited {stopped:.1f} s after SIGTERM (bound: 10 s); "
                      "its item is reclaimed when the lease runs out").save()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 import time
 
-from faultkit import Analysis, Figures, interruptions
-from helpers import cli, kill_tree, wait_for, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, Figures, interruptions, measured
+from helpers import cli, kill_tree, wait_for, write_task_file
 
 ALLOWED_RERUNS = {"worker killed mid-run", "worker killed before recording the result"}
 
@@ -67,6 +67,6 @@ def test_chaos_kills(aws_env, client, table, tmp_path, workers, recorder, soak):
         assert final[item_id].logs[key]["stdout"] == f"ran by {last_done.worker}\n", (item_id, key)
 
     Figures("1. chaos kills", runs=1, items=items, subtasks=items * subtasks, workers_started=len(killed_at) + pool + 1,
-            faults=f"{len(killed_at)} SIGKILLs", lost=0, overlaps=0,
-            duplicates=sum(duplicates.values()), why=duplicates,
+            faults=f"{len(killed_at)} SIGKILLs",
+            **measured(queue, {f"c{n:03d}": ItemState.DONE for n in range(items)}, analysis),
             recovery=f"{recovered:.1f} s from the last kill to drained").save()

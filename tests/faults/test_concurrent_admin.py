@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from faultkit import Analysis, Figures, interruptions
-from helpers import cli, wait_for, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, Figures, interruptions, measured
+from helpers import cli, wait_for, write_task_file
 
 ANCHOR_SECONDS = 8
 
@@ -72,6 +72,6 @@ def test_admin_commands_during_a_run(aws_env, client, table, tmp_path, workers, 
             subtasks=len(rows) + new_items,
             faults=f"{resets} `reset --state locked`, {replaces} `import --replace` ({refused} live items "
                    f"refused, {new_items} new items), 1 forced reset of a running item",
-            lost=0, overlaps=0, duplicates=1,
-            why={"revoked by `reset ITEM_ID`: stopped by its worker, rerun after its lease ran out": 1},
+            **measured(queue, {i: ItemState.DONE for i in [r.split("|")[0] for r in rows]
+                               + [f"new{n:02d}" for n in range(new_items)]}, analysis),
             recovery="no live item was touched except the one named").save()

@@ -3,24 +3,24 @@ written once (conditional puts); nothing that ran is put back to todo and run ag
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
-import os
 import time
-
-from faultkit import Analysis, Figures
-from helpers import write_task_file
 
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, Figures, measured
+from helpers import write_task_file
 
 
 def test_concurrent_imports_never_overwrite(aws_env, client, table, tmp_path, workers, recorder, soak):
     items = 2000 if soak else 400
     rows = [f"c{n:04d}|S|{recorder.command(0)}" for n in range(items)]
     task_file = write_task_file(tmp_path / "t.txt", rows)
-    for n in range(2):
+    for _n in range(2):
         workers.start(table, "--lease", "20", "--items", "2", "--linger", "15")
     started = time.monotonic()
     imports = [subprocess.Popen([sys.executable, "-m", "pyanamo", "import", table, str(task_file)],
@@ -39,6 +39,6 @@ def test_concurrent_imports_never_overwrite(aws_env, client, table, tmp_path, wo
     assert set(analysis.completed().values()) == {1} and analysis.duplicates() == {}
     Figures("18. concurrent imports", runs=1, items=items, subtasks=items,
             faults=f"two `pyanamo import` of the same {items} items at once, workers running them",
-            lost=0, overlaps=0, duplicates=sum(analysis.duplicates().values()), why=analysis.duplicates(),
+            **measured(queue, {f"c{n:04d}": ItemState.DONE for n in range(items)}, analysis),
             recovery=f"imported {imported[0]} + {imported[1]} = {items}, each item once; nothing ran twice; "
                      f"drained {elapsed:.1f} s after the imports began").save()

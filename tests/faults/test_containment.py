@@ -9,11 +9,11 @@ import time
 import uuid
 from pathlib import Path
 
-from faultkit import Figures
-from helpers import cli, wait_for, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import Attr, ItemState
+
+from faultkit import Analysis, Figures, executions, interruptions, measured
+from helpers import cli, wait_for, write_task_file
 
 
 def escapees(tag: str, pids: Path) -> str:
@@ -61,8 +61,10 @@ def test_nothing_outlives_its_subtask_end_or_timeout(aws_env, client, table, tmp
     assert len(started) == 8
     assert living(tag) == [], "a process escaped its sub-task"
     Figures("10a. escaping processes", runs=1, items=2, subtasks=2,
-            faults="8 processes left behind through setsid, nohup, timeout and a double fork; one sub-task past --timeout",
-            lost=0, overlaps=0, duplicates=0, why={},
+            faults="8 processes left behind through setsid, nohup, timeout and a double fork; "
+                   "one sub-task past --timeout",
+            **measured(queue, {"leaves": ItemState.DONE, "hangs": ItemState.FAILED},
+                       Analysis(executions(workers.processes), stopped=interruptions(workers.processes))),
             recovery="none left when each sub-task ended (checked in /proc)").save()
 
 
@@ -70,13 +72,14 @@ def test_a_sigkilled_worker_takes_its_subtask_tree_down(aws_env, client, table, 
     tag = unique_duration()
     pids = tmp_path / "pids"
     second_run = tmp_path / "second-run"
-    script = f"if [ -e {second_run} ]; then echo finished; else touch {second_run}; {escapees(tag, pids)}; sleep {tag}; fi"
+    script = (f"if [ -e {second_run} ]; then echo finished; "
+              f"else touch {second_run}; {escapees(tag, pids)}; sleep {tag}; fi")
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", [f"oom|S|{script}"])),
                env=aws_env).returncode == 0
     first = workers.start(table, "--lease", "4", name="w-first", env={"AWS_BATCH_JOB_ID": "w-first"})
     wait_for(lambda: len(living(tag)) == 5, timeout=60, message="the sub-task and its escapees running")
     os.kill(first.pid, signal.SIGKILL)  # the worker alone, as the OOM killer would
-    killed = time.monotonic()
+    killed, killed_at = time.monotonic(), time.time()
     wait_for(lambda: living(tag) == [], timeout=10, interval=0.05, message="the sub-task's tree gone")
     gone_after = time.monotonic() - killed
     assert gone_after < 5
@@ -88,6 +91,7 @@ def test_a_sigkilled_worker_takes_its_subtask_tree_down(aws_env, client, table, 
     assert row[Attr.ABANDONED]["N"] == "1" and row[Attr.LAST_HOLDER]["S"] == "w-first"
     Figures("10b. worker SIGKILLed mid-sub-task", runs=1, items=1, subtasks=1,
             faults="SIGKILL to the worker process alone, its sub-task holding 4 escaped processes",
-            lost=0, overlaps=0, duplicates=1, why={"the killed run, rerun by the next worker": 1},
+            **measured(TaskQueue(client, table), {"oom": ItemState.DONE},
+                       Analysis(executions(workers.processes), {"w-first": killed_at + gone_after})),
             recovery=f"the sub-task and its 4 escapees gone {gone_after:.2f} s after the kill; "
                      "reclaimed after the lease ran out").save()

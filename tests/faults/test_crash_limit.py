@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import time
 
-from faultkit import Figures
-from helpers import cli, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, Figures, executions, measured
+from helpers import cli, write_task_file
 
 # The sub-task's parent is its supervisor; the supervisor's parent is the worker.
 KILL_THE_WORKER = "kill -9 $(awk '{print $4}' /proc/$PPID/stat); sleep 5"
@@ -19,12 +19,13 @@ def test_an_item_that_kills_its_workers_fails_after_max_claims(aws_env, client, 
     runs = tmp_path / "poison-runs"
     rows = [f"poison|S|echo run >> {runs}; {KILL_THE_WORKER}"] + [f"fine{n}|S|echo fine {n}" for n in range(5)]
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
-    codes = []
+    codes, killed_at = [], {}
     started = time.monotonic()
     for n in range(6):
         name = f"w{n}"
         worker = workers.start(table, "--lease", "3", "--max-claims", "3", name=name, env={"AWS_BATCH_JOB_ID": name})
         codes.append(worker.wait(timeout=60))
+        killed_at[name] = time.time()  # the sub-task's tree died with its worker, at the latest now
         if codes[-1] != -9:
             break
     elapsed = time.monotonic() - started
@@ -38,6 +39,7 @@ def test_an_item_that_kills_its_workers_fails_after_max_claims(aws_env, client, 
     assert b"abandoned by 3 workers" in workers.processes[-1].log_path.read_bytes()
     Figures("11. an item that kills its worker", runs=1, items=6, subtasks=6,
             faults="a sub-task that SIGKILLs its worker, every time it runs",
-            lost=0, overlaps=0, duplicates=2, why={"the poison item, run by each of the 3 workers it killed": 2},
+            **measured(queue, {"poison": ItemState.FAILED, **{f"fine{n}": ItemState.DONE for n in range(5)}},
+                       Analysis(executions(workers.processes), killed_at)),
             recovery=f"failed after 3 abandoned claims (--max-claims 3); the other 5 items done; "
                      f"{elapsed:.1f} s in all").save()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from faultkit import Figures, item_size
-from helpers import cli, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ITEM_BUDGET_BYTES, ITEM_LIMIT_BYTES, ItemState
+
+from faultkit import Analysis, Figures, executions, interruptions, item_size, measured
+from helpers import cli, write_task_file
 
 
 def test_huge_and_hostile_output(aws_env, client, table, tmp_path: Path, workers, soak):
@@ -61,6 +61,9 @@ def test_huge_and_hostile_output(aws_env, client, table, tmp_path: Path, workers
     Figures("7. huge and hostile output", runs=1, items=5, subtasks=44 + noisy,
             faults=f"{megabytes} MB + 5 MB of output, binary and invalid UTF-8, a silent sub-task past --timeout 4, "
                    f"an item of {noisy} sub-tasks each printing 20 KB of invalid UTF-8 to both streams",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(queue, {"huge": ItemState.DONE, "binary": ItemState.FAILED, "silent": ItemState.FAILED,
+                               "wide": ItemState.DONE, "noisy": ItemState.DONE},
+                       Analysis(executions(workers.processes), stopped=interruptions(workers.processes))),
             recovery=f"largest item {max(sizes.values()) // 1024} KB of 400 KB (the {noisy}-sub-task one "
-                     f"{sizes['noisy'] // 1024} KB); timeout killed the whole process tree; {elapsed:.1f} s in all").save()
+                     f"{sizes['noisy'] // 1024} KB); timeout killed the whole process tree; "
+                     f"{elapsed:.1f} s in all").save()

@@ -10,11 +10,12 @@ import signal
 import time
 
 import pytest
-from faultkit import Analysis, interruptions, Figures
-from helpers import StubImds, cli, wait_for, write_task_file
 
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
+
+from faultkit import Analysis, Figures, interruptions, measured
+from helpers import StubImds, cli, wait_for, write_task_file
 
 
 def run_and_interrupt(aws_env, client, table, tmp_path, workers, recorder, how: str, monkeypatch):
@@ -63,7 +64,6 @@ def test_interruption_releases_the_item(aws_env, client, table, tmp_path, worker
     name = "5. Spot interruption notice" if how == "spot" else "6. SIGTERM"
     Figures(name, runs=1, items=1, subtasks=3,
             faults="spot/instance-action in IMDS" if how == "spot" else "SIGTERM to the worker",
-            lost=0, overlaps=0, duplicates=1,
-            why={"interrupted sub-task run again by the next worker (attempt not counted)": 1},
+            **measured(TaskQueue(client, table), {"long": ItemState.DONE}, analysis),
             recovery=f"worker exited {stopped:.1f} s after the {'notice' if how == 'spot' else 'signal'}; "
                      "item back in todo").save()

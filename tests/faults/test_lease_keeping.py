@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from faultkit import Analysis, Figures
-from helpers import cli, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, Figures, measured
+from helpers import cli, write_task_file
 
 
 def test_long_subtasks_keep_their_lease(aws_env, client, table, tmp_path, workers, recorder, soak):
@@ -32,5 +32,6 @@ def test_long_subtasks_keep_their_lease(aws_env, client, table, tmp_path, worker
     for worker in (first, second):
         assert b"item_abandoned" not in worker.log_path.read_bytes()
     Figures("2. lease keeping", runs=1, items=items, subtasks=items,
-            faults=f"sub-tasks of {seconds} s under a {lease} s lease", lost=0, overlaps=0, duplicates=0,
-            why={}, recovery=f"no reclaim; {time.monotonic() - started:.1f} s in all").save()
+            faults=f"sub-tasks of {seconds} s under a {lease} s lease",
+            **measured(queue, {f"long{n}": ItemState.DONE for n in range(items)}, analysis),
+            recovery=f"no reclaim; {time.monotonic() - started:.1f} s in all").save()

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import time
 
-from faultkit import Figures
-from helpers import put_items
-
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ITEM_LIMIT_BYTES, Attr, ItemState
+
+from faultkit import Analysis, Figures, executions, measured
+from helpers import put_items
 
 
 def padded(row: dict, pad: int) -> dict:
@@ -44,7 +44,8 @@ def raw(item_id: str, **overrides) -> dict:
 def test_malformed_items_fail_with_the_reason(aws_env, client, table, tmp_path, workers):
     script = {"Script": {"S": "echo ran >> ran"}}
     rows = {
-        "unknown-status": raw("unknown-status", TaskScript={"M": {"Task_0": {"M": {**script, "Status": {"S": "paused"}}}}}),
+        "unknown-status": raw("unknown-status",
+                              TaskScript={"M": {"Task_0": {"M": {**script, "Status": {"S": "paused"}}}}}),
         "script-not-a-map": raw("script-not-a-map", TaskScript={"S": "echo not a map >> ran"}),
         "no-script": raw("no-script", TaskScript={"M": {"Task_0": {"M": {"Status": {"S": "todo"}}}}}),
         "no-subtasks": raw("no-subtasks", TaskScript={"M": {}}),
@@ -81,6 +82,7 @@ def test_malformed_items_fail_with_the_reason(aws_env, client, table, tmp_path, 
     Figures("13. malformed items", runs=1, items=len(rows) + 1, subtasks=len(rows) + 1,
             faults="items with an unknown Status or lockID, TaskScript not a map, no Script, no sub-tasks; "
                    "one at DynamoDB's size limit whose result write is rejected (ValidationException)",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(queue, {"good": ItemState.DONE, **{i: ItemState.FAILED for i in rows}},
+                       Analysis(executions(workers.processes))),
             recovery=f"each failed with its reason, none run as written wrong, no outage reported; "
                      f"{elapsed:.1f} s in all").save()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 
-from faultkit import Analysis, interruptions, FaultProxy, Figures
-from helpers import cli, wait_for, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, FaultProxy, Figures, interruptions, measured
+from helpers import cli, wait_for, write_task_file
 
 ALLOWED_RERUNS = {"stopped by its worker (lease lost)",
                   "finished, but its result could not be recorded (lease lost)"}
@@ -45,5 +45,5 @@ def test_endpoint_outage(aws_env, moto_url, client, table, tmp_path, workers, re
     Figures("3. endpoint outage", runs=1, items=items, subtasks=2 * items,
             faults=f"{outage / 2:.1f} s refused + {outage / 2:.1f} s stalled ({proxy.counts['stalled']} requests "
                    f"stalled); {abandoned} items abandoned before their lease ran out",
-            lost=0, overlaps=0, duplicates=sum(duplicates.values()), why=duplicates,
+            **measured(queue, {f"o{n:02d}": ItemState.DONE for n in range(items)}, analysis),
             recovery=f"{recovered:.1f} s from the end of the outage to drained").save()

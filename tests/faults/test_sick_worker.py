@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import time
 
-from faultkit import Analysis, Figures
-from helpers import cli, wait_for, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.runner import safe_name
 from pyanamo.schema import ItemState
 from pyanamo.worker import MAX_LOCAL_FAILURES
+
+from faultkit import Analysis, Figures, measured
+from helpers import cli, wait_for, write_task_file
 
 
 def test_a_sick_worker_gives_items_back_and_exits(aws_env, client, table, tmp_path, workers, recorder):
@@ -43,6 +43,6 @@ def test_a_sick_worker_gives_items_back_and_exits(aws_env, client, table, tmp_pa
     assert {run.worker for run in recorder.runs()} == {"healthy"}
     Figures("12. sick worker", runs=1, items=items, subtasks=items,
             faults="one worker whose log folder cannot be created, next to a healthy one",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(queue, {f"i{n:02d}": ItemState.DONE for n in range(items)}, analysis),
             recovery=f"the sick worker made {MAX_LOCAL_FAILURES} claims, gave each item back (no attempt used) "
                      f"and exited 1 after {sick_seconds:.1f} s; the healthy one drained all {items}").save()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import time
 
-from faultkit import Analysis, FaultProxy, Figures
-from helpers import cli, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, FaultProxy, Figures, measured
+from helpers import cli, write_task_file
 
 
 def test_throttling(aws_env, moto_url, client, table, tmp_path, workers, recorder, soak):
@@ -35,5 +35,5 @@ def test_throttling(aws_env, moto_url, client, table, tmp_path, workers, recorde
     Figures("4. throttling", runs=1, items=items, subtasks=items,
             faults=f"{counts['throttled']} of {counts['throttled'] + counts['forwarded']} requests throttled "
                    "(HTTP 400, ProvisionedThroughputExceeded / Throttling), import included",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(queue, {f"t{n:03d}": ItemState.DONE for n in range(items)}, analysis),
             recovery=f"retried by boto3's standard mode; drained in {elapsed:.1f} s").save()

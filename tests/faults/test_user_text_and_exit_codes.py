@@ -6,11 +6,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from faultkit import Figures
-from helpers import cli, write_task_file
-
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+
+from faultkit import Analysis, Figures, executions, measured
+from helpers import cli, write_task_file
 
 
 def test_user_text_is_rendered_as_data(aws_env, client, table, tmp_path, workers):
@@ -33,7 +33,8 @@ def test_user_text_is_rendered_as_data(aws_env, client, table, tmp_path, workers
     assert watch.returncode == 0 and "is empty: nothing to watch" in watch.stdout
     Figures("16. user text", runs=1, items=3, subtasks=3,
             faults="rich markup in stderr ('[/bold]'), `logs | head`, `status --watch` on an empty table",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(TaskQueue(client, table), {"close": ItemState.FAILED, "markup": ItemState.FAILED,
+                                                  "many": ItemState.DONE}, Analysis(executions(workers.processes))),
             recovery="status shows the text as written (exit 3: a failed item); no traceback; "
                      "watch on an empty table says so and exits").save()
 
@@ -59,6 +60,7 @@ def test_exit_statuses_and_signals_tell_failure_apart(aws_env, client, table, tm
     assert segv.subtasks[0].exit_code == 139 and segv.last_error == "Task_0: killed (SIGSEGV)"
     Figures("17. exit statuses", runs=1, items=4, subtasks=4,
             faults="sub-tasks ended by SIGKILL and SIGSEGV next to a clean run",
-            lost=0, overlaps=0, duplicates=0, why={},
+            **measured(queue, {"oom": ItemState.FAILED, "segv": ItemState.FAILED, "ok": ItemState.DONE},
+                       Analysis(executions(workers.processes))),
             recovery="worker and status exit 0 on the clean run, 3 with failed items; "
                      "signals recorded as 128+N with their names").save()

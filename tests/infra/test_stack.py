@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 from aws_cdk.assertions import Annotations, Match, Template
-from helpers import REPO
 
 from infra.settings import Settings, context_keys
 from pyanamo import schema
+
+from helpers import REPO
 
 os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
@@ -152,7 +153,8 @@ def test_user_data_installs_and_starts_the_worker_with_the_settings(default: Syn
     table_ref = default.json["Outputs"]["TableName"]["Value"]["Ref"]
     assert f"export PYANAMO_TABLE='<{table_ref}>'" in text
     assert "export PYANAMO_ASSET='s3://cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/" in text
-    assert "export PYANAMO_WORKER_ARGS='--lease 300 --items 1 --nests 1 --max-attempts 2 --quiet --log-bucket <Logs" in text
+    assert ("export PYANAMO_WORKER_ARGS='--lease 300 --items 1 --nests 1 --max-attempts 2 --quiet "
+            "--log-bucket <Logs") in text
     assert (REPO / "infra" / "bootstrap.sh").read_text().split("\n", 1)[1] in text
     assert "systemctl enable --now pyanamo-worker.service" in text
     text = render(variant.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"])
@@ -293,7 +295,8 @@ def test_python_app_synthesizes_offline(tmp_path: Path):
 def test_bad_context_is_a_one_line_error(tmp_path: Path):
     proc = _run_app(tmp_path, {"fleet_size": "lots"})
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "pyanamo: error: context fleet_size='lots': invalid literal for int() with base 10: 'lots'"
+    assert proc.stderr.strip() == ("pyanamo: error: context fleet_size='lots': "
+                                   "invalid literal for int() with base 10: 'lots'")
     proc = _run_app(tmp_path, {"instance_types": "c7g.large,c6i.large"})
     assert "mixes Graviton (arm64) and x86_64" in proc.stderr and proc.returncode == 2
 

@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, write_task_file
 
 from pyanamo.local import free_port
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
+
+from helpers import cli, write_task_file
 
 
 def count_items(client, table: str) -> int:
@@ -202,7 +203,8 @@ def test_replace_never_overwrites_an_item_a_worker_holds(aws_env, table, known_s
     path = write_task_file(tmp_path / "new.txt", ["l1|B|echo new", "t1|A|echo new t1"])
     proc = cli("import", table, str(path), "--replace", env=aws_env)
     assert proc.returncode == 0, proc.stderr
-    assert "left 1 items untouched that workers are running now (reset them by ID, then import again): l1" in proc.stdout
+    assert ("left 1 items untouched that workers are running now (reset them by ID, then import again): l1"
+            in proc.stdout)
     assert "replaced 1 existing items" in proc.stdout
     assert known_state.get("l1").subtasks[0].script == "sleep 1"
     assert known_state.get("t1").subtasks[0].script == "echo new t1"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from helpers import put_items
 
 from pyanamo import fleet, scaler
 from pyanamo.model import Item, Subtask
+
+from helpers import put_items
 
 
 def todo_items(client, table: str, count: int) -> None:

@@ -7,7 +7,6 @@ import time
 from collections import Counter
 
 import pytest
-from helpers import put_items
 
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
@@ -19,6 +18,8 @@ from pyanamo.schema import (
     ItemState,
     SubtaskStatus,
 )
+
+from helpers import put_items
 
 
 def item(item_id: str, *scripts: str, task: str = "T") -> Item:
@@ -212,7 +213,7 @@ def test_the_local_endpoint_lets_exactly_one_conditional_write_win(client, table
     for n in range(rounds):
         wins, barrier = [], threading.Barrier(racers)
 
-        def racer(r: int) -> None:
+        def racer(r: int, n: int = n, barrier: threading.Barrier = barrier, wins: list = wins) -> None:
             own = clients[r]
             barrier.wait()
             try:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
-from helpers import StubImds
 
 from pyanamo.identity import Imds, worker_identity
+
+from helpers import StubImds
 
 
 @pytest.fixture

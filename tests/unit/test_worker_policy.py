@@ -71,7 +71,7 @@ def test_local_failures_back_off_then_stop_the_worker_and_a_success_resets_them(
     assert p.local_failure("disk full") == 1 and p.local_backoff() == 2.0
     p.local_success()
     assert p.local_backoff() == 0.0
-    for n in range(MAX_LOCAL_FAILURES):
+    for _n in range(MAX_LOCAL_FAILURES):
         p.local_failure("disk full")
     assert p.stopping and p.reason == "cannot_run_subtasks" and p.exit_code(0) == EXIT_ERROR
 
