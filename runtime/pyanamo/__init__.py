@@ -1,3 +1,8 @@
 """PyAnamo: batch workloads from a DynamoDB work queue, run by a self-draining worker fleet."""
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("pyanamo")  # one version: runtime/pyproject.toml
+except PackageNotFoundError:  # run from a source tree that was not installed (the fleet's asset)
+    __version__ = "unknown"

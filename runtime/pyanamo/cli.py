@@ -190,11 +190,11 @@ def _check_can_run(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .identity import Imds, off_ec2_identity
+    from .identity import Imds, worker_identity
     from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
-    events.enabled = not args.quiet
+    events.configure(quiet=args.quiet)
     _check_can_run(args)
     config = WorkerConfig(
         table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
@@ -206,12 +206,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
     _require_table(client, args.table)
     imds = Imds()
-    instance_id = imds.get("instance-id")
-    queue = TaskQueue(client, args.table, owner=instance_id or off_ec2_identity(), lease_seconds=args.lease,
-                      max_claims=args.max_claims)
+    who = worker_identity(imds)
+    queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims)
     worker = Worker(queue, config)
     worker.install_signal_handlers()
-    if instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
+    if who.instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
         SpotWatcher(imds, lambda _: worker.stop("spot_interruption", signal.SIGTERM)).start()
     code = worker.run()
     policy = worker.policy

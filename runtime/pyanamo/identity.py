@@ -7,6 +7,7 @@ import socket
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 
 DEFAULT_IMDS_ENDPOINT = "http://169.254.169.254"
 TOKEN_TTL_SECONDS = "21600"
@@ -67,6 +68,16 @@ def off_ec2_identity() -> str:
     return os.environ.get("AWS_BATCH_JOB_ID") or socket.gethostname()
 
 
-def worker_identity(imds: Imds | None = None) -> str:
-    """The ID recorded as ``InstanceID`` in the items this worker holds."""
-    return (imds or Imds()).get("instance-id") or off_ec2_identity()
+@dataclass(frozen=True)
+class WorkerIdentity:
+    """Who this worker is: ``owner`` is recorded as ``InstanceID`` in the items it holds;
+    ``instance_id`` is set on EC2 only (then Spot notices are watched)."""
+
+    owner: str
+    instance_id: str | None
+
+
+def worker_identity(imds: Imds | None = None) -> WorkerIdentity:
+    """The EC2 instance ID (IMDSv2), else the Batch job ID, else the hostname; one IMDS lookup."""
+    instance_id = (imds or Imds()).get("instance-id")
+    return WorkerIdentity(instance_id or off_ec2_identity(), instance_id)
