@@ -12,7 +12,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
-from .worker_fleet import ASSET_EXCLUDE
+from .nag import GROUP_ARN, suppress
+from .runtime_asset import ASSET_EXCLUDE
 
 
 class BacklogScaler(Construct):
@@ -54,6 +55,12 @@ class BacklogScaler(Construct):
         self.describe_statement = iam.PolicyStatement(
             actions=["autoscaling:DescribeAutoScalingGroups"], resources=["*"])
         self.function.add_to_role_policy(self.describe_statement)
+        suppress(self, "AwsSolutions-IAM4", "AWSLambdaBasicExecutionRole only lets the function write its own logs.",
+                 ["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"])
+        suppress(self, "AwsSolutions-IAM5",
+                 "DescribeAutoScalingGroups has no resource-level permissions (AWS offers only '*'); "
+                 "SetDesiredCapacity names the group, whose ARN has an AWS-assigned UUID.",
+                 ["Resource::*", GROUP_ARN])
         self.schedule = events.Rule(
             self,
             "Schedule",

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3 as s3
 from constructs import Construct
+
+from .nag import suppress
 
 LOG_PREFIX = "logs"
 
@@ -24,6 +27,20 @@ class LogBucket(Construct):
             removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY,
             auto_delete_objects=not retain and empty_on_destroy,
         )
+        suppress(self.bucket, "AwsSolutions-S1",
+                 "This bucket holds task logs; access logging it would need another bucket for logs of logs.")
+
+    def grant_write_logs(self, role: iam.IRole) -> None:
+        """Write any object under the log prefix (keys are per item and sub-task)."""
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["s3:PutObject"], resources=[self.objects_arn()]))
+        suppress(role, "AwsSolutions-IAM5",
+                 "Log object keys are per item and sub-task, so the worker may write any key under the log prefix.",
+                 [{"regex": "/^Resource::<LogsBucket.*\\.Arn>/logs/\\*$/"}])
+
+    @property
+    def location(self) -> str:
+        """``bucket/prefix``, as `pyanamo worker --log-bucket` takes it."""
+        return f"{self.bucket.bucket_name}/{self.prefix}"
 
     def objects_arn(self) -> str:
         return self.bucket.arn_for_objects(f"{self.prefix}/*")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from pyanamo import schema
+
+# What a worker does to the table: claim and write items (UpdateItem), read them, query indexes.
+WORKER_TABLE_ACTIONS = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:DescribeTable"]
 
 
 class TaskTable(Construct):
@@ -34,6 +38,12 @@ class TaskTable(Construct):
                 ),
                 non_key_attributes=list(index.projection) or None,
             )
+
+    def grant_worker(self, role: iam.IRole) -> None:
+        """What a worker needs: read and update items, query every index (each named)."""
+        role.add_to_principal_policy(iam.PolicyStatement(actions=WORKER_TABLE_ACTIONS,
+                                                         resources=[self.table.table_arn]))
+        role.add_to_principal_policy(iam.PolicyStatement(actions=["dynamodb:Query"], resources=self.index_arns()))
 
     def index_arns(self) -> list[str]:
         """The ARN of each index by name: IAM statements name them, never `index/*`."""

@@ -1,9 +1,14 @@
-"""The worker fleet: network, launch template (IMDSv2, encrypted root, no SSH) and the group."""
+"""The worker fleet: network, launch template (IMDSv2, encrypted root, no SSH) and the group.
+
+It grants what it owns: its instances may read their runtime asset and take themselves out of
+their group; the table and the log bucket grant the rest (``TaskTable.grant_worker``,
+``LogBucket.grant_write_logs``)."""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import Annotations, ArnFormat, Fn, Stack
@@ -13,10 +18,26 @@ from aws_cdk import aws_iam as iam
 from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
-from .settings import Settings
+from .nag import GROUP_ARN, GROUP_ARN_REASON, suppress
+from .runtime_asset import ASSET_EXCLUDE
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
-ASSET_EXCLUDE = ["**/__pycache__", "*.egg-info", "build", "dist"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class FleetProps:
+    """What the fleet is made of (from `cdk.json` context, via ``infra.settings``)."""
+
+    instance_types: tuple[str, ...]
+    arm64: bool
+    spot: bool
+    fleet_size: int
+    desired_capacity: int
+    volume_size: int  # GiB
+    assign_public_ip: bool
+    worker_args: tuple[str, ...]
+    vpc_id: str | None = None
+    subnet_ids: tuple[str, ...] = ()
 
 
 def render_user_data(environment: Mapping[str, str]) -> str:
@@ -37,13 +58,13 @@ class WorkerFleet(Construct):
         scope: Construct,
         id: str,
         *,
-        settings: Settings,
+        props: FleetProps,
         runtime_path: Path,
         table_name: str,
         log_bucket: str,
     ) -> None:
         super().__init__(scope, id)
-        self.vpc, subnets = self._network(settings)
+        self.vpc, subnets = self._network(props)
         self.runtime = s3_assets.Asset(self, "Runtime", path=str(runtime_path), exclude=ASSET_EXCLUDE)
         self.role = iam.Role(
             self,
@@ -56,14 +77,14 @@ class WorkerFleet(Construct):
             self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=True,
             description="PyAnamo workers: no inbound access (use SSM Session Manager)",
         )
-        worker_args = [*settings.worker_args(), "--log-bucket", log_bucket]
+        worker_args = [*props.worker_args, "--log-bucket", log_bucket]
         self.user_data = ec2.UserData.custom(render_user_data({
             "AWS_REGION": Stack.of(self).region,
             "PYANAMO_TABLE": table_name,
             "PYANAMO_ASSET": self.runtime.s3_object_url,
             "PYANAMO_WORKER_ARGS": " ".join(worker_args),
         }))
-        cpu = ec2.AmazonLinuxCpuType.ARM_64 if settings.arm64 else ec2.AmazonLinuxCpuType.X86_64
+        cpu = ec2.AmazonLinuxCpuType.ARM_64 if props.arm64 else ec2.AmazonLinuxCpuType.X86_64
         self.launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
@@ -73,32 +94,32 @@ class WorkerFleet(Construct):
             security_group=self.security_group,
             require_imdsv2=True,
             http_put_response_hop_limit=1,
-            associate_public_ip_address=settings.assign_public_ip or None,
+            associate_public_ip_address=props.assign_public_ip or None,
             block_devices=[
                 ec2.BlockDevice(
                     device_name="/dev/xvda",
                     volume=ec2.BlockDeviceVolume.ebs(
-                        settings.volume_size, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3,
+                        props.volume_size, encrypted=True, volume_type=ec2.EbsDeviceVolumeType.GP3,
                         delete_on_termination=True,
                     ),
                 )
             ],
         )
-        spot = settings.spot
+        spot = props.spot
         self.group = autoscaling.AutoScalingGroup(
             self,
             "Group",
             vpc=self.vpc,
             vpc_subnets=subnets,
             min_capacity=0,
-            max_capacity=settings.fleet_size,
-            desired_capacity=settings.desired_capacity,
+            max_capacity=props.fleet_size,
+            desired_capacity=props.desired_capacity,
             capacity_rebalance=spot,
             mixed_instances_policy=autoscaling.MixedInstancesPolicy(
                 launch_template=self.launch_template,
                 launch_template_overrides=[
                     autoscaling.LaunchTemplateOverrides(instance_type=ec2.InstanceType(t))
-                    for t in settings.instance_types
+                    for t in props.instance_types
                 ],
                 instances_distribution=autoscaling.InstancesDistribution(
                     on_demand_base_capacity=0,
@@ -114,6 +135,35 @@ class WorkerFleet(Construct):
             "@aws-cdk/aws-autoscaling:desiredCapacitySet",
             "intended: a deployment sets the fleet size from context; instances then leave on drain",
         )
+        self._grant_own()
+        self._justify(new_vpc=props.vpc_id is None)
+
+    def _grant_own(self) -> None:
+        self.role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["s3:GetObject"], resources=[self.runtime.bucket.arn_for_objects(self.runtime.s3_object_key)]))
+        # Its own policy: the launch template waits for the role's default policy, and this one
+        # names the group, which waits for the launch template.
+        leave = iam.Policy(self, "LeaveGroup", roles=[self.role], statements=[iam.PolicyStatement(
+            actions=["autoscaling:TerminateInstanceInAutoScalingGroup"], resources=[self.group_arn()])])
+        suppress(leave, "AwsSolutions-IAM5", GROUP_ARN_REASON, [GROUP_ARN])
+
+    def _justify(self, new_vpc: bool) -> None:
+        """cdk-nag findings that are by design, each with its reason."""
+        suppress(self.role, "AwsSolutions-IAM4",
+                 "AmazonSSMManagedInstanceCore is AWS's documented policy for Session Manager, the only way "
+                 "onto the instances (no SSH, no inbound rule).",
+                 ["Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"])
+        suppress(self.group, "AwsSolutions-AS3",
+                 "Instances leave the group by design whenever the queue is drained; `pyanamo fleet status` "
+                 "and `pyanamo status` are how a run is watched, not scaling notifications.")
+        suppress(self.group, "CdkNagValidationFailure",
+                 "EC26 cannot follow the mixed-instances policy to the launch template; its root volume is "
+                 "encrypted (tests/infra asserts Encrypted on the launch template).",
+                 ["AwsSolutions-EC26"])
+        if new_vpc:
+            suppress(self.vpc, "AwsSolutions-VPC7",
+                     "Workers accept no inbound traffic; flow logs cost per GB of batch-job traffic and are "
+                     "left to the user (or bring your own VPC with -c vpc_id).")
 
     def group_arn(self) -> str:
         """The group's ARN; its middle part is a UUID AWS assigns, hence the one wildcard."""
@@ -124,24 +174,24 @@ class WorkerFleet(Construct):
             arn_format=ArnFormat.COLON_RESOURCE_NAME,
         )
 
-    def _network(self, settings: Settings) -> tuple[ec2.IVpc, ec2.SubnetSelection]:
-        if settings.vpc_id and settings.subnet_ids:
+    def _network(self, props: FleetProps) -> tuple[ec2.IVpc, ec2.SubnetSelection]:
+        if props.vpc_id and props.subnet_ids:
             vpc = ec2.Vpc.from_vpc_attributes(
-                self, "Vpc", vpc_id=settings.vpc_id, availability_zones=Fn.get_azs()
+                self, "Vpc", vpc_id=props.vpc_id, availability_zones=Fn.get_azs()
             )
             Annotations.of(vpc).acknowledge_warning(
                 "@aws-cdk/aws-ec2:vpcAttributeIsListTokenavailabilityZones",
                 "the group gets its subnets explicitly; nothing asks this VPC for its subnets or zones",
             )
-            subnets = [ec2.Subnet.from_subnet_id(self, f"Subnet{n}", s) for n, s in enumerate(settings.subnet_ids)]
+            subnets = [ec2.Subnet.from_subnet_id(self, f"Subnet{n}", s) for n, s in enumerate(props.subnet_ids)]
             for subnet in subnets:
                 Annotations.of(subnet).acknowledge_warning(
                     "@aws-cdk/aws-ec2:noSubnetRouteTableId", "nothing here reads the subnets' route tables"
                 )
             return vpc, ec2.SubnetSelection(subnets=subnets)
-        if settings.vpc_id:
-            vpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=settings.vpc_id)
-            kind = ec2.SubnetType.PUBLIC if settings.assign_public_ip else ec2.SubnetType.PRIVATE_WITH_EGRESS
+        if props.vpc_id:
+            vpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=props.vpc_id)
+            kind = ec2.SubnetType.PUBLIC if props.assign_public_ip else ec2.SubnetType.PRIVATE_WITH_EGRESS
             return vpc, ec2.SubnetSelection(subnet_type=kind)
         vpc = ec2.Vpc(
             self,
