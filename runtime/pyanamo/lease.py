@@ -114,5 +114,5 @@ class LeaseKeeper:
         tick = min(0.5, self.margin / 4)
         while not self._stop.wait(tick):
             for held in self.held():
-                if not held.lost.is_set() and self.expiring(held):
+                if not held.lost.is_set() and not held.closed and self.expiring(held):
                     held.abandon("lease_expiring")

@@ -1,0 +1,156 @@
+"""One contract, two queues: the real ``TaskQueue`` on moto's server and the in-memory fake the
+unit tests use (``tests/fakes.py``). Whatever the fake lets a unit test conclude holds for the
+real queue too."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue
+from pyanamo.schema import Attr, ItemState, SubtaskStatus
+
+from fakes import InMemoryQueue, item
+
+EXPIRED = 0.3  # seconds to wait for a 0.2 s lease to run out
+
+
+@dataclass
+class Table:
+    """Queues on one table, as different workers see it."""
+
+    queue: Callable[..., Any]
+    abandoned: Callable[[str], tuple[int, str | None]]
+
+    def put(self, *items) -> None:
+        first = self.queue("importer")
+        for it in items:
+            assert first.put_new(it)
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def table_of(request, aws_env) -> Table:
+    if request.param == "memory":
+        shared = InMemoryQueue()
+        return Table(lambda owner, **kw: shared.sharing(owner=owner, **kw), shared.abandoned)
+    client, table = request.getfixturevalue("client"), request.getfixturevalue("table")
+
+    def abandoned(item_id: str) -> tuple[int, str | None]:
+        row = client.get_item(TableName=table, Key={Attr.ITEM_ID: {"S": item_id}})["Item"]
+        return int(row.get(Attr.ABANDONED, {}).get("N", "0")), row.get(Attr.LAST_HOLDER, {}).get("S")
+
+    return Table(lambda owner, **kw: TaskQueue(client, table, owner=owner, **kw), abandoned)
+
+
+def done(key: str) -> SubtaskResult:
+    return SubtaskResult(key, SubtaskStatus.DONE, 1, 0, {"stdout": "ok\n", "stderr": ""}, {"ExitCode": 0})
+
+
+def test_a_claim_locks_the_item_marks_its_first_subtask_and_is_exclusive(table_of):
+    table_of.put(item("a", "echo 1", "echo 2"))
+    first = table_of.queue("w1", lease_seconds=30)
+    got, lease = first.claim()
+    assert got.state is ItemState.LOCKED and got.instance_id == "w1" and got.lease_token == lease.token
+    assert [s.status for s in got.subtasks] == [SubtaskStatus.RUNNING, SubtaskStatus.TODO]
+    assert table_of.queue("w2", lease_seconds=30).claim() is None
+    assert first.any_in_state(ItemState.LOCKED) and not first.any_in_state(ItemState.TODO)
+
+
+def test_a_reclaimed_item_fences_out_its_old_holder_and_counts_the_abandoned_claim(table_of):
+    table_of.put(item("a", "echo 1", "echo 2"))
+    old = table_of.queue("old", lease_seconds=0.2)
+    _, old_lease = old.claim()
+    old.record(old_lease, done("Task_0"), next_running="Task_1")
+    time.sleep(EXPIRED)
+    new = table_of.queue("new", lease_seconds=30)
+    got, _ = new.claim()
+    assert got.instance_id == "new" and got.subtasks[0].status is SubtaskStatus.DONE
+    assert table_of.abandoned("a") == (1, "old")
+    for write in (lambda: old.renew(old_lease), lambda: old.record(old_lease, done("Task_1")),
+                  lambda: old.finish(old_lease, ItemState.DONE), lambda: old.release(old_lease, ["Task_1"])):
+        with pytest.raises(LeaseLost):
+            write()
+
+
+def test_after_max_claims_abandoned_the_item_fails_naming_the_last_holder(table_of):
+    table_of.put(item("a"))
+    for n in range(3):
+        assert table_of.queue(f"w{n}", lease_seconds=0.2, max_claims=3).claim() is not None
+        time.sleep(EXPIRED)
+    last = table_of.queue("w3", lease_seconds=30, max_claims=3)
+    assert last.claim() is None and last.failed_on_claim == 1
+    failed = last.get("a")
+    assert failed.state is ItemState.FAILED and failed.lease_token is None
+    assert failed.last_error.startswith("abandoned by 3 workers (last: w2)")
+
+
+def test_a_release_is_not_an_abandoned_claim_and_keeps_done_subtasks(table_of):
+    table_of.put(item("a", "echo 1", "echo 2"))
+    q = table_of.queue("w", lease_seconds=30, max_claims=1)
+    _, lease = q.claim()
+    q.record(lease, done("Task_0"))
+    q.release(lease, ["Task_1"])
+    got, _ = q.claim()
+    assert [s.status for s in got.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.TODO]
+    assert table_of.abandoned("a")[0] == 0
+
+
+def test_a_revocation_is_not_counted_and_a_reset_restarts_the_count(table_of):
+    table_of.put(item("a"))
+    table_of.queue("dead", lease_seconds=0.2).claim()
+    time.sleep(EXPIRED)
+    holder = table_of.queue("holder", lease_seconds=0.2)
+    got, lease = holder.claim()
+    assert table_of.abandoned("a")[0] == 1
+    assert holder.revoke(got, [], clear_attempts=False)
+    with pytest.raises(LeaseLost):
+        holder.renew(lease)
+    time.sleep(EXPIRED)
+    got, _ = table_of.queue("after", lease_seconds=0.2).claim()
+    assert table_of.abandoned("a")[0] == 1
+    time.sleep(EXPIRED)
+    expired = table_of.queue("admin").get("a")
+    assert table_of.queue("admin").reset(expired, ["Task_0"], clear_attempts=True)
+    assert table_of.abandoned("a")[0] == 0 and table_of.queue("admin").get("a").state is ItemState.TODO
+
+
+def test_a_reset_or_revocation_of_an_item_that_changed_meanwhile_does_nothing(table_of):
+    table_of.put(item("a"))
+    q = table_of.queue("w", lease_seconds=30)
+    stale = q.get("a")
+    q.claim()
+    assert not q.reset(stale, [], clear_attempts=False)
+    assert not q.revoke(stale, [], clear_attempts=False)
+    assert q.get("a").state is ItemState.LOCKED
+
+
+def test_imports_never_overwrite_and_replace_never_touches_a_held_item(table_of):
+    q = table_of.queue("w", lease_seconds=30)
+    assert q.put_new(item("a", "echo first"))
+    assert not q.put_new(item("a", "echo second"))
+    assert q.replace_unless_held(item("b", "echo new")) is False  # nothing to replace: written
+    q.claim()
+    q.claim()
+    assert q.replace_unless_held(item("a", "echo third")) is None
+    assert q.get("a").subtasks[0].script == "echo first"
+
+
+def test_finishing_ends_the_item_and_clears_its_lease(table_of):
+    table_of.put(item("ok", "echo 1"), item("bad", "echo 1", "exit 3"))
+    q = table_of.queue("w", lease_seconds=30)
+    for _ in range(2):
+        got, lease = q.claim()
+        if got.item_id == "ok":
+            q.record(lease, done("Task_0"), final=ItemState.DONE)
+        else:
+            q.finish(lease, ItemState.FAILED, "Task_1: no attempts left", failed=["Task_1"])
+    ok, bad = q.get("ok"), q.get("bad")
+    assert ok.state is ItemState.DONE and ok.done_date and ok.lease_token is None
+    assert bad.state is ItemState.FAILED and bad.subtasks[1].status is SubtaskStatus.FAILED
+    assert bad.last_error == "Task_1: no attempts left" and bad.done_date is None
+    assert q.any_in_state(ItemState.DONE) and q.any_in_state(ItemState.FAILED)
+    assert not q.any_in_state(ItemState.LOCKED) and not q.any_in_state(ItemState.TODO)

@@ -1,0 +1,58 @@
+"""`reset` selection and safety against the in-memory queue."""
+
+from __future__ import annotations
+
+import pytest
+
+from pyanamo.admin import ResetFilter, reset
+from pyanamo.errors import UsageError
+from pyanamo.queue import SubtaskResult
+from pyanamo.schema import ItemState, SubtaskStatus
+
+from fakes import InMemoryQueue, item, put
+
+
+def table() -> InMemoryQueue:
+    """todo: t1; failed: f1 (Task_1 failed); locked live: l1."""
+    queue = InMemoryQueue(owner="w", lease_seconds=600)
+    put(queue, item("f1", "echo ok", "exit 7"), item("l1", "sleep 1"), item("t1"))  # claimed in this order
+    for _ in range(3):
+        got, lease = queue.claim()
+        if got.item_id == "f1":
+            queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {}, {}))
+            queue.record(lease, SubtaskResult("Task_1", SubtaskStatus.FAILED, 2, 7, {}, {}, "Task_1: boom"),
+                         final=ItemState.FAILED)
+        elif got.item_id == "t1":
+            queue.release(lease, ["Task_0"])
+    return queue
+
+
+def test_an_empty_selection_is_refused():
+    with pytest.raises(UsageError, match="say which items to reset"):
+        reset(table(), ResetFilter())
+
+
+def test_reset_by_state_with_subtasks_requeues_failed_work_and_clears_attempts():
+    queue = table()
+    actions = reset(queue, ResetFilter(state=ItemState.FAILED, subtasks=True))
+    assert [a.message for a in actions] == ["reset f1: failed -> todo (sub-tasks Task_1)"]
+    f1 = queue.get("f1")
+    assert f1.state is ItemState.TODO and f1.last_error is None
+    assert [(s.status, s.attempts) for s in f1.subtasks][1] == (SubtaskStatus.TODO, 0)
+
+
+def test_a_live_item_is_skipped_unless_named_then_revoked():
+    queue = table()
+    skipped = reset(queue, ResetFilter(state=ItemState.LOCKED))
+    assert [a.changed for a in skipped] == [False] and "lease held by w is live" in skipped[0].message
+    named = reset(queue, ResetFilter(item_ids=("l1",)))
+    assert named[0].changed and named[0].message.startswith("revoked l1 from w")
+    l1 = queue.get("l1")
+    assert l1.state is ItemState.LOCKED and l1.lease_token.startswith("revoked-")
+
+
+def test_dry_run_changes_nothing_and_unknown_ids_are_reported():
+    queue = table()
+    actions = reset(queue, ResetFilter(item_ids=("f1", "nope"), subtasks=True), dry_run=True)
+    assert [a.message for a in actions] == ["would reset f1: failed -> todo (sub-tasks Task_1)", "nope: no such item"]
+    assert queue.get("f1").state is ItemState.FAILED

@@ -1,0 +1,70 @@
+"""Lease keeping against the in-memory queue: renewals, a revoked lease, an unreachable table."""
+
+from __future__ import annotations
+
+import time
+
+from pyanamo.errors import Unreachable
+from pyanamo.lease import LeaseKeeper
+from pyanamo.schema import ItemState
+
+from fakes import InMemoryQueue, item, put
+from helpers import wait_for
+
+
+class Process:
+    """Stands in for a running sub-task: records how it was interrupted."""
+
+    def __init__(self) -> None:
+        self.interrupts: list[tuple[str, float | None]] = []
+
+    def interrupt(self, reason: str, grace: float | None = None) -> None:
+        self.interrupts.append((reason, grace))
+
+
+def held_item(lease_seconds: float):
+    queue = InMemoryQueue(owner="w", lease_seconds=lease_seconds)
+    put(queue, item("a"))
+    _, lease = queue.claim()
+    keeper = LeaseKeeper(queue, lease_seconds)
+    held = keeper.hold(lease)
+    process = Process()
+    held.track(process)  # type: ignore[arg-type]
+    keeper.start()
+    return queue, keeper, held, process
+
+
+def test_renewals_keep_the_lease_alive():
+    queue, keeper, held, process = held_item(0.6)
+    first = held.lease.expiry
+    time.sleep(1.0)
+    keeper.stop()
+    assert held.lease.expiry > first and not held.lost.is_set() and process.interrupts == []
+    assert queue.get("a").lease_expiry >= round(first, 3)
+
+
+def test_a_revoked_lease_stops_the_items_processes_at_once():
+    queue, keeper, held, process = held_item(0.6)
+    assert queue.revoke(queue.get("a"), [], clear_attempts=False)
+    wait_for(held.lost.is_set, timeout=5, message="the item abandoned")
+    keeper.stop()
+    assert process.interrupts == [("lease_lost", 0)]
+
+
+def test_without_the_table_the_watchdog_stops_the_processes_before_the_lease_runs_out():
+    queue, keeper, held, process = held_item(0.8)
+    queue.outage = Unreachable("connection refused")
+    expiry = held.lease.expiry
+    wait_for(held.lost.is_set, timeout=5, message="the watchdog giving up")
+    keeper.stop()
+    assert time.time() < expiry and process.interrupts == [("lease_lost", 0)]
+
+
+def test_an_item_whose_last_write_is_done_is_not_renewed():
+    queue, keeper, held, process = held_item(0.6)
+    with held.write_lock:
+        queue.finish(held.lease, ItemState.DONE)
+        held.closed = True
+    time.sleep(0.5)
+    keeper.stop()
+    assert not held.lost.is_set() and process.interrupts == []
