@@ -39,8 +39,10 @@ def test_chaos_kills(aws_env, client, table, tmp_path, workers, recorder, soak):
         if not running:
             break
         victim = rng.choice(running)
-        killed_at[victim] = time.time()
         kill_tree(live.pop(victim).pid)
+        # The kill is complete only now: a sub-task may still write its end record while the
+        # tree is being frozen, and that run was killed before its result could be recorded.
+        killed_at[victim] = time.time()
         start()
     last_kill = time.monotonic()
     start()  # a fresh worker to pick up what the last victims held, whatever the others do
