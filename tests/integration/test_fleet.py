@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from pyanamo import fleet, scaler
 from pyanamo.model import Item, Subtask
+from pyanamo.queue import TaskQueue
 
 from helpers import put_items
 
@@ -27,14 +30,14 @@ def test_desired_capacity_rule(todo, per_instance, current, maximum, expected):
 def test_no_todo_leaves_the_group_alone(client, table, autoscaling, make_group):
     group = make_group(maximum=8)
     result = scaler.scale(client, autoscaling, table, group, items_per_instance=10)
-    assert result == {"todo": 0, "previous": 0, "desired": 0, "maximum": 8}
+    assert result == {"backlog": 0, "previous": 0, "desired": 0, "maximum": 8}
     assert desired(autoscaling, group) == 0
 
 
 def test_45_todo_with_10_per_instance_raises_to_5(client, table, autoscaling, make_group):
     group = make_group(maximum=8)
     todo_items(client, table, 45)
-    assert scaler.scale(client, autoscaling, table, group, items_per_instance=10)["todo"] == 45
+    assert scaler.scale(client, autoscaling, table, group, items_per_instance=10)["backlog"] == 45
     assert desired(autoscaling, group) == 5
 
 
@@ -42,7 +45,19 @@ def test_never_above_the_maximum(client, table, autoscaling, make_group):
     group = make_group(maximum=3)
     todo_items(client, table, 45)
     result = scaler.scale(client, autoscaling, table, group, items_per_instance=10)
-    assert desired(autoscaling, group) == 3 and result["todo"] >= 30  # counting stops at enough
+    assert desired(autoscaling, group) == 3 and result["backlog"] >= 30  # counting stops at enough
+
+
+def test_locked_items_whose_worker_died_count_as_backlog(client, table, autoscaling, make_group):
+    """A fleet that lost every instance must come back for the items they held."""
+    group = make_group(maximum=8)
+    todo_items(client, table, 3)
+    TaskQueue(client, table, owner="live", lease_seconds=600).claim()
+    dead = TaskQueue(client, table, owner="dead", lease_seconds=0.2)
+    dead.claim()
+    time.sleep(0.3)
+    assert scaler.scale(client, autoscaling, table, group, items_per_instance=1)["backlog"] == 2
+    assert desired(autoscaling, group) == 2
 
 
 def test_never_lowers(client, table, autoscaling, make_group):
