@@ -173,9 +173,6 @@ class InMemoryQueue:
             self._rows[item.item_id] = _Row(item)
             return True
 
-    def put_new_many(self, items: Sequence[Item]) -> list[bool]:
-        return [self.put_new(it) for it in items]
-
     def replace_unless_held(self, item: Item) -> bool | None:
         self._request()
         with self._lock:

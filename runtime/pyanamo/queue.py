@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, error_code, translate
+from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
 from .events import emit
 from .expressions import Expression
 from .model import Item, utc_now_iso
@@ -42,7 +42,6 @@ CANDIDATES_PER_QUERY = 8
 CANDIDATE_MAX_AGE = 2.0  # seconds: older candidates have probably been taken by others
 EMPTY_SHARD_SECONDS = 5.0  # how long a shard found empty is skipped (at most a quarter lease)
 CLAIM_TRIES = 8  # candidates one claim() tries before it reports nothing claimable
-TRANSACTION_ITEMS = 100  # DynamoDB's most actions per TransactWriteItems (and 4 MB in all)
 DEFAULT_MAX_CLAIMS = 3
 UNKNOWN_HOLDER = "unknown"
 
@@ -145,7 +144,6 @@ class TaskQueue:
         self._empty_shard_ttl = min(EMPTY_SHARD_SECONDS, lease_seconds / 4)
         self._lock = threading.Lock()
         self.failed_on_claim = 0  # items this queue failed as it claimed them (malformed, abandoned)
-        self._transactions = True  # until the endpoint says it has none
 
     def _call(self, operation: str, **request: Any) -> dict[str, Any]:
         """One DynamoDB request on this table; boto3's errors come out typed (``errors``)."""
@@ -418,38 +416,6 @@ class TaskQueue:
         except ConditionFailed:
             return False
         return True
-
-    def put_new_many(self, items: Sequence[Item]) -> list[bool]:
-        """``put_new`` for up to TRANSACTION_ITEMS items in one TransactWriteItems request: each
-        put is conditional, and the ones whose itemID exists are found in the cancellation
-        reasons, dropped, and the rest written again. Endpoints without transactions (dynalite)
-        get one conditional put per item."""
-        written = dict.fromkeys((i.item_id for i in items), False)
-        pending = list(items)
-        while pending and self._transactions:
-            condition = absent(Expression()).request()
-            request = [{"Put": {"TableName": self.table, "Item": i.new_row(), **condition}} for i in pending]
-            try:
-                self.client.transact_write_items(TransactItems=request)
-            except BOTO_ERRORS as exc:
-                code = error_code(exc)
-                if code in ("UnknownOperationException", "UnrecognizedClientException") or (
-                        code == "ValidationException" and "TransactWriteItems" in str(exc)):
-                    self._transactions = False  # this endpoint has none: put one by one
-                    break
-                if code != "TransactionCanceledException":
-                    raise translate(exc) from exc
-                reasons = getattr(exc, "response", {}).get("CancellationReasons") or []
-                exists = {i.item_id for i, r in zip(pending, reasons, strict=False)
-                          if r.get("Code") == "ConditionalCheckFailed"}
-                pending = [i for i in pending if i.item_id not in exists]  # a conflict: just again
-                continue
-            for i in pending:
-                written[i.item_id] = True
-            pending = []
-        for i in pending:
-            written[i.item_id] = self.put_new(i)
-        return [written[i.item_id] for i in items]
 
     def replace_unless_held(self, item: Item) -> bool | None:
         """Import ``item`` over an existing one, unless a worker holds that one now (it would go

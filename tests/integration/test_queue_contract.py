@@ -154,15 +154,3 @@ def test_finishing_ends_the_item_and_clears_its_lease(table_of):
     assert bad.last_error == "Task_1: no attempts left" and bad.done_date is None
     assert q.any_in_state(ItemState.DONE) and q.any_in_state(ItemState.FAILED)
     assert not q.any_in_state(ItemState.LOCKED) and not q.any_in_state(ItemState.TODO)
-
-
-@pytest.mark.parametrize("transactions", [True, False])
-def test_batched_imports_write_only_the_items_that_do_not_exist(table_of, transactions):
-    q = table_of.queue("importer")
-    q._transactions = transactions  # the real queue's fallback for endpoints without transactions
-    assert q.put_new(item("b", "echo existing"))
-    batch = [item(f"{c}", f"echo {c}") for c in "abcd"]
-    assert q.put_new_many(batch) == [True, False, True, True]
-    assert q.put_new_many(batch) == [False] * 4
-    assert q.get("b").subtasks[0].script == "echo existing"
-    assert [q.get(c).subtasks[0].script for c in "acd"] == ["echo a", "echo c", "echo d"]
