@@ -108,7 +108,12 @@ class SubtaskProcess:
         except OSError as exc:
             raise LocalFailure(f"cannot write logs in {self.log_folder}: {exc.strerror}") from None
         started = time.monotonic()
-        result_read, result_write = os.pipe()
+        try:
+            result_read, result_write = os.pipe()
+        except OSError as exc:  # out of file descriptors
+            out.close()
+            err.close()
+            raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
         try:
             with out, err:
                 with self._lock:
