@@ -21,6 +21,8 @@ from rich.table import Table
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 PYANAMO = [sys.executable, "-m", "pyanamo"]
+# Request counting (PYANAMO_STATS_FILE) in the processes the benchmarks start: hooks/sitecustomize.py.
+HOOKS = {"PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH / "hooks"), os.environ.get("PYTHONPATH")]))}
 
 
 class MotoServer:
@@ -31,7 +33,7 @@ class MotoServer:
         self.process = subprocess.Popen([*PYANAMO, "local", "--port", "0"], stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
         self.url = self.process.stdout.readline().strip().split("=", 1)[1]
-        self.env = {**os.environ, "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "bench",
+        self.env = {**os.environ, **HOOKS, "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "bench",
                     "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
         return self
 

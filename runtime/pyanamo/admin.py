@@ -33,6 +33,7 @@ class ResetAction:
     item_id: str
     changed: bool
     message: str
+    missing: bool = False  # named by ID, but there is no such item
 
 
 def _ids(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -74,7 +75,7 @@ def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list
         item = queue.get(item_id)
         if item is None:
             if spec.item_ids:
-                actions.append(ResetAction(item_id, False, f"{item_id}: no such item"))
+                actions.append(ResetAction(item_id, False, f"{item_id}: no such item", missing=True))
             continue
         if not _matches(item, spec, time.time()):
             continue

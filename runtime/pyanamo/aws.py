@@ -20,7 +20,6 @@ from .errors import (
     Unreachable,
     translate,
 )
-from .stats import from_environment
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOCAL_REGION = "us-east-1"
@@ -73,10 +72,7 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
             kwargs["aws_secret_access_key"] = "local"
     elif session.region_name is None:
         raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
-    client = session.client(service, **kwargs)  # type: ignore[call-overload]  # any service by name
-    if service == "dynamodb" and (stats := from_environment()) is not None:
-        stats.install(client)  # PYANAMO_STATS_FILE: count requests for the benchmarks
-    return client
+    return session.client(service, **kwargs)  # type: ignore[call-overload]  # any service by name
 
 
 def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10) -> Any:

@@ -21,7 +21,7 @@ from typing import Any
 
 from . import events
 from .aws import Endpoint, aws_client, describe, dynamodb_client
-from .errors import EXIT_FAILED_ITEMS, PyAnamoError, UsageError
+from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, UsageError, error_code
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request
 
@@ -134,8 +134,8 @@ def cmd_create_table(args: argparse.Namespace) -> int:
     try:
         client.create_table(**create_table_request(args.table))
         print(f"creating table {args.table} …", file=sys.stderr)
-    except Exception as exc:
-        if getattr(exc, "response", {}).get("Error", {}).get("Code") != "ResourceInUseException":
+    except BOTO_ERRORS as exc:
+        if error_code(exc) != "ResourceInUseException":  # it exists already: fine, wait for it
             raise
     client.get_waiter("table_exists").wait(TableName=args.table, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
     print(f"table {args.table} is active")
@@ -262,8 +262,7 @@ def cmd_reset(args: argparse.Namespace) -> int:
         print(action.message)
     changed = sum(a.changed for a in actions)
     print(f"{'would reset' if args.dry_run else 'reset'} {changed} items")
-    missing = [a for a in actions if a.message.endswith("no such item")]
-    return 2 if missing else 0
+    return 2 if any(a.missing for a in actions) else 0
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

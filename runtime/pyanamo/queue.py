@@ -105,6 +105,19 @@ def not_held(expr: Expression, now: float) -> Expression:
         locked=ItemState.LOCKED.value, now=round(now, 3))
 
 
+def subtask_is(expr: Expression, key: str, status: SubtaskStatus) -> Expression:
+    path = ".".join((Attr.TASK_SCRIPT, key, SUBTASK_STATUS))
+    return expr.when(f"{{a:{path}}} = {{status}}", status=status.value)
+
+
+def stored_state_is(expr: Expression, value: str | None) -> Expression:
+    """``lockID`` holds exactly ``value`` (None: no lockID at all), whatever it says: for items
+    whose state is not one PyAnamo knows."""
+    if value is None:
+        return expr.when(f"attribute_not_exists({{a:{Attr.STATE}}})")
+    return expr.when(f"{{a:{Attr.STATE}}} = {{state}}", state=value)
+
+
 def absent(expr: Expression) -> Expression:
     return expr.when(f"attribute_not_exists({{a:{Attr.ITEM_ID}}})")
 
@@ -270,9 +283,8 @@ class TaskQueue:
         else:
             is_state(expr, ItemState.TODO)
         if mark_first:
-            first = (Attr.TASK_SCRIPT, subtask_key(0), SUBTASK_STATUS)
-            expr.set(first, SubtaskStatus.RUNNING.value)
-            expr.when("{a:" + ".".join(first) + "} = {todo}", todo=SubtaskStatus.TODO.value)
+            expr.set((Attr.TASK_SCRIPT, subtask_key(0), SUBTASK_STATUS), SubtaskStatus.RUNNING.value)
+            subtask_is(expr, subtask_key(0), SubtaskStatus.TODO)
         response = self._call("update_item", Key=_key(item_id), ReturnValues="ALL_NEW",
                               ReturnValuesOnConditionCheckFailure="ALL_OLD", **expr.request())
         row = response["Attributes"]
@@ -304,11 +316,7 @@ class TaskQueue:
         item_id = row[Attr.ITEM_ID]["S"]
         error = f"malformed item: {reason}"
         expr = to_final(Expression().set(Attr.LAST_ERROR, error), item_id, ItemState.FAILED)
-        state = row.get(Attr.STATE, {}).get("S")
-        if state is None:
-            expr.when(f"attribute_not_exists({{a:{Attr.STATE}}})")
-        else:
-            expr.when(f"{{a:{Attr.STATE}}} = {{state}}", state=state)
+        stored_state_is(expr, row.get(Attr.STATE, {}).get("S"))
         lease_is(expr, row.get(Attr.LEASE_TOKEN, {}).get("S"))
         try:
             self._call("update_item", Key=_key(item_id), **expr.request())

@@ -1,8 +1,9 @@
 """DynamoDB request accounting for benchmarks: calls by operation, conflicts, capacity used.
 
-Set ``PYANAMO_STATS_FILE=path`` and every `pyanamo` command counts its DynamoDB calls with a
-botocore event hook, asks for ``ReturnConsumedCapacity``, and writes the totals to ``path`` as
-JSON when it exits.
+The benchmarks set ``PYANAMO_STATS_FILE=path`` and put ``bench/hooks`` on PYTHONPATH; its
+``sitecustomize`` registers ``handlers()`` with botocore, so every DynamoDB client of a `pyanamo`
+command counts its calls and asks for ``ReturnConsumedCapacity``, and the totals are written to
+``path`` as JSON when the command exits. Tests install a collector on one client (``install``).
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ class RequestStats:
         self.write_units = 0.0
         self._lock = threading.Lock()
 
+    def handlers(self) -> list[tuple[str, Any]]:
+        """(event, handler) pairs, in the form of botocore's ``BUILTIN_HANDLERS``."""
+        return [("provide-client-params.dynamodb.*", self._ask_for_capacity), ("after-call.dynamodb.*", self._count)]
+
     def install(self, client: Any) -> None:
-        events = client.meta.events
-        events.register("provide-client-params.dynamodb.*", self._ask_for_capacity)
-        events.register("after-call.dynamodb.*", self._count)
+        for event, handler in self.handlers():
+            client.meta.events.register(event, handler)
 
     def _ask_for_capacity(self, params: dict, model: Any, **_: Any) -> None:
         if model.name in _CAPACITY_OPERATIONS:
