@@ -18,6 +18,7 @@ from .errors import (
     QueueError,
     TableMissing,
     Unreachable,
+    UsageError,
     translate,
 )
 
@@ -33,6 +34,19 @@ class Endpoint:
     region: str | None = None
 
 
+def endpoint_url(text: str) -> str:
+    """A checked endpoint URL (``http(s)://host[:port]``); UsageError says what is wrong."""
+    parsed = urlparse(text)
+    try:
+        port = parsed.port
+    except ValueError:
+        port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or port == -1:
+        raise UsageError(f"--endpoint-url {text!r}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+                         + (f" (did you mean http://{text}?)" if "://" not in text else ""))
+    return text
+
+
 def _is_local(url: str | None) -> bool:
     return bool(url) and urlparse(url).hostname in LOCAL_HOSTS
 
@@ -44,7 +58,8 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
     dummy credentials and a default region when the endpoint is a local one (``pyanamo local``),
     and boto3's standard retry mode unless the environment chooses one.
     """
-    session = boto3.session.Session(region_name=endpoint.region)
+    # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (what the AWS CLI and SDKs set) is honoured too.
+    session = boto3.session.Session(region_name=endpoint.region or os.environ.get("AWS_REGION") or None)
     retries: dict[str, Any] = {}
     if "AWS_RETRY_MODE" not in os.environ:
         retries["mode"] = "standard"

@@ -8,6 +8,7 @@ drained the queue but items it finished failed; `status`: the table holds failed
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import shutil
@@ -19,8 +20,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import events
-from .aws import Endpoint, aws_client, describe, dynamodb_client
+from . import __version__, events
+from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, UsageError, error_code
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request
@@ -39,16 +40,68 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--endpoint-url", default=argparse.SUPPRESS,
-                        help="DynamoDB endpoint (default: AWS_ENDPOINT_URL_DYNAMODB, AWS_ENDPOINT_URL, or AWS)")
-    common.add_argument("--region", default=argparse.SUPPRESS, help="AWS region (default: AWS_REGION)")
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
 
-    parser = argparse.ArgumentParser(
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 65535: {text!r}")
+    return value
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with defaults shown in help, and a sub-command's own usage (with a "did you
+    mean") for an option it does not know."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            owner = _innermost(self, parsed)
+            known = [o for action in owner._actions for o in action.option_strings]
+            hints = [difflib.get_close_matches(x.split("=")[0], known, n=1) for x in extras if x.startswith("-")]
+            hint = next((f" (did you mean {h[0]}?)" for h in hints if h), "")
+            owner.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return parsed
+
+
+def _innermost(parser: argparse.ArgumentParser, parsed: Any) -> argparse.ArgumentParser:
+    """The sub-command parser that ``parsed`` went through (its usage fits the mistake)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(parsed, action.dest or "", None)
+            if chosen in action.choices:
+                return _innermost(action.choices[chosen], parsed)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = Parser(add_help=False)
+    common.add_argument("--endpoint-url", default=argparse.SUPPRESS, metavar="URL",
+                        help="DynamoDB endpoint, http(s)://HOST[:PORT] (default: AWS_ENDPOINT_URL_DYNAMODB, "
+                             "AWS_ENDPOINT_URL, or AWS itself)")
+    common.add_argument("--region", default=argparse.SUPPRESS,
+                        help="AWS region (default: AWS_REGION or AWS_DEFAULT_REGION)")
+
+    parser = Parser(
         prog="pyanamo", parents=[common],
         description="Run batch workloads from a DynamoDB work queue.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # Parsers too
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         return commands.add_parser(name, parents=[common], help=help, description=help)
@@ -58,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("import", "import items from a task file")
     p.add_argument("table")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="the task file; - reads standard input")
     p.add_argument("--delimiter", default="|", help="column delimiter: '|' (default), 'tab' or ','")
     p.add_argument("--nested-delimiter", default=None,
                    help="split TaskArgs on this; each argument becomes one sub-task")
@@ -71,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wall-time", type=_positive(float), default=None, help="claim nothing new after this many seconds")
     p.add_argument("--lease", type=_positive(float), default=120.0, help="lease length in seconds (default 120)")
     p.add_argument("--max-attempts", type=_positive(int), default=2, help="runs of a failing sub-task (default 2)")
-    p.add_argument("--retry-delay", type=float, default=1.0,
+    p.add_argument("--retry-delay", type=_not_negative, default=1.0,
                    help="seconds before the first retry of a failed sub-task, doubling after (default 1)")
     p.add_argument("--timeout", type=_positive(float), default=None, help="kill a sub-task after this many seconds")
-    p.add_argument("--linger", type=float, default=None,
+    p.add_argument("--linger", type=_not_negative, default=None,
                    help="seconds to wait for other workers' items before exiting (default: twice the lease)")
     p.add_argument("--max-claims", type=_positive(int), default=3,
                    help="fail an item after this many workers left it unfinished (died, lost the lease; "
@@ -120,13 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the worker's exit code: 128 and above (stopped by a signal) means stay")
 
     p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
     return parser
 
 
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    url = getattr(args, "endpoint_url", None)
+    return Endpoint(endpoint_url(url) if url is not None else None, getattr(args, "region", None))
+
+
 def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
-    endpoint = Endpoint(getattr(args, "endpoint_url", None), getattr(args, "region", None))
-    return dynamodb_client(endpoint, **kwargs)
+    return dynamodb_client(_endpoint(args), **kwargs)
 
 
 def cmd_create_table(args: argparse.Namespace) -> int:
@@ -284,7 +341,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
     from . import fleet
 
-    endpoint = Endpoint(getattr(args, "endpoint_url", None), getattr(args, "region", None))
+    endpoint = _endpoint(args)
     autoscaling = aws_client("autoscaling", endpoint)
     if args.fleet_command == "leave":
         print(fleet.leave(autoscaling, args.worker_exit))

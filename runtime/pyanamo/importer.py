@@ -7,6 +7,7 @@ off from the left, TaskArgs from the right. Rows that share an itemID are one bu
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,14 +62,14 @@ class _Draft:
 def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | None = None) -> list[Item]:
     """The items a task file describes, in file order; InvalidTaskFile lists every bad line."""
     try:
-        raw = path.read_bytes()
+        raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory, not a task file") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse_task_bytes(raw, str(path), delimiter, nested_delimiter)
+    return parse_task_bytes(raw, "<stdin>" if str(path) == "-" else str(path), delimiter, nested_delimiter)
 
 
 def parse_task_bytes(
@@ -88,16 +89,19 @@ def parse_task_bytes(
         line_bytes = line_bytes.removesuffix(b"\r")
         if not line_bytes.strip():
             continue
+        first = not header_seen
+        header_seen = True  # a line that cannot be read is still there: the file is not empty
         if b"\x00" in line_bytes:
             errors.append(f"{name}:{number}: binary data (NUL byte), not a text line")
             continue
         try:
             line = line_bytes.decode("utf-8")
         except UnicodeDecodeError:
-            errors.append(f"{name}:{number}: not valid UTF-8 text")
+            errors.append(f"{name}:{number}: not valid UTF-8 text (save the file as UTF-8)")
+            if first:
+                break  # without a header, the rows cannot be read either
             continue
-        if not header_seen:
-            header_seen = True
+        if first:
             columns = tuple(c.strip().lower() for c in line.split(delimiter))
             if columns == HEADER_WITH_ARGS:
                 with_args = True

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -83,6 +86,29 @@ def test_existing_items_are_left_untouched_unless_replace(aws_env, client, table
     proc = cli("import", table, str(path), "--replace", env=aws_env)
     assert "replaced 2 existing items" in proc.stdout and "imported 2 items" in proc.stdout
     assert queue.get("a").subtasks[0].script == "echo new"
+
+
+def test_import_reads_standard_input(aws_env, client, table):
+    proc = subprocess.run([sys.executable, "-m", "pyanamo", "import", table, "-"],
+                          input="itemID|taskID|TaskScript\na|A|echo a | wc -c\n",
+                          env={**os.environ, **aws_env}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "imported 1 items" in proc.stdout, proc.stderr
+    assert TaskQueue(client, table).get("a").subtasks[0].script == "echo a | wc -c"
+
+
+def test_cli_habits_version_region_and_typos(aws_env, table, monkeypatch):
+    version = cli("--version", env=aws_env)
+    assert version.returncode == 0 and version.stdout.startswith("pyanamo ")
+    # 127.0.0.2 is not one of the local endpoint's names, so a region is needed; nothing listens.
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    only_aws_region = {k: v for k, v in aws_env.items() if k != "AWS_DEFAULT_REGION"}
+    status = cli("status", table, "--endpoint-url", "http://127.0.0.2:9",
+                 env={**only_aws_region, "AWS_MAX_ATTEMPTS": "1"})
+    assert_one_line_error(status, 1, "cannot reach the DynamoDB endpoint http://127.0.0.2:9")
+    typo = cli("worker", table, "--itmes", "2", env=aws_env)
+    assert_one_line_error(typo, 2, "pyanamo worker: error: unrecognized arguments: --itmes 2 "
+                                   "(did you mean --items?)")
+    assert "usage: pyanamo worker" in typo.stderr
 
 
 def test_user_errors_are_one_line(aws_env, tmp_path: Path):
