@@ -20,7 +20,7 @@ def test_admin_commands_during_a_run(aws_env, client, table, tmp_path, workers, 
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
     queue = TaskQueue(client, table)
     for _ in range(3):
-        workers.start(table, "--lease", "3", "--items", "2")
+        workers.start(table, "--lease", "10", "--items", "2")  # room for renewals on a busy machine
 
     def running_anchors() -> list[str]:
         """Anchors whose single run started within the last few seconds and is still going."""
@@ -56,7 +56,7 @@ def test_admin_commands_during_a_run(aws_env, client, table, tmp_path, workers, 
     wait_for(lambda: not queue.any_in_state(ItemState.LOCKED) and not queue.any_in_state(ItemState.TODO),
              timeout=60, message="queue drained")
     # A straggler may still hold the revoked anchor's expired lease: one more worker finishes it.
-    assert workers.start(table, "--lease", "3").wait(timeout=60) == 0
+    assert workers.start(table, "--lease", "10").wait(timeout=60) == 0
 
     for item_id in [r.split("|")[0] for r in rows] + [f"new{n:02d}" for n in range(new_items)]:
         item = queue.get(item_id)

@@ -20,7 +20,7 @@ def test_throttling(aws_env, moto_url, client, table, tmp_path, workers, recorde
         assert imported.returncode == 0, imported.stderr
         started = time.monotonic()
         for _ in range(3):
-            workers.start(table, "--lease", "5", env={"AWS_ENDPOINT_URL_DYNAMODB": proxy.url})
+            workers.start(table, "--lease", "10", env={"AWS_ENDPOINT_URL_DYNAMODB": proxy.url})
         codes = workers.wait_all(timeout=300)
         elapsed = time.monotonic() - started
         counts = dict(proxy.counts)
