@@ -116,10 +116,15 @@ def _signal_all(pids: list[int], sig: int) -> None:
 def kill_tree(pid: int) -> None:
     """SIGKILL a worker and every process under it, as if its machine died.
 
-    Everything is frozen first, so no process is reparented (and missed) while we kill.
+    Everything is frozen first, so no process is reparented (and missed) while we kill. A process
+    forked while /proc was being read is missed by one pass, so the freezing goes on until a pass
+    finds nothing new (its parent is frozen by then, so it cannot fork again).
     """
-    _signal_all([pid, *descendants(pid)], signal.SIGSTOP)
-    _signal_all([pid, *descendants(pid)], signal.SIGKILL)
+    frozen: list[int] = []
+    while new := [p for p in [pid, *descendants(pid)] if p not in frozen]:
+        _signal_all(new, signal.SIGSTOP)
+        frozen += new
+    _signal_all(frozen, signal.SIGKILL)
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message: str = "condition"):
