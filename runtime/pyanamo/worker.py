@@ -45,7 +45,7 @@ from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
 EXIT_ERROR = 1
 MAX_LOCAL_FAILURES = 3  # consecutive sub-tasks this machine could not start before the worker exits
-STOP_MARGIN_SECONDS = 5.0  # after a stop request: the kill grace, then at most this long to exit
+STOP_MARGIN_SECONDS = 4.0  # after a stop request: the kill grace and this, then leave (exit within 10 s)
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,8 @@ class Analysis:
             for run in runs[:-1]:
                 killed = self.killed_at.get(run.worker)
                 if run.end is None:
-                    reasons["worker killed mid-run" if killed else "stopped by its worker (lease lost)"] += 1
+                    reasons["worker killed mid-run" if killed
+                            else "stopped by its worker (a stop, or a lost or revoked lease), run again"] += 1
                 elif killed is not None and killed >= run.end:
                     reasons["worker killed before recording the result"] += 1
                 else:

@@ -10,6 +10,7 @@ import time
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
+from pyanamo.runner import KILL_GRACE_SECONDS
 from pyanamo.schema import ItemState, SubtaskStatus
 
 from faultkit import Analysis, FaultProxy, Figures, executions, interruptions, measured
@@ -70,7 +71,7 @@ def test_a_worker_stops_within_the_grace_while_the_endpoint_stalls(aws_env, clie
         code = worker.wait(timeout=30)
         stopped = time.monotonic() - sent
     assert code == 128 + signal.SIGTERM
-    assert stopped < 12, stopped
+    assert stopped < 12, stopped  # designed: within 10 s (kill grace 5 s + 5 s); 2 s more for a busy machine
     queue = TaskQueue(client, table)  # every item is still there: done, todo, or held until its lease runs out
     lost = sum(queue.get(f"s{n}") is None or queue.get(f"s{n}").state is ItemState.FAILED for n in range(200))
     assert lost == 0  # designed bound: kill grace 5 s + 5 s, plus the interpreter's exit
@@ -79,5 +80,5 @@ def test_a_worker_stops_within_the_grace_while_the_endpoint_stalls(aws_env, clie
             **{**measured(TaskQueue(client, table), {},
                           Analysis(executions(workers.processes), stopped=interruptions(workers.processes))),
                "lost": lost},
-            recovery=f"worker exited {stopped:.1f} s after SIGTERM (bound: 10 s); "
+            recovery=f"worker exited {stopped:.1f} s after SIGTERM (bound: {KILL_GRACE_SECONDS + 5:g} s); "
                      "its item is reclaimed when the lease runs out").save()

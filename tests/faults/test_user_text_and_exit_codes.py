@@ -42,7 +42,8 @@ def test_user_text_is_rendered_as_data(aws_env, client, table, tmp_path, workers
 def test_exit_statuses_and_signals_tell_failure_apart(aws_env, client, table, tmp_path, workers):
     clean = f"{table}-clean"
     assert cli("create-table", clean, env=aws_env).returncode == 0
-    assert cli("import", clean, str(write_task_file(tmp_path / "c.txt", ["ok|S|true"])), env=aws_env).returncode == 0
+    assert cli("import", clean, str(write_task_file(tmp_path / "c.txt", ["clean|S|true"])),
+               env=aws_env).returncode == 0
     assert workers.start(clean, "--lease", "10").wait(timeout=60) == 0
     assert cli("status", clean, env=aws_env).returncode == 0
     assert cli("status", clean, "--json", env=aws_env).returncode == 0
