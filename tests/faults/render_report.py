@@ -108,7 +108,9 @@ def main(path: str) -> None:
     rows.sort(key=lambda r: (int(r["scenario"].split(".")[0].rstrip("ab")), r["scenario"]))
     soak = os.environ.get("SOAK")
     command = "make reliability" + (f" SOAK={soak}" if soak else "")
-    machine = f"{os.cpu_count()} cores, Python {platform.python_version()}"
+    load = os.getloadavg()[1]  # the 5-minute average as the suite ends: how busy the machine was
+    machine = (f"{os.cpu_count()} cores (load average {load:.1f} over the last 5 minutes), "
+               f"Python {platform.python_version()}")
     date = datetime.now(UTC).strftime("%Y-%m-%d")
     print(INTRO.format(command=command, machine=machine, date=date))
     print("| scenario | items | sub-tasks | faults injected | items lost | overlaps | duplicates (why) | recovery |")
