@@ -124,7 +124,11 @@ def main() -> None:
 
     data = load("import_status")
     if data:
-        say("## 4. Import\n\n`python bench/import_status.py`:\n")
+        m = data["machine"]
+        single_run, bundled_run = data["import"][0], data["import"][1]
+        say(f"## 4. Import\n\n`python bench/import_status.py --items {single_run['items']} --bundled "
+            f"{bundled_run['items']} --subtasks {bundled_run['subtasks'] // bundled_run['items']}` "
+            f"({m['cores']} cores, {m['date']}):\n")
         say(table(["case", "items", "sub-tasks", "seconds", "items/s", "requests", "peak RSS (MB)"],
                   [[r["case"], r["items"], r["subtasks"], r["seconds"], r["items_per_second"], r["requests"],
                     r["peak_rss_mb"]] for r in data["import"]]))
