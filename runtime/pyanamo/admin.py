@@ -96,6 +96,15 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
                 or (spec.subtasks and s.status is SubtaskStatus.FAILED)]
     if item.state is ItemState.TODO and not subtasks:
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
+    # Do what is printed: a reset that would only let a worker end the item again at once is refused.
+    failed = [s.key for s in item.subtasks if s.status is SubtaskStatus.FAILED]
+    if item.state is ItemState.FAILED and failed and not spec.subtasks:
+        return ResetAction(item.item_id, False,
+                           f"{item.item_id}: skipped, its failed sub-tasks ({', '.join(failed)}) have no attempts "
+                           f"left; add --subtasks to run them again")
+    if item.state is ItemState.DONE:
+        return ResetAction(item.item_id, False,
+                           f"{item.item_id}: skipped, done: every sub-task succeeded, so nothing would run again")
     verb = "would reset" if dry_run else "reset"
     detail = f" (sub-tasks {', '.join(subtasks)})" if subtasks else ""
     if live:

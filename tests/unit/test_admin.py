@@ -51,6 +51,21 @@ def test_a_live_item_is_skipped_unless_named_then_revoked():
     assert l1.state is ItemState.LOCKED and l1.lease_token.startswith("revoked-")
 
 
+def test_a_reset_that_would_run_nothing_is_refused_and_says_how():
+    queue = table()
+    failed = reset(queue, ResetFilter(state=ItemState.FAILED))
+    assert [a.message for a in failed] == [
+        "f1: skipped, its failed sub-tasks (Task_1) have no attempts left; add --subtasks to run them again"]
+    assert queue.get("f1").state is ItemState.FAILED
+    only_done = InMemoryQueue(owner="w")
+    put(only_done, item("d1"))
+    _, lease = only_done.claim()
+    only_done.finish(lease, ItemState.DONE)
+    done = reset(only_done, ResetFilter(item_ids=("d1",), subtasks=True))
+    assert not done[0].changed and "nothing would run again" in done[0].message
+    assert only_done.get("d1").state is ItemState.DONE
+
+
 def test_dry_run_changes_nothing_and_unknown_ids_are_reported():
     queue = table()
     actions = reset(queue, ResetFilter(item_ids=("f1", "nope"), subtasks=True), dry_run=True)
