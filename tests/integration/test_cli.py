@@ -243,7 +243,8 @@ def test_reset_by_expired_instance_and_task(aws_env, table, known_state):
     assert "reset x1" in cli("reset", table, "--expired", env=aws_env).stdout
     assert "reset 0 items" in cli("reset", table, "--instance", "i-live", env=aws_env).stdout
     proc = cli("reset", table, "--task", "A", env=aws_env)
-    assert "reset d1: done -> todo" in proc.stdout and "t1: already todo" in proc.stdout
+    assert "d1: skipped, done: every sub-task succeeded, so nothing would run again" in proc.stdout
+    assert "t1: already todo" in proc.stdout and "reset 0 items" in proc.stdout
     assert_one_line_error(cli("reset", table, "ghost", env=aws_env), 2)
 
 
