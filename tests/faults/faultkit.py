@@ -155,6 +155,13 @@ def item_size(client, table: str, item_id: str) -> int:
 
 # -- what the runs show -------------------------------------------------------------------
 
+# Why an execution did not count, as ``Analysis.duplicates`` says it.
+KILLED_MID_RUN = "worker killed mid-run"
+KILLED_BEFORE_RECORDING = "worker killed before recording the result"
+STOPPED = "stopped by its worker (a stop, or a lost or revoked lease), run again"
+NOT_RECORDED = "finished, but its result could not be recorded (lease lost)"
+
+
 def interruptions(processes) -> dict[tuple[str, str, str], list[float]]:
     """When each worker reports having stopped and reaped a sub-task's processes."""
     found: dict[tuple[str, str, str], list[float]] = defaultdict(list)
@@ -214,12 +221,11 @@ class Analysis:
             for run in runs[:-1]:
                 killed = self.killed_at.get(run.worker)
                 if run.end is None:
-                    reasons["worker killed mid-run" if killed
-                            else "stopped by its worker (a stop, or a lost or revoked lease), run again"] += 1
+                    reasons[KILLED_MID_RUN if killed else STOPPED] += 1
                 elif killed is not None and killed >= run.end:
-                    reasons["worker killed before recording the result"] += 1
+                    reasons[KILLED_BEFORE_RECORDING] += 1
                 else:
-                    reasons["finished, but its result could not be recorded (lease lost)"] += 1
+                    reasons[NOT_RECORDED] += 1
         return dict(reasons)
 
 

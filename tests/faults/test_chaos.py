@@ -8,10 +8,10 @@ import time
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
 
-from faultkit import Analysis, Figures, interruptions, measured
+from faultkit import KILLED_BEFORE_RECORDING, KILLED_MID_RUN, Analysis, Figures, interruptions, measured
 from helpers import cli, kill_tree, wait_for, write_task_file
 
-ALLOWED_RERUNS = {"worker killed mid-run", "worker killed before recording the result"}
+ALLOWED_RERUNS = {KILLED_MID_RUN, KILLED_BEFORE_RECORDING}
 
 
 def test_chaos_kills(aws_env, client, table, tmp_path, workers, recorder, soak):

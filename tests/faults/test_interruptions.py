@@ -14,7 +14,7 @@ import pytest
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
 
-from faultkit import Analysis, Figures, interruptions, measured
+from faultkit import STOPPED, Analysis, Figures, interruptions, measured
 from helpers import StubImds, cli, wait_for, write_task_file
 
 
@@ -60,7 +60,7 @@ def test_interruption_releases_the_item(aws_env, client, table, tmp_path, worker
     if how == "spot":
         assert b'"event": "spot_interruption"' in worker.log_path.read_bytes()
     duplicates = analysis.duplicates()
-    assert duplicates == {"stopped by its worker (lease lost)": 1}  # the interrupted Task_1, rerun once
+    assert duplicates == {STOPPED: 1}  # the interrupted Task_1, rerun once
     name = "5. Spot interruption notice" if how == "spot" else "6. SIGTERM"
     Figures(name, runs=1, items=1, subtasks=3,
             faults="spot/instance-action in IMDS" if how == "spot" else "SIGTERM to the worker",

@@ -8,11 +8,10 @@ import time
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
 
-from faultkit import Analysis, FaultProxy, Figures, interruptions, measured
+from faultkit import NOT_RECORDED, STOPPED, Analysis, FaultProxy, Figures, interruptions, measured
 from helpers import cli, wait_for, write_task_file
 
-ALLOWED_RERUNS = {"stopped by its worker (lease lost)",
-                  "finished, but its result could not be recorded (lease lost)"}
+ALLOWED_RERUNS = {STOPPED, NOT_RECORDED}
 
 
 def test_endpoint_outage(aws_env, moto_url, client, table, tmp_path, workers, recorder, soak):
