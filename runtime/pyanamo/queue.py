@@ -3,7 +3,7 @@
 A claim is one conditional UpdateItem (todo -> locked, or locked with an expired lease -> locked)
 that stores a fresh lease token. Every later write for the item is conditional on that token, so
 a worker that has lost its lease can never overwrite the work of the item's new owner. Imports,
-resets, revocations and cancellations go through here too, with conditions built by the named
+resets and revocations go through here too, with conditions built by the named
 helpers below (``is_state``, ``lease_is``, ``lease_expired``, ``not_held``, ``absent``), so each
 rule is written once. Every request goes through ``_call``, which raises the typed errors of
 ``errors`` instead of boto3's.
@@ -131,7 +131,7 @@ def to_todo(expr: Expression, item_id: str) -> Expression:
 
 
 def to_final(expr: Expression, item_id: str, final: ItemState) -> Expression:
-    """Turn ``expr`` into the end of the item in ``final`` (done, failed or cancelled)."""
+    """Turn ``expr`` into the end of the item in ``final`` (done or failed)."""
     date = utc_now_iso()
     expr.set(Attr.STATE, final.value)
     expr.set(Attr.STATE_SHARD, state_shard(final, item_id))
