@@ -27,37 +27,26 @@ from .queue import TaskQueue
 from .schema import ItemState, create_table_request
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def _number(kind: type, ok: Callable[[Any], bool], rule: str, what: str = "a number") -> Callable[[str], Any]:
+    """An argparse type: ``kind`` of the text, which must satisfy ``ok`` (``rule`` says how)."""
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"{rule}: {text!r}")
         return value
 
     return parse
 
 
-def _not_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
-    return value
+def _positive(kind: type) -> Callable[[str], Any]:
+    return _number(kind, lambda v: v > 0, "must be greater than 0")
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535: {text!r}")
-    return value
+_not_negative = _number(float, lambda v: v >= 0, "must not be negative")
+_port = _number(int, lambda v: 0 <= v <= 65535, "must be between 0 and 65535", what="a port number")
 
 
 class Parser(argparse.ArgumentParser):
