@@ -7,8 +7,10 @@ off from the left, TaskArgs from the right. Rows that share an itemID are one bu
 
 from __future__ import annotations
 
+import csv
+import io
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,47 +79,29 @@ def parse_task_bytes(
 ) -> list[Item]:
     if nested_delimiter is not None and (not nested_delimiter or nested_delimiter == delimiter):
         raise UsageError("--nested-delimiter must be non-empty and differ from --delimiter")
-    errors: list[str] = []
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte order mark from a spreadsheet export
-    lines = raw.split(b"\n")
+    text, errors = _decode(raw, name)
+    if errors:
+        raise InvalidTaskFile(errors)
+    records = _pipe_records(text) if delimiter == "|" else _csv_records(text, delimiter)
     header_seen = False
     with_args = False
     drafts: dict[str, _Draft] = {}
-
-    for number, line_bytes in enumerate(lines, start=1):
-        line_bytes = line_bytes.removesuffix(b"\r")
-        if not line_bytes.strip():
+    for number, fields in records:
+        if isinstance(fields, str):
+            errors.append(f"{name}:{number}: {fields}")
             continue
-        first = not header_seen
-        header_seen = True  # a line that cannot be read is still there: the file is not empty
-        if b"\x00" in line_bytes:
-            errors.append(f"{name}:{number}: binary data (NUL byte), not a text line")
-            continue
-        try:
-            line = line_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            errors.append(f"{name}:{number}: not valid UTF-8 text (save the file as UTF-8)")
-            if first:
-                break  # without a header, the rows cannot be read either
-            continue
-        if first:
-            columns = tuple(c.strip().lower() for c in line.split(delimiter))
+        if not header_seen:
+            header_seen = True
+            columns = tuple(c.strip().lower() for c in fields)
             if columns == HEADER_WITH_ARGS:
                 with_args = True
             elif columns != HEADER:
-                hint = ""
-                for other in ("\t", ",", "|"):
-                    if other != delimiter and other in line:
-                        hint = f" (is the delimiter {'tab' if other == chr(9) else repr(other)}? use --delimiter)"
-                        break
-                errors.append(
-                    f"{name}:{number}: expected the header itemID{delimiter}taskID{delimiter}TaskScript"
-                    f"[{delimiter}TaskArgs], got {line[:80]!r}{hint}"
-                )
+                errors.append(_header_error(name, number, delimiter, delimiter.join(fields)))
                 break
             continue
-        error = _parse_row(line, number, delimiter, nested_delimiter, with_args, drafts)
+        error = _parse_row(fields, number, delimiter, nested_delimiter, with_args, drafts)
         if error:
             errors.append(f"{name}:{number}: {error}")
 
@@ -149,8 +133,100 @@ def parse_task_bytes(
     ]
 
 
+def _decode(raw: bytes, name: str) -> tuple[str, list[str]]:
+    """The file as text, or one ``FILE:LINE`` error per line that is not UTF-8 text."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = ""
+    errors: list[str] = []
+    seen_text = False
+    for number, line in enumerate(raw.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        if b"\x00" in line:
+            errors.append(f"{name}:{number}: binary data (NUL byte), not a text line")
+        else:
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                errors.append(f"{name}:{number}: not valid UTF-8 text (save the file as UTF-8)")
+                if not seen_text:
+                    break  # without a header, the rows cannot be read either
+        seen_text = True
+    return text, errors
+
+
+Record = tuple[int, "list[str] | str"]  # (first line, fields) or (line, why it cannot be read)
+
+
+def _pipe_records(text: str) -> Iterator[Record]:
+    """``|`` files are split on every ``|``; which of them are shell pipes is decided per row."""
+    for number, line in enumerate(text.split("\n"), start=1):
+        line = line.removesuffix("\r")
+        if line.strip():
+            yield number, line.split("|")
+
+
+def _csv_records(text: str, delimiter: str) -> Iterator[Record]:
+    """Comma and tab files are RFC 4180: a quoted field may hold the delimiter, ``""`` and
+    newlines. ``strict`` refuses text after a closing quote instead of silently joining it."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    start = 1
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield start, (
+                f"cannot read the row as {'CSV' if delimiter == ',' else 'tab-separated'} ({exc}); "
+                'a field that starts with " must be quoted whole, with inner quotes doubled ("")'
+            )
+            return  # the reader cannot tell where the next row starts
+        if any(f.strip() for f in fields):
+            yield start, fields
+        start = reader.line_num + 1
+
+
+def _header_error(name: str, number: int, delimiter: str, line: str) -> str:
+    hint = ""
+    for other in ("\t", ",", "|"):
+        if other != delimiter and other in line:
+            hint = f" (is the delimiter {'tab' if other == chr(9) else repr(other)}? use --delimiter)"
+            break
+    return (
+        f"{name}:{number}: expected the header itemID{delimiter}taskID{delimiter}TaskScript"
+        f"[{delimiter}TaskArgs], got {line[:80]!r}{hint}"
+    )
+
+
+AMBIGUOUS_PIPE = (
+    "ambiguous row: with a TaskArgs column, a '|' inside TaskScript (a shell pipe?) cannot be told from "
+    "the column break; put the rows in a tab-separated or CSV file (--delimiter tab or ,), quoting "
+    "the field if it holds the delimiter"
+)
+
+
+def _columns(fields: list[str], delimiter: str, with_args: bool) -> tuple[list[str], str | None]:
+    """The row's itemID, taskID, TaskScript and TaskArgs, or why they cannot be told apart."""
+    expected = 4 if with_args else 3
+    if delimiter == "|" and len(fields) > 3:
+        if not with_args:
+            return [*fields[:2], "|".join(fields[2:])], None  # the script keeps its pipes
+        pipe_like = fields[2][-1:].isspace() or fields[3][:1].isspace()
+        if len(fields) > 4 or pipe_like:
+            return [], AMBIGUOUS_PIPE
+    if len(fields) != expected:
+        hint = ""
+        if len(fields) > expected and delimiter != "|":
+            hint = " (a field that holds the delimiter must be quoted: \"echo a, b\")"
+        return [], f"expected {expected} columns separated by {delimiter!r}, found {len(fields)}{hint}"
+    return fields, None
+
+
 def _parse_row(
-    line: str,
+    fields: list[str],
     number: int,
     delimiter: str,
     nested_delimiter: str | None,
@@ -158,16 +234,12 @@ def _parse_row(
     drafts: dict[str, _Draft],
 ) -> str | None:
     """Add one row to ``drafts``; return the reason if the row is bad."""
-    expected = 4 if with_args else 3
-    parts = line.split(delimiter, 2)
-    if len(parts) < 3 or (with_args and delimiter not in parts[2]):
-        found = len(parts) if len(parts) < 3 else 3
-        return f"expected {expected} columns separated by {delimiter!r}, found {found}"
-    item_id, task_id, script = parts[0].strip(), parts[1].strip(), parts[2]
-    args = ""
-    if with_args:
-        script, args = script.rsplit(delimiter, 1)
-    script = script.strip()
+    columns, error = _columns(fields, delimiter, with_args)
+    if error:
+        return error
+    item_id, task_id, script = columns[0].strip(), columns[1].strip(), columns[2].strip()
+    args = columns[3].strip() if with_args else ""
+    script = script.replace("\r\n", "\n")
     for label, value in (("itemID", item_id), ("taskID", task_id)):
         if not value:
             return f"empty {label}"
@@ -177,18 +249,14 @@ def _parse_row(
             return f"{label} {value[:40]!r} contains a control character"
     if not script:
         return f"empty TaskScript for item {item_id!r}"
-    if any(ord(c) < 32 and c not in "\t" for c in script):
+    if any(ord(c) < 32 and c not in "\t\n" for c in script):
         return f"TaskScript of item {item_id!r} contains a control character"
     scripts = [script]
-    args = args.strip()
     if args:
-        if nested_delimiter:
-            pieces = [a.strip() for a in args.split(nested_delimiter)]
-            if any(not a for a in pieces):
-                return f"empty argument in TaskArgs {args[:60]!r}"
-            scripts = [f"{script} {a}" for a in pieces]
-        else:
-            scripts = [f"{script} {args}"]
+        pieces = [a.strip() for a in args.split(nested_delimiter)] if nested_delimiter else [args]
+        if any(not a for a in pieces):
+            return f"empty argument in TaskArgs {args[:60]!r}"
+        scripts = [with_argument(script, a) for a in pieces]
     draft = drafts.get(item_id)
     if draft is None:
         draft = drafts[item_id] = _Draft(task_id=task_id, first_line=number)
@@ -204,6 +272,14 @@ def _parse_row(
         draft.scripts.append(s)
         draft.size += len(s.encode("utf-8"))
     return None
+
+
+def with_argument(script: str, argument: str) -> str:
+    """GNU parallel's convention: every ``{}`` in the script becomes the argument; a script
+    without ``{}`` gets the argument appended after a space."""
+    if "{}" in script:
+        return script.replace("{}", argument)
+    return f"{script} {argument}"
 
 
 def _most_subtasks(draft: _Draft) -> int:

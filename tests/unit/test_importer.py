@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -65,15 +68,66 @@ def test_script_may_contain_the_delimiter_quotes_and_redirections():
     script = """zcat in.gz | awk -F'|' '{print $1}' > "out $(date).txt" 2>&1"""
     items = parse(f"itemID|taskID|TaskScript\na|t|{script}\n")
     assert items[0].subtasks[0].script == script
-    items = parse(f"itemID|taskID|TaskScript|TaskArgs\na|t|{script}|chr1\n", nested_delimiter=",")
+    items = parse(f"itemID\ttaskID\tTaskScript\tTaskArgs\na\tt\t{script}\tchr1\n", delimiter="\t")
     assert items[0].subtasks[0].script == f"{script} chr1"
 
 
-def test_tab_and_comma_delimiters_crlf_and_bom():
-    items = parse(b"\xef\xbb\xbfitemID\ttaskID\tTaskScript\r\na\tt\techo a, b\r\n", delimiter="\t")
-    assert items[0].subtasks[0].script == "echo a, b"
-    items = parse("itemID,taskID,TaskScript\na,t,echo 'x|y'\n", delimiter=",")
-    assert items[0].subtasks[0].script == "echo 'x|y'"
+def test_a_pipe_row_that_could_split_two_ways_is_refused_not_resplit():
+    """The issue's case: with a TaskArgs column, `zcat S1.fq.gz | wc -l` used to become
+    `zcat S1.fq.gz wc -l`. A '|' with a space beside it, or one too many, is refused."""
+    for row in ("S1|S1|zcat S1.fq.gz | wc -l", "S1|S1|zcat x|wc -l|chr1", "S1|S1|run |chr1"):
+        errors = errors_of(f"itemID|taskID|TaskScript|TaskArgs\n{row}\n")
+        assert errors[0].startswith("tasks.txt:2: ambiguous row") and "tab-separated or CSV" in errors[0]
+    items = parse("itemID|taskID|TaskScript|TaskArgs\nS1|S1|call.sh S1|chr20\n")
+    assert items[0].subtasks[0].script == "call.sh S1 chr20"
+
+
+def test_csv_fields_are_rfc4180_quoted_fields_holding_commas_quotes_and_newlines():
+    text = (
+        'itemID,taskID,TaskScript,TaskArgs\n'
+        'X,X,"echo a, b",\n'
+        'Y,Y,"printf \'%s\\n\' ""quoted"" | wc -l > ""out y.txt""",\n'
+        'Z,Z,"echo one\necho two",chr1\n'
+    )
+    items = parse(text, delimiter=",")
+    assert [i.subtasks[0].script for i in items] == [
+        "echo a, b",
+        'printf \'%s\\n\' "quoted" | wc -l > "out y.txt"',
+        "echo one\necho two chr1",
+    ]
+
+
+def test_csv_row_with_an_unquoted_delimiter_is_refused_with_how_to_quote():
+    errors = errors_of("itemID,taskID,TaskScript\nX,X,echo a, b\n", delimiter=",")
+    assert errors == [
+        "tasks.txt:2: expected 3 columns separated by ',', found 4 "
+        '(a field that holds the delimiter must be quoted: "echo a, b")'
+    ]
+
+
+def test_csv_text_after_a_closing_quote_is_refused_not_joined():
+    errors = errors_of('itemID,taskID,TaskScript\nX,X,"$x" > out\n', delimiter=",")
+    assert errors[0].startswith("tasks.txt:2: cannot read the row as CSV")
+
+
+def test_a_quoted_multiline_field_reports_later_rows_by_their_own_line():
+    errors = errors_of('itemID\ttaskID\tTaskScript\nA\tA\t"echo 1\necho 2"\nB\t\techo\n', delimiter="\t")
+    assert errors == ["tasks.txt:4: empty taskID"]
+
+
+def test_braces_are_replaced_by_each_argument_and_without_braces_it_is_appended():
+    items = parse(
+        "itemID|taskID|TaskScript|TaskArgs\n"
+        "S1|S1|bcftools view -r {} S1.vcf.gz > S1.{}.vcf|chr20,chr21\n"
+        "S2|S2|call.sh S2|chr1,chr2\n"
+        "S3|S3|find . -name x -exec rm {} ;|\n",
+        nested_delimiter=",",
+    )
+    assert [[s.script for s in i.subtasks] for i in items] == [
+        ["bcftools view -r chr20 S1.vcf.gz > S1.chr20.vcf", "bcftools view -r chr21 S1.vcf.gz > S1.chr21.vcf"],
+        ["call.sh S2 chr1", "call.sh S2 chr2"],
+        ["find . -name x -exec rm {} ;"],  # no TaskArgs: the braces are the script's own
+    ]
 
 
 def test_unicode_ids_and_blank_lines():
@@ -208,3 +262,24 @@ def test_property_arbitrary_bytes_parse_or_fail_cleanly(junk: bytes):
 def test_nested_delimiter_must_differ_from_the_delimiter():
     with pytest.raises(UsageError, match="must be non-empty and differ"):
         parse("itemID|taskID|TaskScript|TaskArgs\na|t|x|1|2\n", nested_delimiter="|")
+
+
+_csv_script = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), whitelist_characters="\n,\t\"'|"),
+    min_size=1, max_size=40,
+).map(str.strip).filter(bool)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.sampled_from([",", "\t"]),
+    st.lists(st.tuples(_id_text, _csv_script), min_size=1, max_size=10, unique_by=lambda r: r[0]),
+)
+def test_property_what_the_csv_module_writes_imports_unchanged(delimiter, rows):
+    """A file written by any RFC 4180 writer (a spreadsheet, pandas, csv.writer) means what it says."""
+    out = io.StringIO()
+    writer = csv.writer(out, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(["itemID", "taskID", "TaskScript"])
+    writer.writerows((i, i, s) for i, s in rows)
+    items = parse(out.getvalue(), delimiter=delimiter)
+    assert [(i.item_id, i.subtasks[0].script) for i in items] == [(i.strip(), s) for i, s in rows]
