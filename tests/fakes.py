@@ -2,7 +2,7 @@
 the lease keeper and the admin commands (procrastinate's in-memory connector is the model).
 
 It keeps the same rules as the real queue (claims, leases and fencing, abandoned-claim counting,
-conditional imports, reset and revocation); ``tests/integration/test_queue_contract.py`` runs
+conditional imports, reset, revocation, re-runs and cancelling); ``tests/integration/test_queue_contract.py`` runs
 one set of tests against both, so the two cannot drift apart.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 from pyanamo.errors import QueueError
 from pyanamo.model import Item, Subtask, to_dynamo, utc_now_iso
 from pyanamo.queue import DEFAULT_MAX_CLAIMS, UNKNOWN_HOLDER, Lease, LeaseLost, SubtaskResult
-from pyanamo.schema import Attr, ItemState, SubtaskStatus
+from pyanamo.schema import EARLIER_RUNS_KEPT, Attr, ItemState, SubtaskStatus
 
 
 @dataclass
@@ -36,9 +36,10 @@ class InMemoryQueue:
 
     def __init__(self, *, owner: str = "", lease_seconds: float = 60, max_claims: int = DEFAULT_MAX_CLAIMS,
                  clock: Callable[[], float] = time.time, table: str = "memory",
-                 rows: dict[str, _Row] | None = None) -> None:
+                 rows: dict[str, _Row] | None = None, worker_id: str = "") -> None:
         self.table = table
         self.owner = owner
+        self.worker_id = worker_id or owner
         self.lease_seconds = lease_seconds
         self.max_claims = max_claims
         self.clock = clock
@@ -86,7 +87,8 @@ class InMemoryQueue:
             row.last_holder = row.item.instance_id or UNKNOWN_HOLDER
         row.claims += 1
         row.item = replace(row.item, state=ItemState.LOCKED, lease_token=lease.token,
-                           lease_expiry=round(lease.expiry, 3), instance_id=self.owner, lock_date=utc_now_iso(),
+                           lease_expiry=round(lease.expiry, 3), instance_id=self.owner, worker_id=self.worker_id,
+                           lock_date=utc_now_iso(),
                            subtasks=subtasks)
         if reclaim and row.abandoned >= self.max_claims:
             error = (f"abandoned by {row.abandoned} workers (last: {row.last_holder}); "
@@ -201,6 +203,29 @@ class InMemoryQueue:
             changed = _subtasks_to_todo(row.item, subtasks, clear_attempts)
             row.item = replace(changed, lease_token=f"revoked-{secrets.token_hex(8)}", last_error=None)
             row.abandoned -= 1
+            return True
+
+    def cancel(self, item: Item) -> bool:
+        with self._lock:
+            row = self._unchanged(item)
+            if row is None:
+                return False
+            running = {s.key: SubtaskStatus.TODO for s in row.item.subtasks if s.status is SubtaskStatus.RUNNING}
+            row.item = _with_statuses(row.item, running)
+            self._end(row, ItemState.CANCELLED)
+            return True
+
+    def rerun(self, item: Item) -> bool:
+        with self._lock:
+            row = self._unchanged(item)
+            if row is None:
+                return False
+            earlier = (*row.item.earlier_runs, row.item.run_record())[-EARLIER_RUNS_KEPT:]
+            row.item = replace(row.item, subtasks=tuple(Subtask(s.key, s.script) for s in row.item.subtasks),
+                               state=ItemState.TODO, lease_token=None, lease_expiry=None, done_date=None,
+                               last_error=None, logs={}, log_summary={}, earlier_runs=earlier)
+            row.abandoned = 0
+            row.subtasks_done = 0
             return True
 
     def _unchanged(self, item: Item) -> _Row | None:

@@ -1,4 +1,6 @@
-"""Steering a run: `reset` puts items back to todo, `logs` shows what a sub-task printed."""
+"""Steering a run: `reset` puts items back to todo (`--rerun`: finished ones from the start),
+`cancel` stops items for good, `logs` shows what a sub-task printed. One selection (IDs, state,
+taskID, instance, expired leases) serves all three."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class ResetFilter:
     instance_id: str | None = None
     expired: bool = False
     subtasks: bool = False
+    rerun: bool = False
 
     @property
     def empty(self) -> bool:
@@ -40,17 +43,23 @@ def _ids(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     return (row[Attr.ITEM_ID]["S"] for row in rows)
 
 
+def _instance_state(spec: ResetFilter) -> ItemState:
+    """Which of an instance's items --instance means: those it holds, or (--rerun) those it
+    finished; --state says otherwise."""
+    return spec.state or (ItemState.DONE if spec.rerun else ItemState.LOCKED)
+
+
 def _candidate_ids(queue: TaskQueue, spec: ResetFilter) -> Iterable[str]:
     if spec.item_ids:
         return spec.item_ids
     if spec.instance_id:
         return _ids(queue.query_index(INSTANCE_INDEX.name, (Attr.INSTANCE_ID, spec.instance_id),
-                                      (Attr.STATE, ItemState.LOCKED.value)))
+                                      (Attr.STATE, _instance_state(spec).value)))
     if spec.task_id:
         return _ids(queue.query_index(TASK_INDEX.name, (Attr.TASK_ID, spec.task_id)))
     state = ItemState.LOCKED if spec.expired else spec.state
-    if state is None:  # reset() refuses an empty selection before it gets here
-        raise UsageError("say which items to reset")
+    if state is None:  # _selected() refuses an empty selection before it gets here
+        raise UsageError("say which items")
     return _ids(queue.index_rows(state, [Attr.ITEM_ID]))
 
 
@@ -59,28 +68,76 @@ def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
         return False
     if spec.task_id and item.task_id != spec.task_id:
         return False
-    if spec.instance_id and (item.instance_id != spec.instance_id or item.state is not ItemState.LOCKED):
+    if spec.instance_id and (item.instance_id != spec.instance_id or item.state is not _instance_state(spec)):
         return False
     if spec.expired and (item.state is not ItemState.LOCKED or item.lease_live(now)):
         return False
     return True
 
 
-def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
-    """Put matching items back to todo. A live lease is only revoked for items named by ID."""
+def _selected(queue: TaskQueue, spec: ResetFilter, verb: str) -> Iterator[Item | str]:
+    """The items the selection names, read afresh; a named ID with no item yields the ID."""
     if spec.empty:
-        raise UsageError("say which items to reset: ITEM_ID ..., --state, --task, --instance or --expired")
-    actions = []
+        raise UsageError(f"say which items to {verb}: ITEM_ID ..., --state, --task, --instance or --expired")
     for item_id in dict.fromkeys(_candidate_ids(queue, spec)):
         item = queue.get(item_id)
         if item is None:
             if spec.item_ids:
-                actions.append(ResetAction(item_id, False, f"{item_id}: no such item", missing=True))
-            continue
-        if not _matches(item, spec, time.time()):
-            continue
-        actions.append(_reset_one(queue, item, spec, dry_run))
-    return actions
+                yield item_id
+        elif _matches(item, spec, time.time()):
+            yield item
+
+
+def _missing(item_id: str) -> ResetAction:
+    return ResetAction(item_id, False, f"{item_id}: no such item", missing=True)
+
+
+def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
+    """Put matching items back to todo (``rerun``: finished items from their first sub-task).
+    A live lease is only revoked for items named by ID."""
+    one = _rerun_one if spec.rerun else _reset_one
+    return [
+        _missing(item) if isinstance(item, str) else one(queue, item, spec, dry_run)
+        for item in _selected(queue, spec, "reset")
+    ]
+
+
+def cancel(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
+    """Stop matching items for good: a cancelled item is claimed by no one until it is reset. A
+    running item's worker loses its lease at its next renewal and stops the item's processes."""
+    return [
+        _missing(item) if isinstance(item, str) else _cancel_one(queue, item, dry_run)
+        for item in _selected(queue, spec, "cancel")
+    ]
+
+
+def _cancel_one(queue: TaskQueue, item: Item, dry_run: bool) -> ResetAction:
+    if item.state in (ItemState.DONE, ItemState.CANCELLED):
+        return ResetAction(item.item_id, False, f"{item.item_id}: skipped, already {item.state.value}")
+    detail = ""
+    if item.lease_live(time.time()):
+        detail = f"; its worker on {item.instance_id} stops it at its next lease renewal"
+    if dry_run:
+        return ResetAction(item.item_id, True, f"would cancel {item.item_id}: {item.state.value} -> cancelled{detail}")
+    if not queue.cancel(item):
+        return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
+    return ResetAction(item.item_id, True, f"cancelled {item.item_id}: {item.state.value} -> cancelled{detail}")
+
+
+def _rerun_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+    if item.state is ItemState.TODO:
+        return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
+    if item.state is ItemState.LOCKED:
+        holder = "a worker holds it" if item.lease_live(time.time()) else "its lease ran out; reset it instead"
+        return ResetAction(item.item_id, False, f"{item.item_id}: skipped, locked ({holder})")
+    verb = "would rerun" if dry_run else "rerun"
+    message = (f"{verb} {item.item_id}: {item.state.value} -> todo, all {len(item.subtasks)} sub-tasks from the "
+               f"first (the earlier run's record is kept)")
+    if dry_run:
+        return ResetAction(item.item_id, True, message)
+    if not queue.rerun(item):
+        return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
+    return ResetAction(item.item_id, True, message)
 
 
 def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
@@ -104,7 +161,8 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
                            f"left; add --subtasks to run them again")
     if item.state is ItemState.DONE:
         return ResetAction(item.item_id, False,
-                           f"{item.item_id}: skipped, done: every sub-task succeeded, so nothing would run again")
+                           f"{item.item_id}: skipped, done: every sub-task succeeded, so nothing would run again "
+                           f"(--rerun runs it again from the first sub-task)")
     verb = "would reset" if dry_run else "reset"
     detail = f" (sub-tasks {', '.join(subtasks)})" if subtasks else ""
     if live:

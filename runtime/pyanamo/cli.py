@@ -92,22 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")  # Parsers too
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, parents=[common], help=help, description=help)
+    def command(name: str, help: str, table: bool = True) -> argparse.ArgumentParser:
+        p = commands.add_parser(name, parents=[common], help=help, description=help)
+        if table:
+            p.add_argument("table", nargs="?", default=None, metavar="TABLE",
+                           help=f"the task table (default: ${TABLE_VARIABLE})")
+        return p
 
-    p = command("create-table", "create the task table (idempotent; waits until it is active)")
-    p.add_argument("table")
+    def selectors(p: argparse.ArgumentParser, verb: str) -> None:
+        p.add_argument("item_ids", nargs="*", metavar="ITEM_ID", help=f"{verb} these items (even with a live lease)")
+        p.add_argument("--state", choices=[s.value for s in ItemState], help=f"{verb} items in this state")
+        p.add_argument("--task", dest="task_id", help=f"{verb} items of this taskID")
+        p.add_argument("--instance", dest="instance_id",
+                       help=f"{verb} items locked by this instance (with --rerun: finished by it)")
+        p.add_argument("--expired", action="store_true", help=f"{verb} locked items whose lease has expired")
+        p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
+
+    command("create-table", "create the task table (idempotent; waits until it is active)")
 
     p = command("import", "import items from a task file")
-    p.add_argument("table")
     p.add_argument("file", type=Path, help="the task file; - reads standard input")
-    p.add_argument("--delimiter", default="|", help="column delimiter: '|' (default), 'tab' or ','")
+    p.add_argument("--delimiter", default="|",
+                   help="column delimiter: '|', 'tab' or ',' (tab and comma files are CSV: quote a field that "
+                        "holds the delimiter)")
     p.add_argument("--nested-delimiter", default=None,
-                   help="split TaskArgs on this; each argument becomes one sub-task")
+                   help="split TaskArgs on this; each argument becomes one sub-task ({} in TaskScript is "
+                        "replaced by it, else it is appended)")
     p.add_argument("--replace", action="store_true", help="overwrite items whose itemID exists")
 
     p = command("worker", "claim and run items until the queue is drained")
-    p.add_argument("table")
     p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
     p.add_argument("--nests", type=_positive(int), default=1, help="sub-tasks of one item run concurrently")
     p.add_argument("--wall-time", type=_positive(float), default=None, help="claim nothing new after this many seconds")
@@ -129,27 +142,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no log events on stderr")
 
     p = command("status", "where a run stands (exit 3 if any item failed)")
-    p.add_argument("table")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
     p.add_argument("--watch", type=_positive(float), default=None, metavar="SECONDS",
-                   help="refresh every SECONDS until no item is todo or locked (an empty table: says so and exits)")
+                   help="refresh every SECONDS until no item is todo or locked, with the rate and the time to "
+                        "finish (not on a terminal: one line per refresh; an empty table: says so and exits)")
+    p.add_argument("--running", action="store_true", help="list the running items instead (as pyanamo ps)")
+
+    p = command("ps", "the running items: where, which sub-task, since when")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = command("reset", "put items back to todo")
-    p.add_argument("table")
-    p.add_argument("item_ids", nargs="*", metavar="ITEM_ID", help="these items (even with a live lease)")
-    p.add_argument("--state", choices=[s.value for s in ItemState])
-    p.add_argument("--task", dest="task_id", help="items of this taskID")
-    p.add_argument("--instance", dest="instance_id", help="items locked by this instance")
-    p.add_argument("--expired", action="store_true", help="locked items whose lease has expired")
+    selectors(p, "reset")
     p.add_argument("--subtasks", action="store_true", help="also set failed sub-tasks back to todo")
-    p.add_argument("--dry-run", action="store_true", help="show what would change")
+    p.add_argument("--rerun", action="store_true",
+                   help="run finished (done, failed, cancelled) items again from the first sub-task, keeping "
+                        "a record of the earlier run")
+
+    p = command("cancel", "stop items for good: no one claims them; running ones are stopped via their lease")
+    selectors(p, "cancel")
 
     p = command("logs", "print the stored log tails of an item")
-    p.add_argument("table")
     p.add_argument("item_id", metavar="ITEM_ID")
     p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
 
-    p = command("fleet", "the worker fleet of a deployed stack")
+    p = command("fleet", "the worker fleet of a deployed stack", table=False)
     fleet = p.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
     f = fleet.add_parser("status", parents=[common], help="the group's size and instances")
     f.add_argument("stack")
@@ -161,9 +177,29 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--worker-exit", type=int, default=None, metavar="CODE",
                    help="the worker's exit code: 128 and above (stopped by a signal) means stay")
 
-    p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1")
+    p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1", table=False)
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
     return parser
+
+
+TABLE_VARIABLE = "PYANAMO_TABLE"
+
+
+def _resolve_table(args: argparse.Namespace) -> None:
+    """Fill in ``args.table`` from $PYANAMO_TABLE when it was left out. Commands that also take
+    item IDs (reset, cancel) read their first argument as the table unless $PYANAMO_TABLE is set
+    and the argument is not that name; then every argument is an item ID."""
+    if not hasattr(args, "table"):
+        return
+    default = os.environ.get(TABLE_VARIABLE) or None
+    ids = getattr(args, "item_ids", None)
+    if ids is not None and args.table is not None and default is not None and args.table != default:
+        args.item_ids = [args.table, *ids]
+        args.table = None
+    if args.table is None:
+        if default is None:
+            raise UsageError(f"say which table: pyanamo {args.command} TABLE …, or set {TABLE_VARIABLE}")
+        args.table = default
 
 
 def _endpoint(args: argparse.Namespace) -> Endpoint:
@@ -253,7 +289,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _require_table(client, args.table)
     imds = Imds()
     who = worker_identity(imds)
-    queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims)
+    queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims,
+                      worker_id=who.worker_id)
     worker = Worker(queue, config)
     worker.install_signal_handlers()
     if who.instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
@@ -272,43 +309,102 @@ def cmd_status(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from .status import gather, render
+    from .status import RateWindow, gather, plain_line, render
 
+    if args.running:
+        return cmd_ps(args)
     client = _client(args)
     _require_table(client, args.table)
     queue = TaskQueue(client, args.table)
     report = gather(queue)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2))
-    elif args.watch is None or report.total == 0:
-        Console().print(render(report))
+    if args.watch is None or report.total == 0:
+        if args.json:
+            print(json.dumps(report.to_json(), indent=2))
+        else:
+            Console().print(render(report))
         if args.watch is not None:
-            print(f"table {args.table} is empty: nothing to watch (import items first)")
-    else:
-        with Live(render(report), auto_refresh=False) as live:
-            while not report.finished:
-                time.sleep(args.watch)
-                report = gather(queue)
-                live.update(render(report), refresh=True)
+            print(f"table {args.table} is empty: nothing to watch (import items first)", file=sys.stderr)
+        return EXIT_FAILED_ITEMS if report.items[ItemState.FAILED.value] else 0
+
+    window = RateWindow()
+    window.update(report, time.monotonic())
+
+    def show(live: Live | None) -> None:
+        if args.json:  # NDJSON: one object per refresh, flushed, for `| jq` or a log file
+            print(json.dumps({"time": time.time(), **report.to_json()}), flush=True)
+        elif live is not None:
+            live.update(render(report), refresh=True)
+        else:
+            print(plain_line(report, time.time()), flush=True)
+
+    live = Live(render(report), auto_refresh=False) if sys.stdout.isatty() and not args.json else None
+    with live or _nothing():
+        show(live)
+        while not report.finished:
+            time.sleep(args.watch)
+            report = gather(queue)
+            window.update(report, time.monotonic())
+            show(live)
     return EXIT_FAILED_ITEMS if report.items[ItemState.FAILED.value] else 0
 
 
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from .status import render_running, running
+
+    client = _client(args)
+    _require_table(client, args.table)
+    entries = running(TaskQueue(client, args.table))
+    if args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2))
+    else:
+        Console().print(render_running(args.table, entries))
+    return 0
+
+
 def cmd_reset(args: argparse.Namespace) -> int:
-    from .admin import ResetFilter, reset
+    from .admin import reset
+
+    if args.rerun and args.subtasks:
+        raise UsageError("--rerun runs every sub-task again; --subtasks is for failed ones: choose one")
+    verb = "rerun" if args.rerun else "reset"
+    return _steer(args, reset, verb)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from .admin import cancel
+
+    return _steer(args, cancel, "cancel")
+
+
+def _steer(args: argparse.Namespace, action: Callable[..., Any], verb: str) -> int:
+    """reset, rerun or cancel the selected items; exit 2 if an item named by ID does not exist."""
+    from .admin import ResetFilter
 
     client = _client(args)
     _require_table(client, args.table)
     spec = ResetFilter(
         item_ids=tuple(args.item_ids), state=ItemState(args.state) if args.state else None,
         task_id=args.task_id, instance_id=args.instance_id, expired=args.expired,
-        subtasks=args.subtasks,
+        subtasks=getattr(args, "subtasks", False), rerun=getattr(args, "rerun", False),
     )
-    actions = reset(TaskQueue(client, args.table), spec, dry_run=args.dry_run)
-    for action in actions:
-        print(action.message)
+    actions = action(TaskQueue(client, args.table), spec, dry_run=args.dry_run)
+    for done in actions:
+        print(done.message)
     changed = sum(a.changed for a in actions)
-    print(f"{'would reset' if args.dry_run else 'reset'} {changed} items")
+    print(f"{'would ' + verb if args.dry_run else past(verb)} {changed} items")
     return 2 if any(a.missing for a in actions) else 0
+
+
+def past(verb: str) -> str:
+    return {"reset": "reset", "rerun": "rerun", "cancel": "cancelled"}[verb]
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
@@ -370,7 +466,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "import": cmd_import,
     "worker": cmd_worker,
     "status": cmd_status,
+    "ps": cmd_ps,
     "reset": cmd_reset,
+    "cancel": cmd_cancel,
     "logs": cmd_logs,
     "fleet": cmd_fleet,
     "local": cmd_local,
@@ -380,6 +478,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        _resolve_table(args)
         return COMMANDS[args.command](args)
     except PyAnamoError as exc:
         print(f"pyanamo: error: {exc}", file=sys.stderr)

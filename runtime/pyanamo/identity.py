@@ -75,9 +75,10 @@ class WorkerIdentity:
 
     owner: str
     instance_id: str | None
+    worker_id: str = ""
 
 
 def worker_identity(imds: Imds | None = None) -> WorkerIdentity:
     """The EC2 instance ID (IMDSv2), else the Batch job ID, else the hostname; one IMDS lookup."""
     instance_id = (imds or Imds()).get("instance-id")
-    return WorkerIdentity(instance_id or off_ec2_identity(), instance_id)
+    return WorkerIdentity(instance_id or off_ec2_identity(), instance_id, f"{socket.gethostname()}:{os.getpid()}")

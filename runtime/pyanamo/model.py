@@ -118,6 +118,8 @@ class Item:
     last_error: str | None = None
     logs: Mapping[str, Any] = field(default_factory=dict)
     log_summary: Mapping[str, Any] = field(default_factory=dict)
+    worker_id: str | None = None
+    earlier_runs: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Item:
@@ -152,6 +154,8 @@ class Item:
             last_error=data.get(Attr.LAST_ERROR),
             logs=_map(data.get(Attr.LOG)),
             log_summary=_map(data.get(Attr.LOG_SUMMARY)),
+            worker_id=data.get(Attr.WORKER_ID),
+            earlier_runs=tuple(r for r in data.get(Attr.EARLIER_RUNS) or () if isinstance(r, Mapping)),
         )
 
     def new_row(self) -> dict[str, Any]:
@@ -170,6 +174,26 @@ class Item:
             Attr.STATE_RANK: secrets.token_hex(8),
         }
         return {key: to_dynamo(value) for key, value in values.items()}
+
+    def run_record(self) -> dict[str, Any]:
+        """What this item's run was, compactly (kept in ``Earlier_Runs`` when it runs again):
+        how it ended, where, and per sub-task its status, exit code, attempts, times and memory."""
+        subtasks: dict[str, Any] = {}
+        for s in self.subtasks:
+            summary = _map(self.log_summary.get(s.key))
+            record: dict[str, Any] = {"Status": s.status.value, "Attempts": s.attempts}
+            if s.exit_code is not None:
+                record["Exit"] = s.exit_code
+            for name in ("Wall_Time", "CPU_Time", "Peak_RSS_KB"):
+                if name in summary:
+                    record[name] = summary[name]
+            subtasks[s.key] = record
+        return {
+            "State": self.state.value,
+            "Ended": self.done_date or utc_now_iso(),
+            "InstanceID": self.instance_id or "",
+            "Subtasks": subtasks,
+        }
 
     def lease_live(self, now: float) -> bool:
         """Whether a worker holds this item now (locked, lease not yet run out)."""

@@ -23,8 +23,9 @@ from typing import Any
 from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
 from .events import emit
 from .expressions import Expression
-from .model import Item, utc_now_iso
+from .model import Item, Subtask, utc_now_iso
 from .schema import (
+    EARLIER_RUNS_KEPT,
     STATE_INDEX,
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
@@ -141,14 +142,18 @@ def to_final(expr: Expression, item_id: str, final: ItemState) -> Expression:
     return expr.remove(Attr.LEASE_TOKEN).remove(Attr.LEASE_EXPIRY)
 
 
+BATCH_GET_KEYS = 100  # DynamoDB's limit per BatchGetItem
+
+
 class TaskQueue:
     """One table seen as a queue. Thread-safe: slots of one worker share an instance."""
 
     def __init__(self, client: Any, table: str, *, owner: str = "", lease_seconds: float = 60,
-                 max_claims: int = DEFAULT_MAX_CLAIMS):
+                 max_claims: int = DEFAULT_MAX_CLAIMS, worker_id: str = ""):
         self.client = client
         self.table = table
         self.owner = owner
+        self.worker_id = worker_id or owner
         self.lease_seconds = lease_seconds
         self.max_claims = max_claims
         self._candidates: deque[Candidate] = deque()
@@ -272,6 +277,7 @@ class TaskQueue:
             .set(Attr.LEASE_TOKEN, lease.token)
             .set(Attr.LEASE_EXPIRY, round(lease.expiry, 3))
             .set(Attr.INSTANCE_ID, self.owner)
+            .set(Attr.WORKER_ID, self.worker_id)
             .set(Attr.LOCK_DATE, utc_now_iso())
             .set(Attr.STATE_SHARD, state_shard(ItemState.LOCKED, item_id))
             .set(Attr.STATE_RANK, expiry_rank(lease.expiry))
@@ -453,6 +459,32 @@ class TaskQueue:
         expr.add(Attr.ABANDONED, -1)
         return self._unchanged_update(item, expr)
 
+    def cancel(self, item: Item) -> bool:
+        """End an item for good: no one claims a cancelled item (until it is reset). A holder
+        loses its lease (the token goes), so its next renewal fails and it stops the item's
+        processes; sub-tasks that were running are set back to todo (they did not finish)."""
+        running = [s.key for s in item.subtasks if s.status is SubtaskStatus.RUNNING]
+        expr = self._subtasks_to_todo(running, clear_attempts=False)
+        return self._unchanged_update(item, to_final(expr, item.item_id, ItemState.CANCELLED))
+
+    def rerun(self, item: Item) -> bool:
+        """Run an item no worker holds again from its first sub-task. The record of the run it
+        had (when it ended, where, each sub-task's exit code, times and memory) is kept in
+        ``Earlier_Runs`` (the last few) and its log tails are cleared."""
+        fresh = {s.key: Subtask(s.key, s.script).to_map() for s in item.subtasks}
+        earlier = [*item.earlier_runs, item.run_record()][-EARLIER_RUNS_KEPT:]
+        expr = (
+            Expression()
+            .set(Attr.TASK_SCRIPT, fresh)
+            .set(Attr.EARLIER_RUNS, earlier)
+            .set(Attr.LOG, {})
+            .set(Attr.LOG_SUMMARY, {})
+            .set(Attr.SUBTASKS_DONE, 0)
+            .set(Attr.ABANDONED, 0)
+        )
+        to_todo(expr, item.item_id).remove(Attr.DONE_DATE).remove(Attr.LAST_ERROR)
+        return self._unchanged_update(item, expr)
+
     @staticmethod
     def _subtasks_to_todo(keys: Sequence[str], clear_attempts: bool) -> Expression:
         expr = Expression()
@@ -493,6 +525,20 @@ class TaskQueue:
             if response.get("Count", 0):
                 return True
         return False
+
+    def get_many(self, item_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """The rows of these items (BatchGetItem, 100 keys a request; unprocessed keys are asked
+        again). Eventually consistent: for listings, not for decisions."""
+        pending = [_key(i) for i in dict.fromkeys(item_ids)]
+        while pending:
+            batch, pending = pending[:BATCH_GET_KEYS], pending[BATCH_GET_KEYS:]
+            while batch:
+                try:
+                    response = self.client.batch_get_item(RequestItems={self.table: {"Keys": batch}})
+                except BOTO_ERRORS as exc:
+                    raise translate(exc) from exc
+                yield from response.get("Responses", {}).get(self.table, [])
+                batch = response.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
 
     def index_rows(self, state: ItemState, attributes: list[str]) -> Iterator[dict[str, Any]]:
         """The given attributes of every item in ``state`` (paginated Query per shard)."""

@@ -19,6 +19,7 @@ class ItemState(str, enum.Enum):
     LOCKED = "locked"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # by `pyanamo cancel`: claimable by no one until reset
 
 
 class SubtaskStatus(str, enum.Enum):
@@ -55,11 +56,17 @@ class Attr:
     # item is reclaimed, with the holder that left it; past --max-claims the item fails.
     ABANDONED = "Abandoned_Claims"
     LAST_HOLDER = "Last_Holder"
+    # Which worker process holds (or last held) the item: host and process, so several workers on
+    # one host are told apart; InstanceID stays the instance (or host) for the instance index.
+    WORKER_ID = "Worker_ID"
+    # Records of earlier runs of an item that `reset --rerun` ran again (the newest last).
+    EARLIER_RUNS = "Earlier_Runs"
     # State-index keys (see STATE_INDEX below).
     STATE_SHARD = "State_Shard"
     STATE_RANK = "State_Rank"
 
 
+EARLIER_RUNS_KEPT = 3  # older records are dropped; Runs_Before counts them all
 # Keys inside TaskScript.<key>, Log.<key> and Log_Summary.<key>.
 SUBTASK_SCRIPT = "Script"
 SUBTASK_STATUS = "Status"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import Group
@@ -11,9 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .model import from_dynamo
+from .errors import MalformedItem
+from .model import Item, from_dynamo
 from .queue import TaskQueue
-from .schema import Attr, ItemState
+from .schema import Attr, ItemState, SubtaskStatus
 
 MAX_FAILED_SHOWN = 20
 
@@ -40,10 +43,17 @@ class StatusReport:
     instances: dict[str, InstanceLoad]
     failed: list[FailedItem] = field(default_factory=list)
     items_read: int = 0
+    rate_per_min: float | None = None  # items finished per minute, over the watch's window
+    eta_s: float | None = None
 
     @property
     def total(self) -> int:
         return sum(self.items.values())
+
+    @property
+    def ended(self) -> int:
+        """Items that will not run again by themselves: done, failed or cancelled."""
+        return self.total - self.items[ItemState.TODO.value] - self.items[ItemState.LOCKED.value]
 
     @property
     def finished(self) -> bool:
@@ -86,6 +96,43 @@ def gather(queue: TaskQueue) -> StatusReport:
     return report
 
 
+class RateWindow:
+    """The completion rate over the last ``window`` seconds of a watch, and the time to finish
+    at that rate (the whole watch until it is that long)."""
+
+    def __init__(self, window: float = 300.0) -> None:
+        self.window = window
+        self._samples: deque[tuple[float, int]] = deque()
+
+    def update(self, report: StatusReport, now: float) -> None:
+        self._samples.append((now, report.ended))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self.window:
+            self._samples.popleft()
+        first_time, first_ended = self._samples[0]
+        if now - first_time <= 0:
+            report.rate_per_min = None
+            return
+        per_second = (report.ended - first_ended) / (now - first_time)
+        report.rate_per_min = round(per_second * 60, 2)
+        remaining = report.total - report.ended
+        report.eta_s = round(remaining / per_second, 1) if per_second > 0 else None
+
+
+def progress_line(report: StatusReport) -> str:
+    rate = "-" if report.rate_per_min is None else f"{report.rate_per_min:g} items/min"
+    eta = "done" if report.finished else "unknown (nothing finished lately)" if report.eta_s is None \
+        else duration(report.eta_s)
+    return f"rate: {rate}; to finish: {eta}"
+
+
+def plain_line(report: StatusReport, now: float) -> str:
+    """One line per refresh, for a watch whose output is a file or a pipe."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    counts = " ".join(f"{state} {count}" for state, count in report.items.items())
+    return (f"{stamp} {counts} | {report.ended}/{report.total} items ended, sub-tasks "
+            f"{report.subtasks_done}/{report.subtasks_total} done | {progress_line(report)}")
+
+
 def render(report: StatusReport) -> Group:
     # Item IDs, task IDs, instance names and error lines are user text: never read as markup.
     items = Table(title=f"PyAnamo table {escape(report.table)}", title_justify="left")
@@ -99,6 +146,8 @@ def render(report: StatusReport) -> Group:
         f" ({100 * report.subtasks_done / report.subtasks_total:.1f}%)" if report.subtasks_total else ""
     )
     parts: list[Any] = [items, f"sub-tasks done: {report.subtasks_done}/{report.subtasks_total}{done_share}"]
+    if report.rate_per_min is not None:
+        parts.append(progress_line(report))
     if report.instances:
         held = Table(title="items held per instance", title_justify="left")
         held.add_column("instance")
@@ -118,3 +167,78 @@ def render(report: StatusReport) -> Group:
             parts.append(f"… and {len(report.failed) - MAX_FAILED_SHOWN} more (see --json)")
         parts.append(Text(f"requeue them with: pyanamo reset {report.table} --state failed --subtasks"))
     return Group(*parts)
+
+
+# -- what is running where (`pyanamo ps`) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class RunningItem:
+    item_id: str
+    task_id: str
+    instance: str
+    worker: str
+    subtask: str
+    script: str
+    claimed: str
+    elapsed_s: float | None
+    lease_left_s: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
+    """One entry per locked item: where it runs, which sub-task, since when (state index, then
+    BatchGetItem for the locked items only)."""
+    now = time.time() if now is None else now
+    ids = [from_dynamo(r)[Attr.ITEM_ID] for r in queue.index_rows(ItemState.LOCKED, [Attr.ITEM_ID])]
+    entries = []
+    for row in queue.get_many(ids):
+        try:
+            item = Item.from_row(row)
+        except MalformedItem:
+            continue  # its worker fails it at once; status lists it then
+        if item.state is not ItemState.LOCKED:
+            continue  # it finished since the index was read
+        current = next((s for s in item.subtasks if s.status is SubtaskStatus.RUNNING), None)
+        claimed = _epoch(item.lock_date)
+        entries.append(RunningItem(
+            item_id=item.item_id, task_id=item.task_id, instance=item.instance_id or "?",
+            worker=item.worker_id or item.instance_id or "?",
+            subtask=current.key if current else "-", script=current.script if current else "",
+            claimed=item.lock_date or "?", elapsed_s=None if claimed is None else round(now - claimed, 1),
+            lease_left_s=None if item.lease_expiry is None else round(item.lease_expiry - now, 1),
+        ))
+    entries.sort(key=lambda e: (e.instance, e.worker, e.item_id))
+    return entries
+
+
+def _epoch(iso: str | None) -> float | None:
+    try:
+        return datetime.fromisoformat((iso or "").replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+def duration(seconds: float | None) -> str:
+    """``1h02m``, ``3m05s`` or ``12s``: how long, at a glance."""
+    if seconds is None:
+        return "?"
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def render_running(table: str, entries: list[RunningItem]) -> Table | Text:
+    if not entries:
+        return Text(f"nothing is running in table {table}")
+    listing = Table(title=f"running in {escape(table)}: {len(entries)} items", title_justify="left")
+    for column in ("item", "task", "instance", "worker", "sub-task", "claimed (UTC)", "elapsed", "lease left"):
+        listing.add_column(column, overflow="fold")
+    for e in entries:
+        lease = duration(e.lease_left_s) if (e.lease_left_s or 0) >= 0 else "expired"
+        listing.add_row(Text(e.item_id), Text(e.task_id), Text(e.instance), Text(e.worker),
+                        Text(f"{e.subtask} {e.script[:40]}".strip()), e.claimed.replace("T", " ")[:19],
+                        duration(e.elapsed_s), lease)
+    return listing

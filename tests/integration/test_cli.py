@@ -165,7 +165,7 @@ def test_status_json_on_a_known_table(aws_env, table, known_state):
     proc = cli("status", table, "--json", env=aws_env)
     assert proc.returncode == 3, proc.stderr  # the table holds a failed item
     report = json.loads(proc.stdout)
-    assert report["items"] == {"todo": 1, "locked": 2, "done": 1, "failed": 1}
+    assert report["items"] == {"todo": 1, "locked": 2, "done": 1, "failed": 1, "cancelled": 0}
     assert report["total_items"] == 5
     assert (report["subtasks_done"], report["subtasks_total"]) == (4, 8)
     assert report["instances"] == {"i-live": {"held": 1, "expired": 0}, "i-dead": {"held": 1, "expired": 1}}
@@ -261,4 +261,56 @@ def test_status_watch_returns_once_the_run_is_finished(aws_env, client, table, t
     finisher.join()
     assert proc.returncode == 0, proc.stderr
     assert time.monotonic() - started >= 1.0
-    assert "sub-tasks done: 1/1 (100.0%)" in proc.stdout
+    lines = proc.stdout.splitlines()  # not a terminal: one plain line per refresh
+    assert len(lines) >= 2 and "todo 0 locked 1 done 0" in lines[0]
+    assert "1/1 items ended, sub-tasks 1/1 done" in lines[-1] and lines[-1].endswith("to finish: done")
+    assert "items/min" in lines[-1]
+
+
+def test_json_watch_prints_one_object_per_refresh(aws_env, client, table, tmp_path: Path):
+    cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
+    queue = TaskQueue(client, table, owner="w", lease_seconds=30)
+    item, lease = queue.claim()
+    finisher = threading.Timer(1.0, queue.finish, args=(lease, ItemState.DONE))
+    finisher.start()
+    proc = cli("status", table, "--watch", "0.3", "--json", env=aws_env, timeout=30)
+    finisher.join()
+    objects = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert proc.returncode == 0 and len(objects) >= 2
+    assert objects[0]["items"]["locked"] == 1 and objects[-1]["items"]["done"] == 1
+    assert objects[-1]["rate_per_min"] > 0 and all("time" in o for o in objects)
+
+
+def test_ps_lists_running_items_with_worker_subtask_and_elapsed(aws_env, table, known_state):
+    proc = cli("ps", table, "--json", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["item_id"]: r for r in json.loads(proc.stdout)}
+    assert sorted(rows) == ["l1", "x1"]
+    assert rows["l1"]["instance"] == "i-live" and rows["l1"]["subtask"] == "Task_0"
+    assert rows["l1"]["script"] == "sleep 1" and rows["l1"]["elapsed_s"] >= 0 and rows["l1"]["lease_left_s"] > 0
+    assert rows["x1"]["subtask"] == "Task_1" and rows["x1"]["lease_left_s"] < 0
+    text = cli("status", table, "--running", env={**aws_env, "COLUMNS": "200"}).stdout
+    assert "running in" in text and "l1" in text and "expired" in text
+
+
+def test_rerun_and_cancel_from_the_command_line(aws_env, table, known_state):
+    proc = cli("reset", table, "d1", "--rerun", env=aws_env)
+    assert proc.returncode == 0 and "rerun d1: done -> todo, all 2 sub-tasks" in proc.stdout
+    assert "rerun 1 items" in proc.stdout
+    plan = cli("cancel", table, "--task", "B", "--dry-run", env=aws_env)
+    assert plan.returncode == 0 and "would cancel f1: failed -> cancelled" in plan.stdout
+    assert "would cancel l1: locked -> cancelled; its worker on i-live stops it" in plan.stdout
+    proc = cli("cancel", table, "t1", env=aws_env)
+    assert "cancelled t1: todo -> cancelled" in proc.stdout
+    status = json.loads(cli("status", table, "--json", env=aws_env).stdout)
+    assert status["items"]["cancelled"] == 1 and status["items"]["todo"] == 1  # d1 again
+    assert_one_line_error(cli("reset", table, "d1", "--rerun", "--subtasks", env=aws_env), 2, "choose one")
+
+
+def test_the_table_may_come_from_pyanamo_table(aws_env, table, known_state):
+    env = {**aws_env, "PYANAMO_TABLE": table}
+    assert json.loads(cli("status", "--json", env=env).stdout)["total_items"] == 5
+    assert "item d1 (task A): done" in cli("logs", "d1", env=env).stdout
+    assert "rerun d1" in cli("reset", "d1", "--rerun", "--dry-run", env=env).stdout  # an item ID, not a table
+    assert "rerun d1" in cli("reset", table, "d1", "--rerun", "--dry-run", env=env).stdout
+    assert_one_line_error(cli("status", env=aws_env), 2, "say which table", "PYANAMO_TABLE")

@@ -154,3 +154,41 @@ def test_finishing_ends_the_item_and_clears_its_lease(table_of):
     assert bad.last_error == "Task_1: no attempts left" and bad.done_date is None
     assert q.any_in_state(ItemState.DONE) and q.any_in_state(ItemState.FAILED)
     assert not q.any_in_state(ItemState.LOCKED) and not q.any_in_state(ItemState.TODO)
+
+
+def test_a_cancelled_item_is_claimed_by_no_one_and_its_holder_loses_the_lease(table_of):
+    table_of.put(item("held", "echo 1", "echo 2"), item("queued"))
+    holder = table_of.queue("holder", lease_seconds=30)
+    got, lease = holder.claim()
+    other = "queued" if got.item_id == "held" else "held"
+    admin = table_of.queue("admin")
+    assert admin.cancel(admin.get(got.item_id)) and admin.cancel(admin.get(other))
+    with pytest.raises(LeaseLost):
+        holder.renew(lease)
+    assert table_of.queue("w2", lease_seconds=30).claim() is None
+    cancelled = admin.get(got.item_id)
+    assert cancelled.state is ItemState.CANCELLED and cancelled.lease_token is None
+    assert SubtaskStatus.RUNNING not in [s.status for s in cancelled.subtasks]  # it did not finish
+    assert admin.any_in_state(ItemState.CANCELLED) and not admin.any_in_state(ItemState.TODO)
+    assert admin.reset(cancelled, [], clear_attempts=False)  # a reset brings it back
+    assert admin.get(got.item_id).state is ItemState.TODO
+
+
+def test_a_rerun_starts_a_done_item_from_its_first_subtask_and_keeps_the_earlier_run(table_of):
+    table_of.put(item("a", "echo 1", "echo 2"))
+    q = table_of.queue("w1", lease_seconds=30)
+    for run in range(4):
+        _, lease = q.claim()
+        q.record(lease, done("Task_0"), next_running="Task_1")
+        q.record(lease, done("Task_1"), final=ItemState.DONE)
+        finished = q.get("a")
+        assert finished.state is ItemState.DONE
+        assert q.rerun(finished)
+        again = q.get("a")
+        assert again.state is ItemState.TODO and again.done_date is None and not again.logs
+        assert [(s.status, s.attempts, s.exit_code) for s in again.subtasks] == [(SubtaskStatus.TODO, 0, None)] * 2
+        assert len(again.earlier_runs) == min(run + 1, 3)  # the last three are kept
+        last = again.earlier_runs[-1]
+        assert last["State"] == "done" and last["InstanceID"] == "w1" and last["Ended"] == finished.done_date
+        assert {k: v["Exit"] for k, v in last["Subtasks"].items()} == {"Task_0": 0, "Task_1": 0}
+    assert not q.rerun(finished)  # stale: the item changed since it was read
