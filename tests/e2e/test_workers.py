@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections import defaultdict
@@ -183,3 +184,37 @@ def test_timeout_kills_the_subtask_and_is_recorded(aws_env, client, table, tmp_p
     assert item.log_summary["Task_0"]["Timed_Out"] is True
     assert item.last_error == "Task_0: timed out after 1s"
     assert [r.end for r in recorder.runs()] == [None]
+
+
+def test_cancelling_a_running_item_stops_its_subtask_and_no_one_runs_it(
+        aws_env, client, table, tmp_path, workers, recorder):
+    import_rows(aws_env, table, tmp_path, [f"long|S|{recorder.command(60)}", f"never|S|{recorder.command(0)}"])
+    proc = cli("cancel", table, "never", env=aws_env)
+    assert proc.returncode == 0 and "cancelled never: todo -> cancelled" in proc.stdout
+    worker = workers.start(table, "--lease", LEASE)
+    wait_for(lambda: recorder.starts() == {("long", "Task_0"): 1}, message="the long sub-task started")
+    cancelled_at = time.monotonic()
+    proc = cli("cancel", table, "long", env=aws_env)
+    assert "cancelled long: locked -> cancelled; its worker on" in proc.stdout
+    assert worker.wait(timeout=30) == 0  # its lease was taken: nothing failed, nothing left to claim
+    assert time.monotonic() - cancelled_at < float(LEASE) + 10  # stopped at a renewal, not after 60 s
+    assert [r.end for r in recorder.runs()] == [None]  # killed, not finished
+    queue = TaskQueue(client, table)
+    assert queue.get("long").state is ItemState.CANCELLED and queue.get("never").state is ItemState.CANCELLED
+    status = cli("status", table, "--json", env=aws_env)
+    assert status.returncode == 0 and '"cancelled": 2' in status.stdout
+
+
+def test_local_workers_on_one_host_are_told_apart(aws_env, client, table, tmp_path, workers, recorder):
+    import_rows(aws_env, table, tmp_path, [f"i{n}|S|{recorder.command(3)}" for n in range(2)])
+    for _ in range(2):
+        workers.start(table, "--lease", LEASE)
+    queue = TaskQueue(client, table)
+    wait_for(lambda: len(recorder.starts()) == 2, message="both items started")
+    listing = cli("ps", table, "--json", env=aws_env)
+    rows = json.loads(listing.stdout)
+    assert len(rows) == 2 and len({r["worker"] for r in rows}) == 2
+    assert all(r["instance"] == socket.gethostname() for r in rows)
+    assert {r["worker"] for r in rows} == {f"{socket.gethostname()}:{w.pid}" for w in workers.processes}
+    assert workers.wait_all(timeout=60) == [0, 0]
+    assert queue.get("i0").worker_id != queue.get("i1").worker_id
