@@ -3,7 +3,8 @@
     python bench/backlog.py [--backlogs 1000,10000,100000] [--claims 200]
 
 For each backlog size, imports that many todo items, then claims and finishes ``--claims`` of
-them in-process, counting DynamoDB requests and items read (Query ScannedCount) per claim.
+them in-process, counting DynamoDB requests and items read (Query ScannedCount) per claim, and
+timing each claim (median and p95) with the endpoint's CPU share.
 Writes bench/results/backlog.json and a plot, bench/results/backlog.png.
 """
 
@@ -16,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYANAMO, RESULTS, MotoServer, save, show, write_task_file
+from common import PYANAMO, RESULTS, LocalServer, save, show, write_task_file
 
 
-def measure(server: MotoServer, folder: Path, backlog: int, claims: int) -> dict:
+def measure(server: LocalServer, folder: Path, backlog: int, claims: int) -> dict:
     from pyanamo.aws import Endpoint, dynamodb_client
     from pyanamo.queue import SubtaskResult, TaskQueue
     from pyanamo.schema import ItemState, SubtaskStatus
@@ -34,12 +35,17 @@ def measure(server: MotoServer, folder: Path, backlog: int, claims: int) -> dict
     stats.install(client)
     queue = TaskQueue(client, table, owner="bench", lease_seconds=60)
     done = SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})
+    latencies = []
     started = time.monotonic()
-    for _ in range(claims):
-        claimed = queue.claim()
-        assert claimed is not None
-        queue.record(claimed[1], done, final=ItemState.DONE)
+    with server.cpu_share() as share:
+        for _ in range(claims):
+            before = time.perf_counter()
+            claimed = queue.claim()
+            latencies.append(time.perf_counter() - before)
+            assert claimed is not None
+            queue.record(claimed[1], done, final=ItemState.DONE)
     seconds = time.monotonic() - started
+    latencies.sort()
     snapshot = stats.snapshot()
     calls = snapshot["calls"]
     return {
@@ -48,7 +54,10 @@ def measure(server: MotoServer, folder: Path, backlog: int, claims: int) -> dict
         "requests_per_claim": round(sum(calls.values()) / claims, 3),
         "items_read_per_claim": round(snapshot["items_read"] / claims, 3),
         "scans": calls.get("Scan", 0),
-        "ms_per_claim_on_moto": round(1000 * seconds / claims, 2),
+        "ms_per_claim_and_finish": round(1000 * seconds / claims, 2),
+        "claim_ms_median": round(1000 * latencies[len(latencies) // 2], 2),
+        "claim_ms_p95": round(1000 * latencies[int(len(latencies) * 0.95)], 2),
+        "endpoint_cpu_percent": share["percent"],
     }
 
 
@@ -79,13 +88,14 @@ def main() -> None:
     parser.add_argument("--claims", type=int, default=200)
     args = parser.parse_args()
     rows = []
-    with MotoServer() as server, tempfile.TemporaryDirectory() as tmp:
+    with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
         for backlog in [int(b) for b in args.backlogs.split(",")]:
             rows.append(measure(server, Path(tmp), backlog, args.claims))
-    show("Claims against a growing backlog", ["backlog", "claims", "queries/claim", "requests/claim",
-                                              "items read/claim", "scans", "ms/claim on moto"],
+    show(f"Claims against a growing backlog ({server.engine})",
+         ["backlog", "claims", "queries/claim", "requests/claim", "items read/claim", "scans", "claim ms (median)",
+          "claim ms (p95)", "endpoint CPU %"],
          [[r["backlog"], r["claims"], r["queries_per_claim"], r["requests_per_claim"], r["items_read_per_claim"],
-           r["scans"], r["ms_per_claim_on_moto"]] for r in rows])
+           r["scans"], r["claim_ms_median"], r["claim_ms_p95"], r["endpoint_cpu_percent"]] for r in rows])
     RESULTS.mkdir(exist_ok=True)
     plot(rows, RESULTS / "backlog.png")
     print(f"results: {save('backlog', {'rows': rows})}, plot: {RESULTS / 'backlog.png'}")

@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: a moto server, tables, timed commands, results."""
+"""Shared pieces of the benchmarks: the local endpoint (dynalite or moto) and its CPU share,
+tables, timed commands, results."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,14 +28,53 @@ PYANAMO = [sys.executable, "-m", "pyanamo"]
 HOOKS = {"PYTHONPATH": os.pathsep.join(filter(None, [str(BENCH / "hooks"), os.environ.get("PYTHONPATH")]))}
 
 
-class MotoServer:
-    """moto's DynamoDB-compatible server in its own process on 127.0.0.1."""
+ENGINE = os.environ.get("PYANAMO_BENCH_ENGINE", "dynalite")  # as `pyanamo local` serves by default
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
-    def __enter__(self) -> MotoServer:
-        # Started as `pyanamo local` runs it: one request at a time, atomic conditional writes.
-        self.process = subprocess.Popen([*PYANAMO, "local", "--port", "0"], stdout=subprocess.PIPE,
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` and its live descendants (from /proc)."""
+    total = 0.0
+    for each in [pid, *_descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, frontier = [], [pid]
+    while frontier:
+        frontier = [c for p in frontier for c in children.get(p, [])]
+        found += frontier
+    return found
+
+
+class LocalServer:
+    """`pyanamo local --engine ENGINE --in-memory` in its own process on 127.0.0.1: the endpoint
+    under the benchmarks. ``cpu_share`` tells whether it, rather than PyAnamo, set the pace."""
+
+    def __init__(self, engine: str = ENGINE) -> None:
+        self.engine = engine
+
+    def __enter__(self) -> LocalServer:
+        args = ["--engine", self.engine] + (["--in-memory"] if self.engine == "dynalite" else [])
+        self.process = subprocess.Popen([*PYANAMO, "local", "--port", "0", *args], stdout=subprocess.PIPE,
                                         stderr=subprocess.DEVNULL, text=True)
         self.url = self.process.stdout.readline().strip().split("=", 1)[1]
+        detail = self.process.stdout.readline()
+        if f"({self.engine}," not in detail:
+            raise SystemExit(f"pyanamo local did not serve {self.engine}: {detail.strip()}")
         self.env = {**os.environ, **HOOKS, "AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "bench",
                     "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
         return self
@@ -49,6 +91,18 @@ class MotoServer:
         table = f"bench-{uuid.uuid4().hex[:8]}"
         subprocess.run([*PYANAMO, "create-table", table], env=self.env, check=True, capture_output=True)
         return table
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.process.pid)
+
+    @contextmanager
+    def cpu_share(self) -> Iterator[dict[str, float]]:
+        """``with server.cpu_share() as share:`` … then ``share["percent"]``: the endpoint's CPU
+        time over the block's wall time, in % of one core (100 % = one core saturated)."""
+        share: dict[str, float] = {}
+        cpu, wall = self.cpu_seconds(), time.monotonic()
+        yield share
+        share["percent"] = round(100 * (self.cpu_seconds() - cpu) / max(time.monotonic() - wall, 1e-9), 1)
 
 
 @dataclass
@@ -94,8 +148,8 @@ def merge_stats(files: list[Path]) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d")}
+    return {"cores": len(os.sched_getaffinity(0)), "engine": ENGINE, "python": platform.python_version(),
+            "platform": platform.platform(), "date": datetime.now(UTC).strftime("%Y-%m-%d")}
 
 
 def save(name: str, data: dict[str, Any]) -> Path:

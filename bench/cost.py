@@ -14,10 +14,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYANAMO, MotoServer, merge_stats, save, show, write_task_file
+from common import PYANAMO, LocalServer, merge_stats, save, show, write_task_file
 
 
-def run_case(server: MotoServer, folder: Path, name: str, rows: list[str], items: int, workers: int) -> dict:
+def run_case(server: LocalServer, folder: Path, name: str, rows: list[str], items: int, workers: int) -> dict:
     table = server.new_table()
     path = write_task_file(folder / f"{name}.txt", rows)
     subprocess.run([*PYANAMO, "import", table, str(path)], env=server.env, check=True, capture_output=True)
@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--conflict-items", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=64)
     args = parser.parse_args()
-    with MotoServer() as server, tempfile.TemporaryDirectory() as tmp:
+    with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         cases = [
             run_case(server, folder, "single", [f"i{n:06d}|S|true" for n in range(args.items)], args.items, 1),

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import PYANAMO, MotoServer, save, show, write_task_file
+from common import PYANAMO, LocalServer, save, show, write_task_file
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -51,7 +51,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0)
     args = parser.parse_args()
-    with MotoServer() as server, tempfile.TemporaryDirectory() as tmp:
+    with LocalServer() as server, tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         common = ["--log-dir", str(folder / "logs"), "--workdir", str(folder), "--quiet"]
         # Idle: another "worker" holds the only item with a long lease.

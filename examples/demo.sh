@@ -7,7 +7,8 @@ table=demo
 run=demo-run
 rm -rf "$run" && mkdir -p "$run"
 
-pyanamo local --port 0 > "$run/endpoint.txt" &
+# The tables are kept in $run/endpoint-data: `pyanamo local --path demo-run/endpoint-data` serves them again.
+pyanamo local --port 0 --path "$run/endpoint-data" > "$run/endpoint.txt" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
 for _ in $(seq 100); do grep -q '^export' "$run/endpoint.txt" 2>/dev/null && break; sleep 0.1; done

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real moto server over HTTP, fresh tables, and worker processes."""
+"""Shared fixtures: real DynamoDB-compatible servers over HTTP (dynalite and moto), fresh tables,
+and worker processes."""
 
 from __future__ import annotations
 
@@ -17,10 +18,31 @@ from pyanamo.schema import create_table_request
 
 from helpers import Recorder, Workers
 
+ENGINES = ("dynalite", "moto")
+
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--soak", action="store_true",
                      help="run the fault-injection scenarios at full size (slow)")
+    parser.addoption("--engines", default=os.environ.get("PYANAMO_TEST_ENGINES", ",".join(ENGINES)),
+                     help="the DynamoDB implementations the DynamoDB-facing tests run against, comma-separated "
+                          "(default: $PYANAMO_TEST_ENGINES, else dynalite,moto)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that talks to DynamoDB runs once per engine: each catches what the other hides
+    (moto: requests on threads, index queries that read every item; dynalite: no old item on a
+    failed conditional write, DynamoDB's table-name rules). ``moto_only`` tests (CloudFormation
+    deployments, whose tables live in moto) run on moto alone."""
+    if "aws_env" not in metafunc.fixturenames:
+        return
+    engines = [e.strip() for e in metafunc.config.getoption("--engines").split(",") if e.strip()]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        raise pytest.UsageError(f"--engines: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ENGINES)})")
+    if metafunc.definition.get_closest_marker("moto_only"):
+        engines = ["moto"]
+    metafunc.parametrize("engine", engines, scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -28,16 +50,19 @@ def soak(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--soak"))
 
 
-@pytest.fixture(scope="session")
-def moto_url() -> Iterator[str]:
-    """moto's server in its own process on 127.0.0.1, started as `pyanamo local` runs it (one
-    request at a time, so conditional writes are atomic as in DynamoDB)."""
-    process = subprocess.Popen([sys.executable, "-m", "pyanamo", "local", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+def _local_endpoint(*args: str) -> Iterator[str]:
+    """`pyanamo local` in its own process on 127.0.0.1 (as users run it): its URL."""
+    process = subprocess.Popen([sys.executable, "-m", "pyanamo", "local", "--port", "0", *args],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = process.stdout.readline().strip()
+    detail = process.stdout.readline().strip()
     if not line.startswith("export AWS_ENDPOINT_URL_DYNAMODB="):
         process.kill()
-        raise RuntimeError(f"pyanamo local did not start: {line!r}")
+        raise RuntimeError(f"pyanamo local {' '.join(args)} did not start: {line!r} {process.stderr.read()!r}")
+    engine = args[args.index("--engine") + 1]
+    if f"({engine}," not in detail:  # a fallback would hide the engine under test
+        process.kill()
+        raise RuntimeError(f"pyanamo local did not serve {engine}: {detail!r}")
     yield line.split("=", 1)[1]
     process.terminate()
     try:
@@ -48,11 +73,31 @@ def moto_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def aws_env(moto_url: str) -> dict[str, str]:
-    """The environment for CLI and worker processes pointed at the moto server."""
+def moto_url() -> Iterator[str]:
+    """moto's server, as `pyanamo local --engine moto` runs it (one request at a time, so
+    conditional writes are atomic as in DynamoDB): S3, EC2, Auto Scaling, CloudFormation, and
+    DynamoDB for the moto runs."""
+    yield from _local_endpoint("--engine", "moto")
+
+
+@pytest.fixture(scope="session")
+def dynalite_url() -> Iterator[str]:
+    """dynalite, as `pyanamo local` runs it by default (in memory here)."""
+    yield from _local_endpoint("--engine", "dynalite", "--in-memory")
+
+
+@pytest.fixture(scope="session")
+def dynamodb_url(engine: str, request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{engine}_url"))
+
+
+@pytest.fixture(scope="session")
+def aws_env(moto_url: str, dynamodb_url: str) -> dict[str, str]:
+    """The environment for CLI and worker processes: DynamoDB on the engine under test, every
+    other service on moto."""
     return {
-        "AWS_ENDPOINT_URL": moto_url,  # every service: DynamoDB, S3, EC2, Auto Scaling, ...
-        "AWS_ENDPOINT_URL_DYNAMODB": moto_url,
+        "AWS_ENDPOINT_URL": moto_url,  # S3, EC2, Auto Scaling, CloudFormation, ...
+        "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_url,
         "AWS_ENDPOINT_URL_S3": moto_url,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",

@@ -46,6 +46,7 @@ class InMemoryQueue:
         self.failed_on_claim = 0
         self.outage: QueueError | None = None  # set it to make every request fail so
         self._rows = rows if rows is not None else {}
+        self.workers: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
 
     def sharing(self, *, owner: str, lease_seconds: float | None = None, max_claims: int | None = None,
@@ -234,6 +235,24 @@ class InMemoryQueue:
         if row is None or row.item.state is not item.state or row.item.lease_token != item.lease_token:
             return None
         return row
+
+    # -- worker records -------------------------------------------------------------------
+
+    def put_worker_record(self, key: str, values: dict[str, Any]) -> None:
+        self._request()
+        with self._lock:
+            self.workers[key] = dict(values)
+
+    def update_worker_record(self, key: str, values: dict[str, Any]) -> None:
+        self._request()
+        with self._lock:
+            if key not in self.workers:
+                raise QueueError(f"no worker record {key}")
+            self.workers[key].update(values)
+
+    def worker_records(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            yield from (dict(v) for v in self.workers.values())
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ from . import __version__, events
 from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, UsageError, error_code
 from .queue import TaskQueue
-from .schema import ItemState, create_table_request
+from .schema import ItemState, create_table_request, table_name_problem
 
 
 def _number(kind: type, ok: Callable[[Any], bool], rule: str, what: str = "a number") -> Callable[[str], Any]:
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
     p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
     p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
+    p.add_argument("--price-per-hour", type=_not_negative, default=None, metavar="USD",
+                   help="this machine's price per hour for the run's cost (default: on EC2 looked up from the "
+                        "Price List API or the Spot price history; elsewhere 0)")
     p.add_argument("--quiet", action="store_true", help="no log events on stderr")
 
     p = command("status", "where a run stands (exit 3 if any item failed)")
@@ -179,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1", table=False)
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--engine", choices=["dynalite", "moto"], default="dynalite",
+                   help="dynalite (Node.js; persistent, fast) or moto (in memory); dynalite falls back to "
+                        "moto, with a notice, where Node.js 20+ or dynalite is missing")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--path", type=Path, default=None, metavar="DIR",
+                       help="keep the tables in DIR (dynalite; default: $XDG_DATA_HOME/pyanamo/local, "
+                            "that is ~/.local/share/pyanamo/local)")
+    where.add_argument("--in-memory", action="store_true", help="keep nothing: the tables go when it stops")
     return parser
 
 
@@ -212,6 +223,9 @@ def _client(args: argparse.Namespace, **kwargs: Any) -> Any:
 
 
 def cmd_create_table(args: argparse.Namespace) -> int:
+    problem = table_name_problem(args.table)
+    if problem:
+        raise UsageError(problem)
     client = _client(args)
     try:
         client.create_table(**create_table_request(args.table))
@@ -273,22 +287,28 @@ def _check_can_run(args: argparse.Namespace) -> None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from .identity import Imds, worker_identity
+    from .pricing import worker_placement
     from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
     events.configure(quiet=args.quiet)
     _check_can_run(args)
+    client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
+    _require_table(client, args.table)
+    imds = Imds()
+    who = worker_identity(imds)
+    placement = worker_placement(
+        imds, who.instance_id, who.owner, args.price_per_hour, client.meta.region_name,
+        lambda service, region: aws_client(service, Endpoint(None, region)),
+        lambda line: events.emit("price_unknown", warning=line))
     config = WorkerConfig(
         table=args.table, items=args.items, nests=args.nests, wall_time=args.wall_time,
         lease=args.lease, max_attempts=args.max_attempts, retry_delay=args.retry_delay, timeout=args.timeout,
         linger=args.linger,
         outage_limit=args.outage_limit,
         workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
+        placement=placement,
     )
-    client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
-    _require_table(client, args.table)
-    imds = Imds()
-    who = worker_identity(imds)
     queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims,
                       worker_id=who.worker_id)
     worker = Worker(queue, config)
@@ -455,9 +475,11 @@ def cmd_fleet(args: argparse.Namespace) -> int:
 
 
 def cmd_local(args: argparse.Namespace) -> int:
-    from .local import serve
+    from .local import default_data_dir, serve
 
-    serve(args.port)
+    if args.engine == "moto" and args.path is not None:
+        raise UsageError("--path: moto keeps its tables in memory only (use --engine dynalite)")
+    serve(args.engine, args.port, None if args.in_memory or args.engine == "moto" else args.path or default_data_dir())
     return 0
 
 

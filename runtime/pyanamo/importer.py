@@ -77,8 +77,10 @@ def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | No
 def parse_task_bytes(
     raw: bytes, name: str, delimiter: str = "|", nested_delimiter: str | None = None
 ) -> list[Item]:
-    if nested_delimiter is not None and (not nested_delimiter or nested_delimiter == delimiter):
-        raise UsageError("--nested-delimiter must be non-empty and differ from --delimiter")
+    # A '|' file is split on every '|', so '|' cannot also split TaskArgs; in a CSV file a quoted
+    # field may hold the delimiter, so `--delimiter , --nested-delimiter ,` is fine.
+    if nested_delimiter is not None and (not nested_delimiter or (nested_delimiter == delimiter == "|")):
+        raise UsageError("--nested-delimiter must be non-empty and, in a '|' file, not '|'")
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte order mark from a spreadsheet export
     text, errors = _decode(raw, name)

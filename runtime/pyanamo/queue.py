@@ -23,13 +23,14 @@ from typing import Any
 from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
 from .events import emit
 from .expressions import Expression
-from .model import Item, Subtask, utc_now_iso
+from .model import Item, Subtask, from_dynamo, to_dynamo, utc_now_iso
 from .schema import (
     EARLIER_RUNS_KEPT,
     STATE_INDEX,
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
     SUBTASK_STATUS,
+    WORKERS_SHARD,
     Attr,
     ItemState,
     SubtaskStatus,
@@ -121,6 +122,10 @@ def stored_state_is(expr: Expression, value: str | None) -> Expression:
 
 def absent(expr: Expression) -> Expression:
     return expr.when(f"attribute_not_exists({{a:{Attr.ITEM_ID}}})")
+
+
+def present(expr: Expression) -> Expression:
+    return expr.when(f"attribute_exists({{a:{Attr.ITEM_ID}}})")
 
 
 def to_todo(expr: Expression, item_id: str) -> Expression:
@@ -525,6 +530,27 @@ class TaskQueue:
             if response.get("Count", 0):
                 return True
         return False
+
+    # -- worker records (the run report; never claimed, counted or reset) -----------------
+
+    def put_worker_record(self, key: str, values: dict[str, Any]) -> None:
+        """Write a worker's record: a row with no lockID or taskID, in the state index's
+        workers partition only."""
+        row = {Attr.ITEM_ID: key, Attr.STATE_SHARD: WORKERS_SHARD, Attr.STATE_RANK: str(values.get("Started", "")),
+               **values}
+        self._call("put_item", Item={name: to_dynamo(value) for name, value in row.items()})
+
+    def update_worker_record(self, key: str, values: dict[str, Any]) -> None:
+        expr = Expression()
+        for name, value in values.items():
+            expr.set(name, value)
+        self._call("update_item", Key=_key(key), **present(expr).request())
+
+    def worker_records(self) -> Iterator[dict[str, Any]]:
+        """Every worker record, as plain values (Query on the workers partition, then BatchGetItem)."""
+        keys = [r[Attr.ITEM_ID]["S"] for r in self.query_index(STATE_INDEX.name, (Attr.STATE_SHARD, WORKERS_SHARD))]
+        for row in self.get_many(keys):
+            yield from_dynamo(row)
 
     def get_many(self, item_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
         """The rows of these items (BatchGetItem, 100 keys a request; unprocessed keys are asked

@@ -44,6 +44,7 @@ class Outcome:
     stderr: Path
     signal: int | None = None  # the signal that ended the script, if one did
     peak_rss_kb: int = 0
+    started_at: float = 0.0  # epoch seconds: when it started and ended (wall_time is monotonic)
 
     @property
     def interrupted(self) -> bool:
@@ -108,6 +109,7 @@ class SubtaskProcess:
         except OSError as exc:
             raise LocalFailure(f"cannot write logs in {self.log_folder}: {exc.strerror}") from None
         started = time.monotonic()
+        started_at = time.time()
         try:
             result_read, result_write = os.pipe()
         except OSError as exc:  # out of file descriptors
@@ -161,10 +163,10 @@ class SubtaskProcess:
         with self._lock:
             reason = self._reason
         if reason == "timeout":
-            return Outcome(TIMEOUT_EXIT_CODE, True, cpu, wall, stdout_path, stderr_path, None, peak)
+            return Outcome(TIMEOUT_EXIT_CODE, True, cpu, wall, stdout_path, stderr_path, None, peak, started_at)
         if reason is not None:
-            return Outcome(None, False, cpu, wall, stdout_path, stderr_path, signum, peak)
-        return Outcome(exit_code, False, cpu, wall, stdout_path, stderr_path, signum, peak)
+            return Outcome(None, False, cpu, wall, stdout_path, stderr_path, signum, peak, started_at)
+        return Outcome(exit_code, False, cpu, wall, stdout_path, stderr_path, signum, peak, started_at)
 
     def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
         """Stop the sub-task and everything it started: SIGTERM, then SIGKILL after the grace

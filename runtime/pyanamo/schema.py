@@ -7,6 +7,7 @@ two can never disagree. Attribute names in ``Attr`` are a public contract: users
 from __future__ import annotations
 
 import enum
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -107,6 +108,10 @@ TASK_INDEX = Index(name="task-index", partition_key=Attr.TASK_ID, sort_key=Attr.
 # Items held by one instance: query InstanceID = X AND lockID = locked.
 INSTANCE_INDEX = Index(name="instance-index", partition_key=Attr.INSTANCE_ID, sort_key=Attr.STATE)
 
+# Worker records (``worker_record``) sit in this state-index partition: next to no state's shards,
+# so claims, counts and resets never see them, and the run report finds them with one Query.
+WORKERS_SHARD = "workers#00"
+
 INDEXES: tuple[Index, ...] = (STATE_INDEX, TASK_INDEX, INSTANCE_INDEX)
 PARTITION_KEY = Attr.ITEM_ID
 
@@ -163,6 +168,17 @@ def subtask_order(key: str) -> tuple[int, str]:
     """Sort key for sub-task keys: Task_2 before Task_10."""
     prefix, _, number = key.rpartition("_")
     return (int(number), prefix) if number.isdigit() else (1 << 62, key)
+
+
+
+def table_name_problem(name: str) -> str | None:
+    """Why DynamoDB would refuse ``name`` as a table name, or None (moto accepts more)."""
+    if not 3 <= len(name) <= 255:
+        return f"table name {name[:60]!r} has {len(name)} characters; DynamoDB needs 3 to 255"
+    bad = sorted({c for c in name if not re.fullmatch(r"[A-Za-z0-9_.-]", c)})
+    if bad:
+        return f"table name {name!r} has {''.join(bad)!r}; DynamoDB allows only letters, digits, '_', '-' and '.'"
+    return None
 
 
 def create_table_request(table_name: str) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .accounting import Placement, local_placement
 from .errors import EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
 from .lease import HeldItem, LeaseKeeper
@@ -41,6 +42,7 @@ from .runner import (
     summarize_stream,
 )
 from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
+from .worker_record import MAX_EARLIER_EXITS, WorkerCounters, WorkerRecord, earlier_exits, run_record
 
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
 EXIT_ERROR = 1
@@ -93,6 +95,12 @@ class WorkerConfig:
     workdir: Path = Path(".")
     log_dir: Path = Path("pyanamo-logs")
     log_bucket: str | None = None
+    placement: Placement | None = None  # where it runs and the price; None: this host, price 0
+
+    @property
+    def slots(self) -> int:
+        """Sub-tasks this worker may run at once: they share the instance (and its price)."""
+        return self.items * self.nests
 
     @property
     def linger_seconds(self) -> float:
@@ -135,6 +143,10 @@ class StopPolicy:
     def past_deadline(self) -> bool:
         """A stop was requested longer ago than the kill grace and the margin: give up waiting."""
         return self.deadline is not None and self.clock() >= self.deadline
+
+    def time_to_deadline(self, default: float) -> float:
+        """Seconds left before the stop deadline (``default`` when no stop was requested)."""
+        return default if self.deadline is None else max(0.0, self.deadline - self.clock())
 
     def out_of_time(self) -> bool:
         wall = self.config.wall_time
@@ -189,14 +201,22 @@ class Worker:
         self.policy = StopPolicy(config)
         self.items_done = 0
         self.items_failed = 0
+        self.busy_seconds = 0.0
         self._count_lock = threading.Lock()
+        self.placement = config.placement or local_placement(queue.owner)
+        self.record = WorkerRecord(queue, self.placement, config.slots)
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def run(self) -> int:
         """Run until drained (or stopped); returns the process exit code."""
-        emit("worker_started", table=self.config.table, owner=self.queue.owner,
-             items=self.config.items, nests=self.config.nests, lease=self.config.lease)
+        emit("worker_started", table=self.config.table, owner=self.queue.owner, worker=self.queue.worker_id,
+             items=self.config.items, nests=self.config.nests, lease=self.config.lease,
+             instance_type=self.placement.instance_type, lifecycle=self.placement.lifecycle,
+             price_per_hour=self.placement.price_per_hour, price_source=self.placement.price_source)
+        self.record.open()
+        heartbeat = threading.Thread(target=self._heartbeat, name="worker-record", daemon=True)
+        heartbeat.start()
         self.keeper.start()
         slots = [
             threading.Thread(target=self._slot_guarded, name=f"slot-{n}", daemon=True)
@@ -212,9 +232,21 @@ class Worker:
                     break
         self.keeper.stop()
         self.items_failed += self.queue.failed_on_claim
-        emit("worker_exited", reason=self.policy.reason or "drained", items_done=self.items_done,
-             items_failed=self.items_failed)
-        return self.policy.exit_code(self.items_failed)
+        code = self.policy.exit_code(self.items_failed)
+        reason = self.policy.reason or "drained"
+        self.record.close(reason, code, self._counters(), wait=max(0.5, self.policy.time_to_deadline(2.0)))
+        emit("worker_exited", reason=reason, items_done=self.items_done, items_failed=self.items_failed)
+        return code
+
+    def _counters(self) -> WorkerCounters:
+        with self._count_lock:
+            return WorkerCounters(self.items_done, self.items_failed, round(self.busy_seconds, 3))
+
+    def _heartbeat(self) -> None:
+        """Keep the worker's record's last-seen time and counters fresh (every third of the
+        lease, as the leases), so a worker that dies leaves a record that says until when."""
+        while not self.policy.event.wait(max(1.0, self.config.lease / 3)):
+            self.record.touch(self._counters())
 
     def stop(self, reason: str, signum: int | None = None) -> None:
         """Stop claiming, stop running sub-tasks; their items go back to todo."""
@@ -414,6 +446,7 @@ class Worker:
     def _attempts(self, item: Item, held: HeldItem, subtask: Subtask) -> SubtaskResult | None:
         """Run a sub-task until it succeeds or its attempts are used; None if interrupted."""
         attempts = subtask.attempts
+        earlier = earlier_exits(item.log_summary.get(subtask.key), attempts)
         while True:
             try:
                 outcome, location = self._run_once(item, held, subtask, attempts + 1)
@@ -426,9 +459,10 @@ class Worker:
                      reason="lease_lost" if held.lost.is_set() else self.policy.reason or "stop")
                 return None
             attempts += 1
-            result = self._result(item, subtask.key, outcome, attempts, location)
+            result = self._result(item, subtask.key, outcome, attempts, location, earlier)
             if result.status is SubtaskStatus.DONE or not self.retry.allows(attempts):
                 return result
+            earlier = [*earlier, outcome.exit_code][-MAX_EARLIER_EXITS:]
             emit("subtask_retry", item=item.item_id, subtask=subtask.key, attempts=attempts,
                  exit_code=outcome.exit_code)
             self._write(held, self.queue.record, replace(result, status=SubtaskStatus.RUNNING))
@@ -459,7 +493,8 @@ class Worker:
         location = "" if outcome.interrupted else self.logs.publish(folder)
         return outcome, location
 
-    def _result(self, item: Item, key: str, outcome: Outcome, attempts: int, location: str) -> SubtaskResult:
+    def _result(self, item: Item, key: str, outcome: Outcome, attempts: int, location: str,
+                earlier: list[int | None]) -> SubtaskResult:
         scripts = sum(len(s.script.encode("utf-8")) for s in item.subtasks)
         tail = max(MIN_TAIL_BYTES, tail_budget(scripts, len(item.subtasks)))
         out = summarize_stream(outcome.stdout, tail)
@@ -484,7 +519,10 @@ class Worker:
             "Peak_RSS_KB": outcome.peak_rss_kb,
             "Attempt": attempts,
             "Log_Location": location,
+            **run_record(outcome, self.placement, self.queue.worker_id, self.config.slots, earlier),
         }
+        with self._count_lock:
+            self.busy_seconds += outcome.wall_time
         emit("subtask_finished", item=item.item_id, subtask=key, exit_code=outcome.exit_code,
              cpu=summary["CPU_Time"], wall=summary["Wall_Time"])
         return SubtaskResult(

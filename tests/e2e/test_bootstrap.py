@@ -7,11 +7,15 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from pyanamo.fleet import describe_group
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
 
 from helpers import REPO, StubImds, cli, write_task_file
+
+pytestmark = pytest.mark.moto_only  # the stack deploys to moto's CloudFormation, its table into moto
 
 
 def runtime_zip(path: Path) -> Path:

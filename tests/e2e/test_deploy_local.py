@@ -21,6 +21,8 @@ from pyanamo.aws import Endpoint, aws_client
 
 from helpers import cli
 
+pytestmark = pytest.mark.moto_only  # the stack deploys to moto's CloudFormation, its table into moto
+
 ACCOUNT, REGION = "123456789012", "us-east-1"
 
 

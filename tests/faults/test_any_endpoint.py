@@ -31,7 +31,7 @@ def given_back(client, table: str, item_ids: list[str]) -> None:
         queue.release(lease, ["Task_1"])
 
 
-def test_claims_without_the_old_item_in_the_failure(aws_env, client, table, workers):
+def test_claims_without_the_old_item_in_the_failure(aws_env, client, table, workers, engine):
     items = [f"back{n}" for n in range(10)]
     given_back(client, table, items)
     with FaultProxy(aws_env["AWS_ENDPOINT_URL_DYNAMODB"], strip_old_item=True) as proxy:
@@ -50,7 +50,8 @@ def test_claims_without_the_old_item_in_the_failure(aws_env, client, table, work
         item = queue.get(item_id)
         assert item.state is ItemState.DONE and item.logs["Task_1"]["stdout"] == f"{item_id} 1\n"
         assert item_id not in item.logs.get("Task_0", {}).get("stdout", "")  # Task_0 not run again
-    assert stripped >= len(items)
+    # moto returns the old item and the proxy strips it; dynalite never returns it (the case itself)
+    assert stripped >= len(items) if engine == "moto" else stripped == 0
     Figures("14. endpoint without ReturnValuesOnConditionCheckFailure", runs=1, items=len(items),
             subtasks=2 * len(items),
             faults=f"{stripped} failed conditional writes answered without the old item (as dynalite does)",

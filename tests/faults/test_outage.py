@@ -14,12 +14,12 @@ from helpers import cli, wait_for, write_task_file
 ALLOWED_RERUNS = {STOPPED, NOT_RECORDED}
 
 
-def test_endpoint_outage(aws_env, moto_url, client, table, tmp_path, workers, recorder, soak):
+def test_endpoint_outage(aws_env, dynamodb_url, client, table, tmp_path, workers, recorder, soak):
     items, seconds, outage = (60 if soak else 30), 0.5, 15.0
     rows = [f"o{n:02d}|S|{recorder.command(seconds)} {k}" for n in range(items) for k in range(2)]
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
     queue = TaskQueue(client, table)
-    with FaultProxy(moto_url) as proxy:
+    with FaultProxy(dynamodb_url) as proxy:
         via_proxy = {"AWS_ENDPOINT_URL_DYNAMODB": proxy.url}
         for _ in range(3):
             workers.start(table, "--lease", "3", env=via_proxy)

@@ -11,10 +11,10 @@ from faultkit import Analysis, FaultProxy, Figures, measured
 from helpers import cli, write_task_file
 
 
-def test_throttling(aws_env, moto_url, client, table, tmp_path, workers, recorder, soak):
+def test_throttling(aws_env, dynamodb_url, client, table, tmp_path, workers, recorder, soak):
     items = 200 if soak else 30
     rows = [f"t{n:03d}|S|{recorder.command(0.05)}" for n in range(items)]
-    with FaultProxy(moto_url, throttle=0.2) as proxy:
+    with FaultProxy(dynamodb_url, throttle=0.2) as proxy:
         via_proxy = {**aws_env, "AWS_ENDPOINT_URL_DYNAMODB": proxy.url}
         imported = cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=via_proxy)
         assert imported.returncode == 0, imported.stderr

@@ -30,7 +30,7 @@ def test_user_text_is_rendered_as_data(aws_env, client, table, tmp_path, workers
     empty = f"{table}-empty"
     assert cli("create-table", empty, env=aws_env).returncode == 0
     watch = cli("status", empty, "--watch", "1", env=aws_env, timeout=20)
-    assert watch.returncode == 0 and "is empty: nothing to watch" in watch.stdout
+    assert watch.returncode == 0 and "is empty: nothing to watch" in watch.stderr
     Figures("16. user text", runs=1, items=3, subtasks=3,
             faults="rich markup in stderr ('[/bold]'), `logs | head`, `status --watch` on an empty table",
             **measured(TaskQueue(client, table), {"close": ItemState.FAILED, "markup": ItemState.FAILED,

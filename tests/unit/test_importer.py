@@ -260,7 +260,7 @@ def test_property_arbitrary_bytes_parse_or_fail_cleanly(junk: bytes):
 
 
 def test_nested_delimiter_must_differ_from_the_delimiter():
-    with pytest.raises(UsageError, match="must be non-empty and differ"):
+    with pytest.raises(UsageError, match="must be non-empty and, in a '|' file, not '|'"):
         parse("itemID|taskID|TaskScript|TaskArgs\na|t|x|1|2\n", nested_delimiter="|")
 
 
@@ -283,3 +283,20 @@ def test_property_what_the_csv_module_writes_imports_unchanged(delimiter, rows):
     writer.writerows((i, i, s) for i, s in rows)
     items = parse(out.getvalue(), delimiter=delimiter)
     assert [(i.item_id, i.subtasks[0].script) for i in items] == [(i.strip(), s) for i, s in rows]
+
+
+def test_the_readme_csv_example_imports_as_documented():
+    """The README's CSV example (quoted pipes, doubled quotes, {} and a quoted list of arguments
+    split on the same comma that separates the columns)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = re.search(r"```\n(itemID,taskID,TaskScript,TaskArgs\n.*?)```", readme, re.S).group(1)
+    items = parse(block, delimiter=",", nested_delimiter=",")
+    assert [[s.script for s in i.subtasks] for i in items] == [
+        ["zcat S1.fq.gz | awk -F, '{print $1}' > S1.txt"],
+        ["printf '%s\\n' \"a, b\" > S2.txt"],
+        ["bcftools view -r chr1 S3.vcf.gz -Oz -o S3.chr1.vcf.gz",
+         "bcftools view -r chr2 S3.vcf.gz -Oz -o S3.chr2.vcf.gz"],
+    ]

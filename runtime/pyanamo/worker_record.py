@@ -1,0 +1,110 @@
+"""What a worker records of itself and of every sub-task run, for the run report.
+
+A sub-task run's record lives in ``Log_Summary.<key>`` of its item (the latest run in full;
+earlier attempts by their exit codes). A worker's record is a row of its own in the task table,
+``pyanamo-worker#<host>:<pid>#<start>``: written at start, touched with the heartbeats, closed at
+exit. It has no ``lockID`` or ``taskID``, so no claim, count or reset ever sees it; it sits in
+the state index's ``workers#00`` partition, where the report finds every worker with a Query.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .accounting import Placement, subtask_cost
+from .events import emit
+from .model import utc_now_iso
+from .runner import Outcome
+
+MAX_EARLIER_EXITS = 20  # exit codes of earlier attempts kept per sub-task
+WORKER_RECORD_PREFIX = "pyanamo-worker#"
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def earlier_exits(summary: Any, attempts: int) -> list[int | None]:
+    """Exit codes of the attempts made before this claim, from the sub-task's stored record."""
+    if not isinstance(summary, Mapping) or attempts <= 0:
+        return []
+    earlier = [int(c) if c is not None else None for c in summary.get("Earlier_Exits") or []]
+    return [*earlier, summary.get("ExitCode")][-MAX_EARLIER_EXITS:]
+
+
+def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: int,
+               earlier: list[int | None]) -> dict[str, Any]:
+    """Where and when one run of a sub-task ran, how it ended, and its share of the price."""
+    record: dict[str, Any] = {
+        "Started": iso(outcome.started_at),
+        "Ended": iso(outcome.started_at + outcome.wall_time),
+        "InstanceID": placement.instance_id,
+        "Host": placement.host,
+        "Worker_ID": worker_id,
+        "Instance_Type": placement.instance_type,
+        "Earlier_Exits": [int(c) if c is not None else None for c in earlier],
+    }
+    if outcome.signal is not None:
+        record["Signal"] = outcome.signal
+    cost = subtask_cost(placement.price_per_hour, outcome.wall_time, slots)
+    if cost is not None:
+        record["Cost_USD"] = round(cost, 8)
+    return record
+
+
+@dataclass(frozen=True)
+class WorkerCounters:
+    items_done: int
+    items_failed: int
+    busy_seconds: float
+
+
+class WorkerRecord:
+    """The worker's own row. Its writes never stop the worker: a failure is a warning event."""
+
+    def __init__(self, queue: Any, placement: Placement, slots: int) -> None:
+        self.queue = queue
+        self.placement = placement
+        self.slots = slots
+        self.started = time.time()
+        self.key = f"{WORKER_RECORD_PREFIX}{queue.worker_id}#{int(self.started * 1000)}"
+
+    def open(self) -> None:
+        p = self.placement
+        values: dict[str, Any] = {
+            "Record_Type": "worker", "Worker_ID": self.queue.worker_id, "InstanceID": p.instance_id,
+            "Host": p.host, "Instance_Type": p.instance_type, "Lifecycle": p.lifecycle, "Zone": p.zone,
+            "Price_Source": p.price_source, "Slots": self.slots, "Started": iso(self.started),
+            "Last_Seen": iso(self.started), "Items_Done": 0, "Items_Failed": 0, "Busy_Seconds": 0,
+        }
+        if p.price_per_hour is not None:
+            values["Price_Per_Hour"] = p.price_per_hour
+        self._write(self.queue.put_worker_record, values)
+
+    def touch(self, counters: WorkerCounters) -> None:
+        self._write(self.queue.update_worker_record, self._counters(counters))
+
+    def close(self, reason: str, exit_code: int, counters: WorkerCounters, wait: float) -> None:
+        """The last write, on a thread of its own joined for at most ``wait`` seconds: an exit is
+        never held up by an endpoint that does not answer (the record then says when it was last
+        seen)."""
+        values = {**self._counters(counters), "Ended": utc_now_iso(), "Exit_Reason": reason, "Exit_Code": exit_code}
+        writer = threading.Thread(target=self._write, args=(self.queue.update_worker_record, values), daemon=True)
+        writer.start()
+        writer.join(wait)
+
+    @staticmethod
+    def _counters(counters: WorkerCounters) -> dict[str, Any]:
+        return {"Last_Seen": utc_now_iso(), "Items_Done": counters.items_done, "Items_Failed": counters.items_failed,
+                "Busy_Seconds": counters.busy_seconds}
+
+    def _write(self, write: Any, values: dict[str, Any]) -> None:
+        try:
+            write(self.key, values)
+        except Exception as exc:  # noqa: BLE001 - the record is for the report, never worth a failed run
+            emit("worker_record_failed", error=str(exc)[:200])

@@ -1,0 +1,143 @@
+"""`pyanamo local` as users run it: dynalite on 127.0.0.1, persistent, one per folder, moto as the
+fallback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, descendants, write_task_file
+
+
+@contextmanager
+def local(*args: str, env: dict[str, str] | None = None) -> Iterator[tuple[subprocess.Popen, str, str]]:
+    """A running `pyanamo local ARGS`: the process, its URL and its description line."""
+    server = subprocess.Popen([sys.executable, "-m", "pyanamo", "local", "--port", "0", *args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, **(env or {})})
+    try:
+        export = server.stdout.readline().strip()
+        assert export.startswith("export AWS_ENDPOINT_URL_DYNAMODB=http://127.0.0.1:"), server.stderr.read()
+        yield server, export.split("=", 1)[1], server.stdout.readline().strip()
+    finally:
+        if server.poll() is None:
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+
+
+def user_env(url: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL_DYNAMODB": url}  # no credentials, no region: local defaults
+
+
+def import_one(url: str, table: str, tmp_path: Path) -> None:
+    assert cli("create-table", table, env=user_env(url)).returncode == 0
+    tasks = write_task_file(tmp_path / f"{table}.txt", ["a|S|echo a", "b|S|echo b"])
+    assert cli("import", table, str(tasks), env=user_env(url)).returncode == 0
+
+
+def total_items(url: str, table: str) -> int:
+    proc = cli("status", table, "--json", env=user_env(url))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)["total_items"]
+
+
+def test_tables_survive_a_restart_and_a_killed_endpoint(tmp_path: Path):
+    data = tmp_path / "data"
+    with local("--path", str(data)) as (_, url, detail):
+        assert f"(dynalite, data in {data})" in detail
+        import_one(url, "kept", tmp_path)
+    with local("--path", str(data)) as (server, url, _):
+        assert total_items(url, "kept") == 2
+        cli("import", "kept", str(write_task_file(tmp_path / "c.txt", ["c|S|echo c"])), env=user_env(url))
+        server.kill()  # SIGKILL: its dynalite child goes too (parent-death signal); acknowledged writes stay
+        server.wait(timeout=10)
+    with local("--path", str(data)) as (_, url, _):
+        assert total_items(url, "kept") == 3
+
+
+def test_in_memory_keeps_nothing_and_the_default_folder_is_documented(tmp_path: Path):
+    with local("--in-memory") as (_, url, detail):
+        assert "(dynalite, in memory)" in detail
+        import_one(url, "gone", tmp_path)
+    with local("--in-memory") as (_, url, _):
+        proc = cli("status", "gone", "--json", env=user_env(url))
+        assert proc.returncode == 1 and "table 'gone' does not exist" in proc.stderr
+    with local(env={"XDG_DATA_HOME": str(tmp_path / "xdg")}) as (_, _, detail):
+        assert f"data in {tmp_path / 'xdg' / 'pyanamo' / 'local'}" in detail
+
+
+def test_a_second_endpoint_on_the_same_folder_is_refused_with_one_line(tmp_path: Path):
+    with local("--path", str(tmp_path)) as (server, _, _):
+        second = subprocess.run([sys.executable, "-m", "pyanamo", "local", "--port", "0", "--path", str(tmp_path)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and second.stdout == ""
+        assert second.stderr == (f"pyanamo: error: another pyanamo local (pid {server.pid}) is serving {tmp_path}; "
+                                 f"stop it, or pass another --path (or --in-memory)\n")
+
+
+def test_stopping_it_stops_its_dynalite_process(tmp_path: Path):
+    with local("--in-memory") as (server, url, _):
+        children = descendants(server.pid)
+        assert children, "dynalite runs as a child process"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+    alive = [pid for pid in children if Path(f"/proc/{pid}").exists()]
+    assert alive == []
+
+
+def machine_address() -> str | None:
+    """An IPv4 address of this machine other than loopback (no packet is sent)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("10.255.255.255", 1))
+            address = probe.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
+
+
+def test_it_listens_on_loopback_only(tmp_path: Path):
+    """dynalite checks no credentials and whoever writes items runs commands on the workers: the
+    port must not be reachable from the machine's other addresses."""
+    address = machine_address()
+    if address is None:
+        pytest.skip("this machine has no IPv4 address besides loopback to try the port on")
+    with local("--in-memory") as (_, url, _):
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as outside:
+            outside.settimeout(5)
+            assert outside.connect_ex((address, port)) != 0, f"port {port} answers on {address}"
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass
+
+
+def test_without_node_it_falls_back_to_moto_with_a_notice(tmp_path: Path):
+    with local("--path", str(tmp_path), env={"PATH": str(tmp_path / "empty")}) as (server, url, detail):
+        assert "(moto, in memory)" in detail
+        table = f"m-{uuid.uuid4().hex[:6]}"
+        import_one(url, table, tmp_path)
+        assert total_items(url, table) == 2
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+        assert server.stderr.read() == (
+            "pyanamo local: Node.js is not on PATH; serving moto instead (in memory: tables are lost when it "
+            "stops)\n")
+
+
+def test_create_table_refuses_names_dynamodb_would_refuse(tmp_path: Path):
+    env = {"AWS_ENDPOINT_URL_DYNAMODB": "http://127.0.0.1:9"}  # refused before any request
+    for name, reason in [("t", "has 1 characters; DynamoDB needs 3 to 255"),
+                         ("my table!", "has ' !'; DynamoDB allows only letters, digits, '_', '-' and '.'"),
+                         ("x" * 256, "has 256 characters")]:
+        proc = cli("create-table", name, env=env)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr
