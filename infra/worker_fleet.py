@@ -19,6 +19,8 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from .nag import GROUP_ARN, GROUP_ARN_REASON, suppress
+
+PRICE_LOOKUP_ACTIONS = ("pricing:GetProducts", "ec2:DescribeSpotPriceHistory")
 from .runtime_asset import ASSET_EXCLUDE
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
@@ -146,6 +148,13 @@ class WorkerFleet(Construct):
         leave = iam.Policy(self, "LeaveGroup", roles=[self.role], statements=[iam.PolicyStatement(
             actions=["autoscaling:TerminateInstanceInAutoScalingGroup"], resources=[self.group_arn()])])
         suppress(leave, "AwsSolutions-IAM5", GROUP_ARN_REASON, [GROUP_ARN])
+        # The worker's price per hour, looked up once at start (pyanamo.pricing): the Price List
+        # API and the Spot price history are read-only and have no resources to name.
+        prices = iam.Policy(self, "LookUpPrices", roles=[self.role], statements=[iam.PolicyStatement(
+            actions=list(PRICE_LOOKUP_ACTIONS), resources=["*"])])
+        suppress(prices, "AwsSolutions-IAM5",
+                 "pricing:GetProducts and ec2:DescribeSpotPriceHistory support no resource-level permissions "
+                 "(their resource is always *); both only read public prices.", ["Resource::*"])
 
     def _justify(self, new_vpc: bool) -> None:
         """cdk-nag findings that are by design, each with its reason."""

@@ -207,14 +207,16 @@ def max_overlap(runs: list[Run]) -> int:
 class StubImds:
     """A stub EC2 instance metadata service (IMDSv2 only) on 127.0.0.1.
 
-    Answers instance-id, and spot/instance-action once ``interrupt()`` was called.
+    Answers instance-id (and any ``metadata`` paths given), and spot/instance-action once
+    ``interrupt()`` was called.
     """
 
     TOKEN = "stub-token"
 
-    def __init__(self, instance_id: str) -> None:
+    def __init__(self, instance_id: str, metadata: dict[str, str] | None = None) -> None:
         self.instance_id = instance_id
         self.spot_action: str | None = None
+        self.metadata = {"instance-id": instance_id, **(metadata or {})}  # path under meta-data/ -> text
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -228,8 +230,8 @@ class StubImds:
             def do_GET(self) -> None:
                 if self.headers.get("X-aws-ec2-metadata-token") != stub.TOKEN:
                     self._reply(401, "")  # IMDSv2 only: no token, no answer
-                elif self.path == "/latest/meta-data/instance-id":
-                    self._reply(200, stub.instance_id)
+                elif self.path.removeprefix("/latest/meta-data/") in stub.metadata:
+                    self._reply(200, stub.metadata[self.path.removeprefix("/latest/meta-data/")])
                 elif self.path == "/latest/meta-data/spot/instance-action" and stub.spot_action:
                     self._reply(200, stub.spot_action)
                 else:

@@ -164,6 +164,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("cancel", "stop items for good: no one claims them; running ones are stopped via their lease")
     selectors(p, "cancel")
 
+    p = command("report", "the run report: where every sub-task ran, how long, how much memory, what it cost")
+    p.add_argument("--html", type=Path, default=None, metavar="FILE",
+                   help="write a self-contained HTML report (timeline, distributions, failures, right-sizing)")
+    p.add_argument("--trace", type=Path, default=None, metavar="FILE",
+                   help="write one tab-separated row per sub-task run")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     p = command("logs", "print the stored log tails of an item")
     p.add_argument("item_id", metavar="ITEM_ID")
     p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
@@ -427,6 +434,60 @@ def past(verb: str) -> str:
     return {"reset": "reset", "rerun": "rerun", "cancel": "cancelled"}[verb]
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .report import gather, render_html, write_trace
+
+    for path in (args.html, args.trace):
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"{path}: no such folder {path.parent}")
+    client = _client(args, pool=20)
+    _require_table(client, args.table)
+    report = gather(TaskQueue(client, args.table))
+    if args.trace is not None:
+        with _atomic(args.trace) as out:
+            write_trace(report, out)
+    if args.html is not None:
+        with _atomic(args.html) as out:
+            out.write(render_html(report))
+    summary = report.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        facts = Table(title=f"run report: {args.table}", title_justify="left", show_header=False)
+        for name, value in summary.items():
+            if name != "table":
+                facts.add_row(name, json.dumps(value) if isinstance(value, dict) else str(value))
+        Console().print(facts)
+    for label, path in (("trace", args.trace), ("report", args.html)):
+        if path is not None:
+            print(f"{label}: {path}", file=sys.stderr)
+    return 0
+
+
+def _atomic(path: Path) -> Any:
+    """Write ``path`` whole or not at all (a temporary file beside it, renamed at the end)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def writer() -> Any:
+        partial = path.with_name(f".{path.name}.partial")
+        try:
+            with partial.open("w", encoding="utf-8", newline="") as out:
+                yield out
+            partial.replace(path)
+        except OSError as exc:
+            partial.unlink(missing_ok=True)
+            raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+
+    return writer()
+
+
 def cmd_logs(args: argparse.Namespace) -> int:
     from .admin import format_logs
 
@@ -491,6 +552,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "ps": cmd_ps,
     "reset": cmd_reset,
     "cancel": cmd_cancel,
+    "report": cmd_report,
     "logs": cmd_logs,
     "fleet": cmd_fleet,
     "local": cmd_local,

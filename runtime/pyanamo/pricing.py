@@ -38,11 +38,12 @@ def spot_price(ec2: Any, instance_type: str, zone: str) -> float:
     """The current Spot price (USD/hour) of Linux ``instance_type`` in ``zone``."""
     history = ec2.describe_spot_price_history(
         InstanceTypes=[instance_type], AvailabilityZone=zone, ProductDescriptions=["Linux/UNIX"],
-        StartTime=datetime.now(UTC), MaxResults=1,
+        StartTime=datetime.now(UTC), MaxResults=10,
     )["SpotPriceHistory"]
-    if not history:
+    ours = [h for h in history if h.get("AvailabilityZone") == zone and h.get("InstanceType") == instance_type]
+    if not ours:
         raise LookupError(f"no Spot price for {instance_type} in {zone}")
-    return float(history[0]["SpotPrice"])
+    return float(ours[0]["SpotPrice"])
 
 
 def on_demand_price(pricing: Any, instance_type: str, region: str) -> float:

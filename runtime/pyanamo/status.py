@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from .accounting import cost_to_finish, run_cost
 from .errors import MalformedItem
 from .model import Item, from_dynamo
 from .queue import TaskQueue
@@ -45,6 +46,11 @@ class StatusReport:
     items_read: int = 0
     rate_per_min: float | None = None  # items finished per minute, over the watch's window
     eta_s: float | None = None
+    workers: int = 0  # worker records: every worker that ran on this table
+    instance_hours: float = 0.0
+    cost_usd: float | None = None  # so far; None when no worker's price is known
+    completion_per_hour: float | None = None  # items ended per hour since the first worker started
+    cost_to_finish_usd: float | None = None  # at the cost per ended item so far
 
     @property
     def total(self) -> int:
@@ -93,7 +99,35 @@ def gather(queue: TaskQueue) -> StatusReport:
                 report.failed.append(FailedItem(
                     data[Attr.ITEM_ID], str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
+    _add_cost(report, queue, now)
     return report
+
+
+def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
+    """Instance-hours and cost so far from the worker records; the completion rate and the
+    estimated cost to finish."""
+    from .report import worker_span
+
+    spans = [s for s in (worker_span(r) for r in queue.worker_records()) if s is not None]
+    if not spans:
+        return
+    cost = run_cost(spans)
+    report.workers = len(spans)
+    report.instance_hours = round(cost.instance_hours, 4)
+    report.cost_usd = None if cost.cost_usd is None else round(cost.cost_usd, 6)
+    hours = (now - min(s.started for s in spans)) / 3600
+    report.completion_per_hour = round(report.ended / hours, 2) if hours > 0 else None
+    remaining = report.total - report.ended
+    finish = cost_to_finish(cost.cost_usd, report.ended, remaining)
+    report.cost_to_finish_usd = None if finish is None else round(finish, 6)
+
+
+def cost_line(report: StatusReport) -> str:
+    cost = "unknown" if report.cost_usd is None else f"${report.cost_usd:,.4f}"
+    finish = "-" if report.cost_to_finish_usd is None else f"about ${report.cost_to_finish_usd:,.4f}"
+    rate = "-" if report.completion_per_hour is None else f"{report.completion_per_hour:g} items/hour"
+    return (f"workers: {report.workers}, {report.instance_hours:.4g} instance-hours, cost so far {cost}; "
+            f"completion {rate}; to finish: {finish}")
 
 
 class RateWindow:
@@ -148,6 +182,8 @@ def render(report: StatusReport) -> Group:
     parts: list[Any] = [items, f"sub-tasks done: {report.subtasks_done}/{report.subtasks_total}{done_share}"]
     if report.rate_per_min is not None:
         parts.append(progress_line(report))
+    if report.workers:
+        parts.append(cost_line(report))
     if report.instances:
         held = Table(title="items held per instance", title_justify="left")
         held.add_column("instance")

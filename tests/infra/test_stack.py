@@ -197,12 +197,26 @@ def test_iam_names_the_table_and_its_indexes_never_star(synth: Synth):
             for resource in resources:
                 assert resource == f"<{table_id}.Arn>" or resource in {
                     f"<{table_id}.Arn>/index/{i.name}" for i in schema.INDEXES}, resource
-        if "*" in resources:
-            assert actions == ["autoscaling:DescribeAutoScalingGroups"], statement
+        if "*" in resources:  # actions with no resource-level permissions, and only these
+            assert actions in (["autoscaling:DescribeAutoScalingGroups"],
+                               ["pricing:GetProducts", "ec2:DescribeSpotPriceHistory"]), statement
     worker_actions = {a for s in statements(synth) for a in as_list(s["Action"])}
     assert {"dynamodb:UpdateItem", "dynamodb:Query", "autoscaling:TerminateInstanceInAutoScalingGroup",
             "s3:PutObject", "s3:GetObject"} <= worker_actions
     assert not any(a in worker_actions for a in ("dynamodb:*", "dynamodb:DeleteTable", "dynamodb:Scan", "s3:*"))
+
+
+def test_the_fleet_may_look_up_its_price_and_nothing_more_on_ec2_or_pricing(default: Synth):
+    profile = default.one("AWS::IAM::InstanceProfile")["Properties"]["Roles"]
+    fleet_role = {render(r) for r in profile}
+    price_actions = []
+    for policy in default.resources("AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = [a for a in as_list(statement["Action"]) if a.startswith(("pricing:", "ec2:"))]
+            if actions:
+                assert {render(r) for r in policy["Properties"]["Roles"]} == fleet_role
+                price_actions += actions
+    assert sorted(price_actions) == ["ec2:DescribeSpotPriceHistory", "pricing:GetProducts"]
 
 
 def test_group_arn_has_the_real_arn_shape(default: Synth):

@@ -1,0 +1,388 @@
+"""`pyanamo report`: where every sub-task ran, how long, how much memory, what it cost.
+
+Reads the table with Query (the state index: item IDs per state, and the worker records) and
+BatchGetItem, never a Scan. Writes a trace (one TSV row per sub-task run, Nextflow's
+``-with-trace`` is the model) and a self-contained HTML report (summary, a timeline with one lane
+per worker, distributions per sub-task group, failures, the slowest and the most memory-hungry
+sub-tasks, and a right-sizing hint) that opens offline: inline CSS and SVG, no script, and a
+Content-Security-Policy that forbids any request.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size, run_cost
+from .errors import MalformedItem
+from .model import Item, from_dynamo
+from .queue import TaskQueue
+from .schema import Attr, ItemState, SubtaskStatus
+
+TRACE_COLUMNS = ("item", "task", "subtask", "attempt", "status", "exit", "instance", "instance_type", "worker",
+                 "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "cost_usd", "earlier_exits", "command")
+TOP = 10  # rows in the slowest and most memory-hungry lists
+
+
+@dataclass(frozen=True)
+class SubtaskRun:
+    """The latest run of one sub-task, from its record in the item."""
+
+    item: str
+    task: str
+    subtask: str
+    attempt: int
+    status: str
+    exit: int | None
+    instance: str
+    instance_type: str
+    worker: str
+    host: str
+    start: str
+    end: str
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    cost_usd: float | None
+    earlier_exits: tuple[int | None, ...]
+    command: str
+
+    @property
+    def started(self) -> float:
+        return parse_time(self.start) or 0.0
+
+    @property
+    def ended(self) -> float:
+        return parse_time(self.end) or self.started + self.wall_s
+
+    @property
+    def program(self) -> str:
+        """The command's first word (its program), for grouping."""
+        words = self.command.split()
+        return words[0].rsplit("/", 1)[-1] if words else "?"
+
+    def trace_row(self) -> list[str]:
+        values = asdict(self)
+        values["exit"] = "" if self.exit is None else self.exit
+        values["cost_usd"] = "" if self.cost_usd is None else f"{self.cost_usd:.6f}"
+        values["earlier_exits"] = ",".join("" if c is None else str(c) for c in self.earlier_exits)
+        return [str(values[c]) for c in TRACE_COLUMNS]
+
+
+def runs_of(item: Item) -> Iterator[SubtaskRun]:
+    """One run per sub-task that has a run record (sub-tasks that never ran have none)."""
+    for s in item.subtasks:
+        record = item.log_summary.get(s.key)
+        if not isinstance(record, Mapping) or "Started" not in record:
+            continue
+        cost = record.get("Cost_USD")
+        exit_code = record.get("ExitCode", s.exit_code)
+        yield SubtaskRun(
+            item=item.item_id, task=item.task_id, subtask=s.key, attempt=int(record.get("Attempt", s.attempts) or 0),
+            status=s.status.value, exit=None if exit_code is None else int(exit_code),
+            instance=str(record.get("InstanceID", item.instance_id or "?")),
+            instance_type=str(record.get("Instance_Type", "?")), worker=str(record.get("Worker_ID", "?")),
+            host=str(record.get("Host", "?")), start=str(record["Started"]), end=str(record.get("Ended", "")),
+            wall_s=round(float(record.get("Wall_Time", 0)), 3), cpu_s=round(float(record.get("CPU_Time", 0)), 3),
+            peak_rss_mb=round(int(record.get("Peak_RSS_KB", 0) or 0) / 1024, 1),
+            cost_usd=None if cost is None else float(cost),
+            earlier_exits=tuple(None if c is None else int(c) for c in record.get("Earlier_Exits") or ()),
+            command=s.script,
+        )
+
+
+def worker_span(record: Mapping[str, Any]) -> WorkerSpan | None:
+    started = parse_time(record.get("Started"))
+    ended = parse_time(record.get("Ended")) or parse_time(record.get("Last_Seen"))
+    if started is None or ended is None:
+        return None
+    price = record.get("Price_Per_Hour")
+    return WorkerSpan(
+        worker_id=str(record.get("Worker_ID", "?")), instance_type=str(record.get("Instance_Type", "?")),
+        price_per_hour=None if price is None else float(price), slots=int(record.get("Slots", 1) or 1),
+        started=started, ended=ended, busy_seconds=float(record.get("Busy_Seconds", 0) or 0),
+    )
+
+
+@dataclass
+class Failure:
+    item: str
+    task: str
+    error: str
+    stderr_tail: str
+
+
+@dataclass
+class RunReport:
+    table: str
+    items: dict[str, int]
+    subtasks: dict[str, int]
+    runs: list[SubtaskRun]
+    workers: list[dict[str, Any]]
+    cost: RunCost
+    failures: list[Failure] = field(default_factory=list)
+
+    @property
+    def span(self) -> tuple[float, float] | None:
+        times = [t for r in self.runs for t in (r.started, r.ended)]
+        times += [t for s in self.spans for t in (s.started, s.ended)]
+        return (min(times), max(times)) if times else None
+
+    @property
+    def spans(self) -> list[WorkerSpan]:
+        return [s for s in (worker_span(w) for w in self.workers) if s is not None]
+
+    @property
+    def cpu_hours(self) -> float:
+        return sum(r.cpu_s for r in self.runs) / 3600
+
+    def groups(self, by: str) -> dict[str, list[SubtaskRun]]:
+        grouped: dict[str, list[SubtaskRun]] = defaultdict(list)
+        for run in self.runs:
+            grouped[run.subtask if by == "subtask" else run.program].append(run)
+        return dict(sorted(grouped.items()))
+
+    def sizing(self) -> dict[str, object]:
+        slots = max((s.slots for s in self.spans), default=1)
+        return right_size([r.peak_rss_mb for r in self.runs], slots)
+
+    def summary(self) -> dict[str, Any]:
+        span = self.span
+        return {
+            "table": self.table, "items": self.items, "subtasks": self.subtasks, "subtask_runs": len(self.runs),
+            "workers": len(self.workers),
+            "start": None if span is None else _iso(span[0]), "end": None if span is None else _iso(span[1]),
+            "span_s": None if span is None else round(span[1] - span[0], 1),
+            "cpu_hours": round(self.cpu_hours, 4), **self.cost.to_json(), "right_sizing": self.sizing(),
+        }
+
+
+def _iso(epoch: float) -> str:
+    from .worker_record import iso
+
+    return iso(epoch)
+
+
+def gather(queue: TaskQueue) -> RunReport:
+    """Every item (state index, then BatchGetItem) and every worker record."""
+    items: dict[str, int] = {s.value: 0 for s in ItemState}
+    subtasks: dict[str, int] = {s.value: 0 for s in SubtaskStatus}
+    runs: list[SubtaskRun] = []
+    failures: list[Failure] = []
+    for state in ItemState:
+        ids = [from_dynamo(r)[Attr.ITEM_ID] for r in queue.index_rows(state, [Attr.ITEM_ID])]
+        for row in queue.get_many(ids):
+            try:
+                item = Item.from_row(row)
+            except MalformedItem as exc:
+                items[state.value] += 1
+                failures.append(Failure(exc.item_id, "", f"malformed item: {exc.reason}", ""))
+                continue
+            items[item.state.value] += 1
+            for s in item.subtasks:
+                subtasks[s.status.value] += 1
+            runs.extend(runs_of(item))
+            if item.state is ItemState.FAILED:
+                lines = [line for s in item.subtasks if s.status is SubtaskStatus.FAILED
+                         for line in str((item.logs.get(s.key) or {}).get("stderr") or "").splitlines() if line.strip()]
+                failures.append(Failure(item.item_id, item.task_id, item.last_error or "", lines[-1] if lines else ""))
+    workers = list(queue.worker_records())
+    spans = [s for s in (worker_span(w) for w in workers) if s is not None]
+    runs.sort(key=lambda r: (r.started, r.item, r.subtask))
+    failures.sort(key=lambda f: f.item)
+    return RunReport(queue.table, items, subtasks, runs, workers, run_cost(spans), failures)
+
+
+# -- the trace -----------------------------------------------------------------------------
+
+def write_trace(report: RunReport, out: io.TextIOBase | Any) -> None:
+    writer = csv.writer(out, delimiter="\t", lineterminator="\n")
+    writer.writerow(TRACE_COLUMNS)
+    for run in report.runs:
+        writer.writerow(run.trace_row())
+
+
+# -- the HTML report ------------------------------------------------------------------------
+
+COLOURS = {"done": "#2e7d32", "failed": "#c62828", "running": "#1565c0", "todo": "#9e9e9e"}
+CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+TIMELINE_WIDTH = 1000
+LANE_HEIGHT = 18
+LABEL_WIDTH = 190
+
+
+def _e(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _money(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    return f"${value:.6f}" if value < 0.01 else f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def _seconds(value: float) -> str:
+    from .status import duration
+
+    return duration(value) if value >= 60 else f"{value:.1f}s"
+
+
+def _table(columns: Iterable[str], rows: Iterable[Iterable[object]], cls: str = "") -> str:
+    head = "".join(f"<th>{_e(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def timeline_svg(report: RunReport) -> str:
+    """One lane per worker, one bar per sub-task run, coloured by outcome (Nextflow's timeline)."""
+    span = report.span
+    lanes = sorted({r.worker for r in report.runs})
+    if span is None or not lanes:
+        return "<p>No sub-task has run yet.</p>"
+    t0, t1 = span
+    scale = (TIMELINE_WIDTH - LABEL_WIDTH - 10) / max(t1 - t0, 1e-6)
+    by_lane: dict[str, list[SubtaskRun]] = defaultdict(list)
+    for run in report.runs:
+        by_lane[run.worker].append(run)
+    rows = {lane: _rows(by_lane[lane]) for lane in lanes}
+    height = LANE_HEIGHT * sum(len(r) for r in rows.values()) + 24
+    parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{TIMELINE_WIDTH}" height="{height}" '
+             f'role="img" aria-label="timeline">']
+    top = 0
+    for n, lane in enumerate(lanes):
+        shade = ' fill="#f5f5f5"' if n % 2 else ' fill="#ffffff"'
+        parts.append(f'<g class="lane" data-worker="{_e(lane)}"><rect x="0" y="{top}" width="{TIMELINE_WIDTH}" '
+                     f'height="{LANE_HEIGHT * len(rows[lane])}"{shade}/><text x="0" y="{top + 13}" class="label">'
+                     f'{_e(lane[:28])}</text>')
+        for row, runs in enumerate(rows[lane]):
+            for run in runs:
+                parts.append(_bar_of(run, top + row * LANE_HEIGHT, t0, scale))
+        parts.append("</g>")
+        top += LANE_HEIGHT * len(rows[lane])
+    axis_y = top + 16
+    parts.append(f'<text x="{LABEL_WIDTH}" y="{axis_y}" class="axis">{_e(_iso(t0))}</text>')
+    parts.append(f'<text x="{TIMELINE_WIDTH - 10}" y="{axis_y}" class="axis" text-anchor="end">'
+                 f'+{_e(_seconds(t1 - t0))}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _rows(runs: list[SubtaskRun]) -> list[list[SubtaskRun]]:
+    """A worker's runs in as few rows as they fit without overlapping (a worker with several
+    slots runs several at once): each run goes to the first row free at its start."""
+    rows: list[list[SubtaskRun]] = []
+    for run in sorted(runs, key=lambda r: r.started):
+        free = next((row for row in rows if row[-1].ended <= run.started), None)
+        if free is None:
+            rows.append([run])
+        else:
+            free.append(run)
+    return rows
+
+
+def _bar_of(run: SubtaskRun, y: float, t0: float, scale: float) -> str:
+    x = LABEL_WIDTH + (run.started - t0) * scale
+    width = max(1.5, (run.ended - run.started) * scale)
+    colour = COLOURS.get(run.status, "#6d4c41")
+    tip = (f"{run.item} {run.subtask} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
+           f"{run.peak_rss_mb} MB, {run.command[:120]}")
+    return (f'<rect class="run {_e(run.status)}" x="{x:.1f}" y="{y + 2}" width="{width:.1f}" '
+            f'height="{LANE_HEIGHT - 4}" fill="{colour}" data-item="{_e(run.item)}" '
+            f'data-subtask="{_e(run.subtask)}"><title>{_e(tip)}</title></rect>')
+
+
+def _bar(value: float, most: float) -> str:
+    width = 0 if most <= 0 else max(1, round(120 * value / most))
+    return f'<svg width="122" height="10"><rect width="{width}" height="10" fill="#5c6bc0"/></svg>'
+
+
+def distribution_table(groups: Mapping[str, list[SubtaskRun]]) -> str:
+    most = max((r.peak_rss_mb for runs in groups.values() for r in runs), default=0.0)
+    head = ["group", "runs", "wall p50", "wall p95", "wall max", "CPU p50", "CPU max", "peak MB p50",
+            "peak MB p95", "peak MB max", ""]
+    rows = []
+    for name, runs in groups.items():
+        wall, cpu, rss = [r.wall_s for r in runs], [r.cpu_s for r in runs], [r.peak_rss_mb for r in runs]
+        cells = [name, len(runs), _seconds(percentile(wall, .5)), _seconds(percentile(wall, .95)),
+                 _seconds(max(wall)), _seconds(percentile(cpu, .5)), _seconds(max(cpu)),
+                 f"{percentile(rss, .5):.1f}", f"{percentile(rss, .95):.1f}", f"{max(rss):.1f}"]
+        rows.append("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in cells) + f"<td>{_bar(max(rss), most)}</td></tr>")
+    return ('<table class="dist"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(rows) + "</tbody></table>")
+
+
+def render_html(report: RunReport) -> str:
+    summary = report.summary()
+    sizing = report.sizing()
+    ran = list(report.runs)
+    slowest = sorted(ran, key=lambda r: r.wall_s, reverse=True)[:TOP]
+    hungry = sorted(ran, key=lambda r: r.peak_rss_mb, reverse=True)[:TOP]
+    facts = [
+        ("items", ", ".join(f"{n} {s}" for s, n in report.items.items() if n) or "none"),
+        ("sub-tasks", ", ".join(f"{n} {s}" for s, n in report.subtasks.items() if n) or "none"),
+        ("sub-task runs", len(report.runs)),
+        ("workers", len(report.workers)),
+        ("span", "-" if summary["span_s"] is None else f"{summary['start']} → {summary['end']} "
+                                                        f"({_seconds(summary['span_s'])})"),
+        ("CPU-hours", f"{report.cpu_hours:.4g}"),
+        ("instance-hours", f"{report.cost.instance_hours:.4g}"),
+        ("cost", _money(report.cost.cost_usd) + (f" (+ {report.cost.unknown_price_hours:.2f} instance-hours at an "
+                                                 "unknown price)" if report.cost.unknown_price_hours else "")),
+        ("utilization", "-" if report.cost.utilization is None else f"{100 * report.cost.utilization:.1f} % of "
+                                                                     "paid slot-time ran sub-tasks"),
+    ]
+    fits = ", ".join(sizing["smallest_types"]) if sizing["smallest_types"] else "none of the listed types"  # type: ignore[arg-type]
+    hint = (f"Peak resident memory per sub-task: p95 {sizing['p95_mb']} MB, max {sizing['max_mb']} MB. "
+            f"{sizing['slots']} at once with 20 % headroom need {sizing['needed_gib']} GiB: smallest fitting "
+            f"types {fits}. Peak memory is the largest resident set of the sub-task's process tree "
+            "(wait4's ru_maxrss, the largest single process among those waited for); page cache and "
+            "memory of processes that escaped and were killed are not counted.")
+    failures = _table(["item", "task", "last error", "stderr (last line)"],
+                      [[f.item, f.task, f.error, f.stderr_tail] for f in report.failures]) \
+        if report.failures else "<p>None.</p>"
+    run_columns = ["item", "sub-task", "status", "exit", "worker", "wall", "CPU", "peak MB", "cost", "command"]
+
+    def run_rows(runs: list[SubtaskRun]) -> list[list[object]]:
+        return [[r.item, r.subtask, r.status, r.exit, r.worker, _seconds(r.wall_s), _seconds(r.cpu_s),
+                 r.peak_rss_mb, _money(r.cost_usd), r.command[:100]] for r in runs]
+
+    legend = " ".join(f'<span class="key" style="background:{c}"></span>{_e(s)}' for s, c in COLOURS.items())
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<title>PyAnamo run report: {_e(report.table)}</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#212121;max-width:1100px}}
+h1{{font-size:22px}} h2{{font-size:17px;margin-top:28px;border-bottom:1px solid #ddd}}
+table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ddd;padding:3px 7px;text-align:left;
+vertical-align:top}} th{{background:#f5f5f5}} table.facts td:first-child{{width:140px;font-weight:600}}
+table.facts td:last-child{{min-width:520px}} table.facts thead{{display:none}}
+.timeline .label{{font-size:11px;fill:#424242}} .timeline .axis{{font-size:11px;fill:#757575}}
+.key{{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}}
+td{{max-width:420px;overflow-wrap:anywhere}}
+</style></head><body>
+<h1>PyAnamo run report: {_e(report.table)}</h1>
+<h2>Summary</h2>
+{_table(["", ""], facts, "facts")}
+<h2>Timeline</h2>
+<p>One lane per worker, one bar per sub-task run (its latest attempt). {legend}</p>
+{timeline_svg(report)}
+<h2>Wall time, CPU and peak memory by sub-task</h2>
+{distribution_table(report.groups("subtask"))}
+<h2>… by program (the command's first word)</h2>
+{distribution_table(report.groups("program"))}
+<h2>Right-sizing</h2>
+<p>{_e(hint)}</p>
+<h2>Failures ({len(report.failures)})</h2>
+{failures}
+<h2>Slowest sub-tasks</h2>
+{_table(run_columns, run_rows(slowest))}
+<h2>Most memory-hungry sub-tasks</h2>
+{_table(run_columns, run_rows(hungry))}
+</body></html>
+"""

@@ -1,0 +1,125 @@
+"""The arithmetic of the run report: sub-task cost, run cost and utilization, the cost to
+finish, percentiles and the right-sizing hint; and the run records a worker writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pyanamo.accounting import (
+    Placement,
+    WorkerSpan,
+    cost_to_finish,
+    local_placement,
+    percentile,
+    right_size,
+    run_cost,
+    subtask_cost,
+)
+from pyanamo.model import Item, Subtask
+from pyanamo.report import RunReport, runs_of, timeline_svg
+from pyanamo.runner import Outcome
+from pyanamo.schema import SubtaskStatus
+from pyanamo.worker_record import earlier_exits, run_record
+
+
+def test_a_subtask_costs_its_share_of_the_instance_price():
+    assert subtask_cost(0.36, 3600, 1) == pytest.approx(0.36)
+    assert subtask_cost(0.36, 600, 4) == pytest.approx(0.36 / 6 / 4)  # 4 slots share the instance
+    assert subtask_cost(None, 600, 1) is None  # unknown price: unknown cost, not zero
+    assert subtask_cost(1.0, 60, 0) == pytest.approx(1 / 60)  # never divides by zero
+
+
+def span(hours: float, price: float | None, slots: int = 1, busy_hours: float = 0.0) -> WorkerSpan:
+    return WorkerSpan("w", "m7i.large", price, slots, started=0.0, ended=hours * 3600,
+                      busy_seconds=busy_hours * 3600)
+
+
+def test_run_cost_counts_paid_idle_time_and_utilization_of_slot_time():
+    cost = run_cost([span(2, 0.5, slots=2, busy_hours=3), span(1, 0.25, busy_hours=0.5)])
+    assert cost.instance_hours == pytest.approx(3)
+    assert cost.cost_usd == pytest.approx(2 * 0.5 + 1 * 0.25)
+    assert cost.utilization == pytest.approx(3.5 / (2 * 2 + 1 * 1))
+    assert cost.unknown_price_hours == 0
+
+
+def test_unknown_prices_are_reported_apart_not_counted_as_free():
+    cost = run_cost([span(2, None), span(1, 0.1)])
+    assert cost.cost_usd == pytest.approx(0.1) and cost.unknown_price_hours == pytest.approx(2)
+    assert run_cost([span(1, None)]).cost_usd is None
+    assert run_cost([]).utilization is None
+
+
+def test_cost_to_finish_scales_the_cost_per_ended_item():
+    assert cost_to_finish(3.0, 30, 70) == pytest.approx(7.0)
+    assert cost_to_finish(3.0, 0, 70) is None and cost_to_finish(None, 30, 70) is None
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert percentile(values, 0.95) == 95 and percentile(values, 0.5) == 50 and percentile(values, 1) == 100
+    assert percentile([], 0.5) == 0 and percentile([7], 0.95) == 7
+
+
+def test_right_sizing_fits_the_peak_times_the_slots_with_headroom():
+    hint = right_size([100.0] * 19 + [3000.0], slots=4)
+    assert hint["p95_mb"] == 100.0 and hint["max_mb"] == 3000.0
+    assert hint["needed_gib"] == pytest.approx(3000 * 4 * 1.2 / 1024, abs=0.01)  # 14.06 GiB
+    assert hint["smallest_types"] == ["c7i.2xlarge", "m7i.xlarge", "r7i.large"]  # 16 GiB each
+    assert right_size([10_000_000.0])["smallest_types"] == []
+
+
+def test_off_ec2_the_price_is_zero_unless_given():
+    assert local_placement("vm").price_per_hour == 0.0 and local_placement("vm").price_source == "local"
+    given = local_placement("vm", 0.75)
+    assert given.price_per_hour == 0.75 and given.price_source == "--price-per-hour" and not given.on_ec2
+
+
+def outcome(exit_code: int | None = 0, wall: float = 10.0, signal: int | None = None) -> Outcome:
+    return Outcome(exit_code, False, 4.0, wall, Path("/dev/null"), Path("/dev/null"), signal, 204_800,
+                   started_at=1_800_000_000.0)
+
+
+def test_a_run_record_says_where_when_and_its_share_of_the_price():
+    placement = Placement("i-0abc", "ip-10-0-0-1", "m7i.large", "spot", "us-east-1a", 0.36, "spot-price-history")
+    record = run_record(outcome(wall=100.0), placement, "ip-10-0-0-1:42", slots=2, earlier=[1, None])
+    assert record == {
+        "Started": "2027-01-15T08:00:00.000Z", "Ended": "2027-01-15T08:01:40.000Z", "InstanceID": "i-0abc",
+        "Host": "ip-10-0-0-1", "Worker_ID": "ip-10-0-0-1:42", "Instance_Type": "m7i.large",
+        "Earlier_Exits": [1, None], "Cost_USD": pytest.approx(0.36 * 100 / 3600 / 2),
+    }
+    assert run_record(outcome(137, signal=9), Placement("x", "h"), "h:1", 1, [])["Signal"] == 9
+    assert "Cost_USD" not in run_record(outcome(), Placement("x", "h"), "h:1", 1, [])  # unknown price
+
+
+def test_earlier_attempts_are_kept_by_their_exit_codes():
+    assert earlier_exits(None, 0) == []
+    assert earlier_exits({"ExitCode": 3, "Earlier_Exits": [2]}, 2) == [2, 3]
+    assert earlier_exits({"ExitCode": 3}, 0) == []  # a fresh sub-task (reset): no earlier attempts
+    assert len(earlier_exits({"ExitCode": 1, "Earlier_Exits": [1] * 40}, 41)) == 20
+
+
+def ran(start: str, end: str, wall: float, worker: str = "h:1") -> dict:
+    return {"Started": start, "Ended": end, "Wall_Time": wall, "CPU_Time": wall / 2, "Peak_RSS_KB": 1024,
+            "Worker_ID": worker, "InstanceID": "i-1", "Instance_Type": "m7i.large", "Host": "h", "ExitCode": 0,
+            "Attempt": 1}
+
+
+def test_runs_come_from_records_and_overlapping_runs_of_one_worker_get_rows_of_their_own():
+    item = Item("a", "S", (Subtask("Task_0", "bwa mem x", SubtaskStatus.DONE, 1, 0),
+                           Subtask("Task_1", "samtools sort", SubtaskStatus.DONE, 1, 0),
+                           Subtask("Task_2", "never ran")),
+                log_summary={"Task_0": ran("2027-01-01T00:00:00Z", "2027-01-01T00:00:10Z", 10),
+                             "Task_1": ran("2027-01-01T00:00:05Z", "2027-01-01T00:00:20Z", 15)})
+    runs = list(runs_of(item))
+    assert [(r.subtask, r.program, r.peak_rss_mb) for r in runs] == [
+        ("Task_0", "bwa", 1.0), ("Task_1", "samtools", 1.0)]
+    other = Item("b", "S", (Subtask("Task_0", "true", SubtaskStatus.DONE, 1, 0),),
+                 log_summary={"Task_0": ran("2027-01-01T00:00:12Z", "2027-01-01T00:00:13Z", 1)})
+    runs += list(runs_of(other))
+    report = RunReport("t", {}, {}, runs, [], run_cost([]))
+    svg = timeline_svg(report)
+    assert svg.count('<rect class="run ') == 3 and svg.count('<g class="lane"') == 1
+    # Task_0 (0–10 s) and Task_1 (5–20 s) overlap: two rows; b's run (12–13 s) fits the first row.
+    assert 'y="2"' in svg and f'y="{2 + 18}"' in svg and svg.count(f'y="{2 + 36}"') == 0
