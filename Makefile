@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test reliability audit bench-setup bench clean
+.PHONY: demo test browser reliability audit bench-setup bench screenshot clean
 
 $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -15,8 +15,15 @@ $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package
 demo: $(VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed browser
 	$(PY) -m pytest
+
+# Debian's chromium for the run report's browser test; where it cannot be installed (no root, no
+# apt-get) the test is skipped and says why.
+browser:
+	@command -v chromium > /dev/null || (DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > /dev/null) || \
+		echo "chromium could not be installed: the report's browser test will be skipped"
 
 # The fault-injection suite with figures, rendered into docs/reliability.md (SOAK=--soak: long form).
 reliability: $(VENV)/.installed
@@ -40,7 +47,14 @@ bench: bench-setup
 	$(PY) bench/import_status.py
 	$(PY) bench/footprint.py
 	$(PY) bench/dispatch.py
+	$(PY) bench/report_bench.py
 	$(PY) bench/report.py > docs/performance.md
+
+# The README's picture of the run report, from the demo's real report (needs chromium).
+screenshot: browser demo
+	chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run --disable-background-networking \
+		--disable-component-update --disable-sync --hide-scrollbars --user-data-dir=demo-run/chromium \
+		--window-size=1150,1300 --screenshot=docs/report.png "file://$(CURDIR)/demo-run/report.html"
 
 clean:
 	rm -rf $(VENV) node_modules demo-run

@@ -19,9 +19,9 @@ echo "local endpoint: $AWS_ENDPOINT_URL_DYNAMODB"
 pyanamo create-table "$table"
 pyanamo import "$table" examples/tasks.txt --nested-delimiter ,
 
-echo "starting 3 workers …"
+echo "starting 3 workers (priced as if each were a \$0.10/hour instance) …"
 for n in 1 2 3; do
-  pyanamo worker "$table" --lease 30 --log-dir "$run/logs" --quiet &
+  pyanamo worker "$table" --lease 30 --log-dir "$run/logs" --quiet --price-per-hour 0.10 &
   pids+=($!)
 done
 wait "${pids[@]}"
@@ -31,3 +31,5 @@ echo
 pyanamo logs "$table" NA12801 --subtask Task_0
 echo
 echo "outputs: $(ls "$run/output" | wc -l) files in $run/output"
+pyanamo report "$table" --html "$run/report.html" --trace "$run/trace.tsv" > /dev/null 2>&1
+echo "run report: $run/report.html (open it in a browser); trace: $run/trace.tsv"

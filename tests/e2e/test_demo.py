@@ -19,3 +19,8 @@ def test_demo_script_runs_the_bundled_workload(tmp_path: Path):
     assert "imported 6 items (18 sub-tasks)" in proc.stdout
     assert "sub-tasks done: 18/18 (100.0%)" in proc.stdout
     assert "outputs: 18 files in demo-run/output" in proc.stdout
+    assert "run report: demo-run/report.html" in proc.stdout
+    report = (REPO / "demo-run" / "report.html").read_text()
+    assert report.count('<rect class="run done"') == 18
+    trace = (REPO / "demo-run" / "trace.tsv").read_text().splitlines()
+    assert len(trace) == 19 and trace[0].startswith("item\ttask\tsubtask\tattempt")
