@@ -26,16 +26,27 @@ def table(columns: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def cpu(row: dict) -> str:
+    value = row.get("endpoint_cpu_percent")
+    return "not measured (moto, before this column)" if value is None else f"{value} %"
+
+
+def engine(data: dict) -> str:
+    return data["machine"].get("engine", "moto")
+
+
 def main() -> None:
     out: list[str] = []
     say = out.append
     say("# Performance: what the queue costs next to the work\n")
     say("Every figure below comes from a script in `bench/` (`make bench` runs them all and this page's "
-        "renderer, `bench/report.py`); raw results are in `bench/results/`. They were measured on this "
-        "project's development machine against moto's DynamoDB server on 127.0.0.1, which is an "
-        "in-process Python model of DynamoDB, not DynamoDB: request counts, items read and capacity "
-        "units are what DynamoDB would charge and do; wall times on moto are an upper bound, and where "
-        "moto's own cost grows with the table (its index queries look at every item) the text says so.\n")
+        "renderer, `bench/report.py`); raw results are in `bench/results/`, each with the machine (cores "
+        "available to the run) and the endpoint it ran against. The endpoint is `pyanamo local`'s default, "
+        "dynalite (Node.js, LevelDB, in memory here), unless a section says moto. Neither is DynamoDB: "
+        "request counts, items read and capacity units are what DynamoDB would charge and do; wall times "
+        "are what this machine and endpoint give. Next to each timed figure is the **endpoint's CPU share** "
+        "during the run (its process tree's CPU time over the wall time, in % of one core): near 100 % the "
+        "endpoint, not PyAnamo, set the pace.\n")
     targets: list[list[str]] = []
 
     for name in ("dispatch", "dispatch-200-items"):
@@ -51,10 +62,10 @@ def main() -> None:
         say(f"`python bench/dispatch.py --items {rows[0]['items']} --workers {workers}` "
             f"({m['cores']} cores, {m['date']}):\n")
         say(table(["W", "processes x slots", "items", "sleep (s)", "PyAnamo (s)", "GNU parallel (s)", "ratio",
-                   "items/s", "overhead per item (ms)"],
+                   "items/s", "overhead per item (ms)", "endpoint CPU"],
                   [[r["workers"], f"{r['processes']} x {r['slots']}", r["items"], r["sleep"], r["pyanamo_seconds"],
-                    r["parallel_seconds"], r["ratio"], r["items_per_second"], r["overhead_per_item_ms"]]
-                   for r in rows]))
+                    r["parallel_seconds"], r["ratio"], r["items_per_second"], r["overhead_per_item_ms"],
+                    cpu(r)] for r in rows]))
         say("")
         if name == "dispatch":
             small = load("dispatch-200-items")

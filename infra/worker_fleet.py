@@ -19,11 +19,10 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from .nag import GROUP_ARN, GROUP_ARN_REASON, suppress
-
-PRICE_LOOKUP_ACTIONS = ("pricing:GetProducts", "ec2:DescribeSpotPriceHistory")
 from .runtime_asset import ASSET_EXCLUDE
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
+PRICE_LOOKUP_ACTIONS = ("pricing:GetProducts", "ec2:DescribeSpotPriceHistory")  # the worker's price (pricing.py)
 
 
 @dataclass(frozen=True, kw_only=True)

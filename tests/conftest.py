@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +28,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--engines", default=os.environ.get("PYANAMO_TEST_ENGINES", ",".join(ENGINES)),
                      help="the DynamoDB implementations the DynamoDB-facing tests run against, comma-separated "
                           "(default: $PYANAMO_TEST_ENGINES, else dynalite,moto)")
+    parser.addoption("--full-matrix", action="store_true", default=bool(os.environ.get("PYANAMO_FULL_MATRIX")),
+                     help="run every DynamoDB-facing test on every engine; by default the fault scenarios and "
+                          "the slower end-to-end tests run on the first engine only ($PYANAMO_FULL_MATRIX=1)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -42,7 +46,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"--engines: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ENGINES)})")
     if metafunc.definition.get_closest_marker("moto_only"):
         engines = ["moto"]
+    elif not metafunc.config.getoption("--full-matrix") and not _on_every_engine(metafunc):
+        engines = engines[:1]
     metafunc.parametrize("engine", engines, scope="session")
+
+
+# Where the two engines differ is the queue's requests: these run on every engine in every run.
+# The rest (fault scenarios, the other end-to-end tests) repeat the same requests at length; they
+# run on the first engine, and on all of them with --full-matrix (CI's time limit: see README).
+EVERY_ENGINE = ("tests/integration/", "tests/e2e/test_workers.py")
+
+
+def _on_every_engine(metafunc: pytest.Metafunc) -> bool:
+    path = Path(str(metafunc.definition.path)).resolve().relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    return path.startswith(EVERY_ENGINE)
 
 
 @pytest.fixture(scope="session")
@@ -127,8 +144,14 @@ def client(aws_env: dict[str, str]):
 
 @pytest.fixture
 def table(client) -> str:
+    """A fresh table, once it is ACTIVE (as on DynamoDB, dynalite refuses writes to a table that is
+    still CREATING, even with its creation delay set to 0)."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     client.create_table(**create_table_request(name))
+    deadline = time.monotonic() + 30
+    while client.describe_table(TableName=name)["Table"]["TableStatus"] != "ACTIVE":
+        assert time.monotonic() < deadline, f"table {name} did not become ACTIVE"
+        time.sleep(0.05)
     return name
 
 

@@ -12,6 +12,7 @@ import atexit
 import json
 import os
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -26,13 +27,19 @@ class RequestStats:
         self.calls: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self.items_read = 0  # Query/Scan ScannedCount: what the service read to answer
+        self.seconds: Counter[str] = Counter()  # time in each operation's calls, as the client saw it
         self.read_units = 0.0
         self.write_units = 0.0
         self._lock = threading.Lock()
 
     def handlers(self) -> list[tuple[str, Any]]:
         """(event, handler) pairs, in the form of botocore's ``BUILTIN_HANDLERS``."""
-        return [("provide-client-params.dynamodb.*", self._ask_for_capacity), ("after-call.dynamodb.*", self._count)]
+        return [("provide-client-params.dynamodb.*", self._ask_for_capacity),
+                ("before-call.dynamodb.*", self._start_clock), ("after-call.dynamodb.*", self._count)]
+
+    @staticmethod
+    def _start_clock(context: dict, **_: Any) -> None:
+        context["pyanamo_started"] = time.perf_counter()
 
     def install(self, client: Any) -> None:
         for event, handler in self.handlers():
@@ -45,9 +52,12 @@ class RequestStats:
             with self._lock:  # "is anything left?" probes (drain checks, the scaler, status)
                 self.calls["Query (COUNT probe)"] += 1
 
-    def _count(self, parsed: dict, model: Any, **_: Any) -> None:
+    def _count(self, parsed: dict, model: Any, context: dict | None = None, **_: Any) -> None:
+        started = (context or {}).get("pyanamo_started")
         with self._lock:
             self.calls[model.name] += 1
+            if started is not None:
+                self.seconds[model.name] += time.perf_counter() - started
             code = (parsed.get("Error") or {}).get("Code")
             if code:
                 self.errors[f"{model.name}:{code}"] += 1
@@ -64,6 +74,7 @@ class RequestStats:
         with self._lock:
             return {
                 "calls": dict(self.calls),
+                "seconds": {name: round(value, 4) for name, value in self.seconds.items()},
                 "errors": dict(self.errors),
                 "items_read": self.items_read,
                 "read_units": round(self.read_units, 3),
