@@ -9,7 +9,6 @@ status and the CPU time and peak memory of the whole process tree.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import signal
@@ -152,9 +151,9 @@ class SubtaskProcess:
                     os.close(fd)
         wall = time.monotonic() - started
         try:
-            result = json.loads(report)
-            status, cpu, peak = int(result["status"]), float(result["cpu"]), int(result["maxrss_kb"])
-        except (ValueError, KeyError, TypeError):  # the supervisor itself was killed
+            fields = report.split()
+            status, cpu, peak = int(fields[0]), float(fields[1]), int(fields[2])
+        except (ValueError, IndexError):  # the supervisor itself was killed
             status, cpu, peak = own_status, 0.0, 0
         exit_code = os.waitstatus_to_exitcode(status)
         signum = -exit_code if exit_code < 0 else None
