@@ -8,6 +8,7 @@ drained the queue but items it finished failed; `status`: the table holds failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import os
@@ -16,7 +17,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -365,7 +366,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(plain_line(report, time.time()), flush=True)
 
     live = Live(render(report), auto_refresh=False) if sys.stdout.isatty() and not args.json else None
-    with live or _nothing():
+    with live or contextlib.nullcontext():
         show(live)
         while not report.finished:
             time.sleep(args.watch)
@@ -373,12 +374,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             window.update(report, time.monotonic())
             show(live)
     return EXIT_FAILED_ITEMS if report.items[ItemState.FAILED.value] else 0
-
-
-def _nothing() -> Any:
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 def cmd_ps(args: argparse.Namespace) -> int:
@@ -467,25 +462,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _atomic(path: Path) -> Any:
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Any]:
     """Write ``path`` whole or not at all (a temporary file beside it, renamed at the end)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def writer() -> Any:
-        partial = path.with_name(f".{path.name}.partial")
-        try:
-            with partial.open("w", encoding="utf-8", newline="") as out:
-                yield out
-            partial.replace(path)
-        except OSError as exc:
-            partial.unlink(missing_ok=True)
-            raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-
-    return writer()
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out:
+            yield out
+        partial.replace(path)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write: {exc.strerror}") from None
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def cmd_logs(args: argparse.Namespace) -> int:

@@ -552,15 +552,19 @@ class TaskQueue:
         for row in self.get_many(keys):
             yield from_dynamo(row)
 
-    def get_many(self, item_ids: Sequence[str]) -> Iterator[dict[str, Any]]:
-        """The rows of these items (BatchGetItem, 100 keys a request; unprocessed keys are asked
-        again). Eventually consistent: for listings, not for decisions."""
+    def get_many(self, item_ids: Sequence[str], attributes: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """The rows of these items, only ``attributes`` if given (BatchGetItem, 100 keys a request;
+        unprocessed keys are asked again). Eventually consistent: for listings, not decisions."""
         pending = [_key(i) for i in dict.fromkeys(item_ids)]
+        request: dict[str, Any] = {}
+        if attributes:
+            names = {f"#p{n}": name for n, name in enumerate(attributes)}
+            request = {"ProjectionExpression": ", ".join(names), "ExpressionAttributeNames": names}
         while pending:
             batch, pending = pending[:BATCH_GET_KEYS], pending[BATCH_GET_KEYS:]
             while batch:
                 try:
-                    response = self.client.batch_get_item(RequestItems={self.table: {"Keys": batch}})
+                    response = self.client.batch_get_item(RequestItems={self.table: {"Keys": batch, **request}})
                 except BOTO_ERRORS as exc:
                     raise translate(exc) from exc
                 yield from response.get("Responses", {}).get(self.table, [])

@@ -27,6 +27,8 @@ from .schema import Attr, ItemState, SubtaskStatus
 TRACE_COLUMNS = ("item", "task", "subtask", "attempt", "status", "exit", "instance", "instance_type", "worker",
                  "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "cost_usd", "earlier_exits", "command")
 TOP = 10  # rows in the slowest and most memory-hungry lists
+REPORT_ATTRIBUTES = (Attr.ITEM_ID, Attr.TASK_ID, Attr.STATE, Attr.TASK_SCRIPT, Attr.LOG_SUMMARY, Attr.INSTANCE_ID,
+                     Attr.LAST_ERROR, Attr.DONE_DATE)
 
 
 @dataclass(frozen=True)
@@ -176,7 +178,9 @@ def gather(queue: TaskQueue) -> RunReport:
     failures: list[Failure] = []
     for state in ItemState:
         ids = [from_dynamo(r)[Attr.ITEM_ID] for r in queue.index_rows(state, [Attr.ITEM_ID])]
-        for row in queue.get_many(ids):
+        # The log tails (up to 100 KB an item) only where the report shows them: failed items.
+        wanted = REPORT_ATTRIBUTES + ((Attr.LOG,) if state is ItemState.FAILED else ())
+        for row in queue.get_many(ids, wanted):
             try:
                 item = Item.from_row(row)
             except MalformedItem as exc:

@@ -314,3 +314,17 @@ def test_the_table_may_come_from_pyanamo_table(aws_env, table, known_state):
     assert "rerun d1" in cli("reset", "d1", "--rerun", "--dry-run", env=env).stdout  # an item ID, not a table
     assert "rerun d1" in cli("reset", table, "d1", "--rerun", "--dry-run", env=env).stdout
     assert_one_line_error(cli("status", env=aws_env), 2, "say which table", "PYANAMO_TABLE")
+
+
+def test_report_on_a_table_where_nothing_ran_and_bad_paths(aws_env, table, tmp_path: Path):
+    cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
+    proc = cli("report", table, "--json", "--html", str(tmp_path / "r.html"), "--trace", str(tmp_path / "t.tsv"),
+               env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["items"]["todo"] == 1 and summary["subtask_runs"] == 0 and summary["cost_usd"] is None
+    assert "No sub-task has run yet." in (tmp_path / "r.html").read_text()
+    assert (tmp_path / "t.tsv").read_text().startswith("item\ttask\tsubtask\tattempt\tstatus\texit\t")
+    assert_one_line_error(cli("report", table, "--html", str(tmp_path / "no" / "r.html"), env=aws_env), 2,
+                          "no such folder")
+    assert not (tmp_path / "no").exists()
