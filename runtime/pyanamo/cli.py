@@ -173,16 +173,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p = command("logs", "print the stored log tails of an item")
-    p.add_argument("item_id", metavar="ITEM_ID")
+    p.add_argument("item_id", metavar="ITEM_ID", help="the item whose logs to print")
     p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
 
     p = command("fleet", "the worker fleet of a deployed stack", table=False)
     fleet = p.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")
     f = fleet.add_parser("status", parents=[common], help="the group's size and instances")
-    f.add_argument("stack")
+    f.add_argument("stack", help="the deployed CloudFormation stack's name (cdk.json's stack_name)")
     f = fleet.add_parser("scale", parents=[common], help="set the group's desired capacity")
-    f.add_argument("stack")
-    f.add_argument("size", type=int)
+    f.add_argument("stack", help="the deployed CloudFormation stack's name (cdk.json's stack_name)")
+    f.add_argument("size", type=_number(int, lambda v: v >= 0, "must not be negative"),
+                   help="instances wanted (at most the group's maximum)")
     f = fleet.add_parser("leave", parents=[common],
                          help="take this instance out of its group (run on an instance when its worker exits)")
     f.add_argument("--worker-exit", type=int, default=None, metavar="CODE",

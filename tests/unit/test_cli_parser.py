@@ -1,0 +1,47 @@
+"""Every argument of every command says what it is, and the table comes from PYANAMO_TABLE."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from pyanamo.cli import _resolve_table, build_parser
+from pyanamo.errors import UsageError
+
+
+def parsers(parser: argparse.ArgumentParser, name: str = "pyanamo"):
+    yield name, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from parsers(sub, f"{name} {sub_name}")
+
+
+def test_every_argument_of_every_command_has_help():
+    missing = [f"{name} {action.dest}" for name, parser in parsers(build_parser()) for action in parser._actions
+               if not isinstance(action, argparse._SubParsersAction) and action.help in (None, "")]
+    assert missing == []
+
+
+@pytest.mark.parametrize("argv, env, table, ids", [
+    (["status", "t1"], None, "t1", None),
+    (["status"], "env-table", "env-table", None),
+    (["reset", "t1", "a", "b"], None, "t1", ["a", "b"]),
+    (["reset", "a", "b"], "env-table", "env-table", ["a", "b"]),  # with the variable: item IDs
+    (["reset", "env-table", "a"], "env-table", "env-table", ["a"]),  # naming that table is fine
+    (["cancel", "x"], "env-table", "env-table", ["x"]),
+])
+def test_the_table_argument_or_pyanamo_table(monkeypatch, argv, env, table, ids):
+    if env:
+        monkeypatch.setenv("PYANAMO_TABLE", env)
+    args = build_parser().parse_args(argv)
+    _resolve_table(args)
+    assert args.table == table and getattr(args, "item_ids", None) == ids
+
+
+def test_no_table_and_no_variable_is_a_usage_error(monkeypatch):
+    monkeypatch.delenv("PYANAMO_TABLE", raising=False)
+    args = build_parser().parse_args(["report"])
+    with pytest.raises(UsageError, match="say which table: pyanamo report TABLE …, or set PYANAMO_TABLE"):
+        _resolve_table(args)
