@@ -31,6 +31,8 @@ def test_every_argument_of_every_command_has_help():
     (["reset", "a", "b"], "env-table", "env-table", ["a", "b"]),  # with the variable: item IDs
     (["reset", "env-table", "a"], "env-table", "env-table", ["a"]),  # naming that table is fine
     (["cancel", "x"], "env-table", "env-table", ["x"]),
+    (["import", "tasks.tsv", "--delimiter", "tab"], "env-table", "env-table", None),  # the README's flow
+    (["worker", "--items", "4"], "env-table", "env-table", None),
 ])
 def test_the_table_argument_or_pyanamo_table(monkeypatch, argv, env, table, ids):
     if env:
@@ -38,6 +40,8 @@ def test_the_table_argument_or_pyanamo_table(monkeypatch, argv, env, table, ids)
     args = build_parser().parse_args(argv)
     _resolve_table(args)
     assert args.table == table and getattr(args, "item_ids", None) == ids
+    if argv[0] == "import":
+        assert str(args.file) == "tasks.tsv"
 
 
 def test_no_table_and_no_variable_is_a_usage_error(monkeypatch):
