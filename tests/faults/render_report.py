@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 
 INTRO = """# Reliability: the fault-injection suite
 
-`tests/faults` runs real `pyanamo worker` processes against moto's DynamoDB server over HTTP and
+`tests/faults` runs real `pyanamo worker` processes against a DynamoDB-compatible server over HTTP
+— dynalite, `pyanamo local`'s default, unless `--engines moto` or `--full-matrix` is given — and
 injects the failures users meet on the systems they run today. Every execution of a sub-task is
 recorded — by the sub-task itself (`start` and `end` lines) or by the workers' own
 `subtask_started`/`subtask_finished` events — and each scenario then checks the table and those
@@ -85,6 +86,12 @@ HARDENING = """
   moto applies part of an update it then refuses as too large (the endpoint now restores the
   item), and it limits items to 405,000 bytes (DynamoDB: 409,600); it also accepts a `SET` into
   a path whose parent is a string, which DynamoDB refuses.
+- Running the scenarios on dynalite found three more differences: it refuses writes to a table
+  still being created even with its creation delay at 0 (as DynamoDB does: the tests wait for
+  ACTIVE); it returns no old item from a failed conditional write (scenario 14's case, natively:
+  a lost claim costs one consistent GetItem there); and, being faster, it exposed a race in
+  scenario 18's set-up (workers started before the import wrote anything found an empty table
+  and exited drained — the scenario now starts them once the first item is in).
 
 ## Security checks
 
