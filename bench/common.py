@@ -21,6 +21,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from pyanamo.supervise import descendants  # the supervisor's own /proc walk
+
 BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 PYANAMO = [sys.executable, "-m", "pyanamo"]
@@ -35,29 +37,13 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of ``pid`` and its live descendants (from /proc)."""
     total = 0.0
-    for each in [pid, *_descendants(pid)]:
+    for each in [pid, *descendants(pid)]:
         try:
             fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
     return total
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found, frontier = [], [pid]
-    while frontier:
-        frontier = [c for p in frontier for c in children.get(p, [])]
-        found += frontier
-    return found
 
 
 class LocalServer:

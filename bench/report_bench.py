@@ -19,9 +19,8 @@ from common import PYANAMO, LocalServer, save, show, timed
 
 
 def rows(items: int, workers: int) -> list[dict]:
-    from pyanamo.model import Item, Subtask, to_dynamo
+    from pyanamo.model import Item, Subtask, iso, to_dynamo
     from pyanamo.schema import Attr, ItemState, SubtaskStatus, state_shard
-    from pyanamo.worker_record import iso
 
     start = 1_800_000_000.0
     random.seed(7)
@@ -56,8 +55,8 @@ def load(server: LocalServer, table: str, items: int, workers: int) -> None:
     import os
 
     from pyanamo.aws import Endpoint, dynamodb_client
+    from pyanamo.model import iso
     from pyanamo.queue import TaskQueue
-    from pyanamo.worker_record import iso
 
     os.environ.update({k: v for k, v in server.env.items() if k.startswith("AWS_")})
     client = dynamodb_client(Endpoint(), pool=4)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,7 @@ from pyanamo.aws import Endpoint, aws_client, dynamodb_client
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import create_table_request
 
-from helpers import Recorder, Workers
+from helpers import Recorder, Workers, wait_active
 
 ENGINES = ("dynalite", "moto")
 
@@ -148,10 +147,7 @@ def table(client) -> str:
     still CREATING, even with its creation delay set to 0)."""
     name = f"t-{uuid.uuid4().hex[:12]}"
     client.create_table(**create_table_request(name))
-    deadline = time.monotonic() + 30
-    while client.describe_table(TableName=name)["Table"]["TableStatus"] != "ACTIVE":
-        assert time.monotonic() < deadline, f"table {name} did not become ACTIVE"
-        time.sleep(0.05)
+    wait_active(client, name)
     return name
 
 

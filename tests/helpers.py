@@ -26,6 +26,14 @@ def put_items(client, table: str, items: list[Item]) -> None:
         client.put_item(TableName=table, Item=item.new_row())
 
 
+def wait_active(client, table: str, timeout: float = 30) -> None:
+    """Until ``table`` is ACTIVE: DynamoDB and dynalite refuse writes while it is CREATING."""
+    deadline = time.monotonic() + timeout
+    while client.describe_table(TableName=table)["Table"]["TableStatus"] != "ACTIVE":
+        assert time.monotonic() < deadline, f"table {table} did not become ACTIVE"
+        time.sleep(0.05)
+
+
 def write_task_file(path: Path, rows: list[str], header: str = "itemID|taskID|TaskScript") -> Path:
     path.write_text("\n".join([header, *rows]) + "\n")
     return path

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 SECONDS_PER_HOUR = 3600.0
 
@@ -72,6 +73,20 @@ class WorkerSpan:
     ended: float  # its end, or last heartbeat while it runs (or when it died)
     busy_seconds: float  # sum of its sub-tasks' wall time
 
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> WorkerSpan | None:
+        """The span of a worker record (``worker_record``); None without its times."""
+        started = parse_time(record.get("Started"))
+        ended = parse_time(record.get("Ended")) or parse_time(record.get("Last_Seen"))
+        if started is None or ended is None:
+            return None
+        price = record.get("Price_Per_Hour")
+        return cls(
+            worker_id=str(record.get("Worker_ID", "?")), instance_type=str(record.get("Instance_Type", "?")),
+            price_per_hour=None if price is None else float(price), slots=int(record.get("Slots", 1) or 1),
+            started=started, ended=ended, busy_seconds=float(record.get("Busy_Seconds", 0) or 0),
+        )
+
     @property
     def hours(self) -> float:
         return max(0.0, self.ended - self.started) / SECONDS_PER_HOUR
@@ -93,6 +108,10 @@ class RunCost:
                 "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 6),
                 "unknown_price_hours": round(self.unknown_price_hours, 4),
                 "utilization": None if self.utilization is None else round(self.utilization, 4)}
+
+
+def worker_spans(records: Iterable[Mapping[str, Any]]) -> list[WorkerSpan]:
+    return [s for s in (WorkerSpan.from_record(r) for r in records) if s is not None]
 
 
 def run_cost(spans: Iterable[WorkerSpan]) -> RunCost:

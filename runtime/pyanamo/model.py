@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,9 +51,14 @@ def to_dynamo(value: Any) -> dict[str, Any]:
     return dict(_serializer.serialize(_decimals(value)))
 
 
+def iso(epoch: float) -> str:
+    """Epoch seconds as ISO 8601 UTC with milliseconds (sorts as text)."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def utc_now_iso() -> str:
-    """The current time, ISO 8601 UTC with milliseconds (sorts as text)."""
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """The current time, as ``iso``."""
+    return iso(time.time())
 
 
 def _map(value: Any) -> Mapping[str, Any]:

@@ -570,6 +570,12 @@ class TaskQueue:
                 yield from response.get("Responses", {}).get(self.table, [])
                 batch = response.get("UnprocessedKeys", {}).get(self.table, {}).get("Keys", [])
 
+    def rows_in_state(self, state: ItemState, attributes: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
+        """The rows of every item in ``state`` (the state index for their IDs, then
+        ``get_many``): for listings such as `ps` and the report, not for decisions."""
+        ids = [row[Attr.ITEM_ID]["S"] for row in self.index_rows(state, [Attr.ITEM_ID])]
+        return self.get_many(ids, attributes)
+
     def index_rows(self, state: ItemState, attributes: list[str]) -> Iterator[dict[str, Any]]:
         """The given attributes of every item in ``state`` (paginated Query per shard)."""
         for shard in shard_keys(state):

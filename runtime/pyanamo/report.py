@@ -16,13 +16,15 @@ import io
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
-from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size, run_cost
+from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size, run_cost, worker_spans
 from .errors import MalformedItem
-from .model import Item, from_dynamo
+from .model import Item, iso
 from .queue import TaskQueue
 from .schema import Attr, ItemState, SubtaskStatus
+from .status import duration
 
 TRACE_COLUMNS = ("item", "task", "subtask", "attempt", "status", "exit", "instance", "instance_type", "worker",
                  "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "cost_usd", "earlier_exits", "command")
@@ -98,19 +100,6 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
         )
 
 
-def worker_span(record: Mapping[str, Any]) -> WorkerSpan | None:
-    started = parse_time(record.get("Started"))
-    ended = parse_time(record.get("Ended")) or parse_time(record.get("Last_Seen"))
-    if started is None or ended is None:
-        return None
-    price = record.get("Price_Per_Hour")
-    return WorkerSpan(
-        worker_id=str(record.get("Worker_ID", "?")), instance_type=str(record.get("Instance_Type", "?")),
-        price_per_hour=None if price is None else float(price), slots=int(record.get("Slots", 1) or 1),
-        started=started, ended=ended, busy_seconds=float(record.get("Busy_Seconds", 0) or 0),
-    )
-
-
 @dataclass
 class Failure:
     item: str
@@ -129,15 +118,15 @@ class RunReport:
     cost: RunCost
     failures: list[Failure] = field(default_factory=list)
 
-    @property
+    @cached_property
     def span(self) -> tuple[float, float] | None:
         times = [t for r in self.runs for t in (r.started, r.ended)]
         times += [t for s in self.spans for t in (s.started, s.ended)]
         return (min(times), max(times)) if times else None
 
-    @property
+    @cached_property
     def spans(self) -> list[WorkerSpan]:
-        return [s for s in (worker_span(w) for w in self.workers) if s is not None]
+        return worker_spans(self.workers)
 
     @property
     def cpu_hours(self) -> float:
@@ -158,16 +147,10 @@ class RunReport:
         return {
             "table": self.table, "items": self.items, "subtasks": self.subtasks, "subtask_runs": len(self.runs),
             "workers": len(self.workers),
-            "start": None if span is None else _iso(span[0]), "end": None if span is None else _iso(span[1]),
+            "start": None if span is None else iso(span[0]), "end": None if span is None else iso(span[1]),
             "span_s": None if span is None else round(span[1] - span[0], 1),
             "cpu_hours": round(self.cpu_hours, 4), **self.cost.to_json(), "right_sizing": self.sizing(),
         }
-
-
-def _iso(epoch: float) -> str:
-    from .worker_record import iso
-
-    return iso(epoch)
 
 
 def gather(queue: TaskQueue) -> RunReport:
@@ -177,10 +160,9 @@ def gather(queue: TaskQueue) -> RunReport:
     runs: list[SubtaskRun] = []
     failures: list[Failure] = []
     for state in ItemState:
-        ids = [from_dynamo(r)[Attr.ITEM_ID] for r in queue.index_rows(state, [Attr.ITEM_ID])]
         # The log tails (up to 100 KB an item) only where the report shows them: failed items.
         wanted = REPORT_ATTRIBUTES + ((Attr.LOG,) if state is ItemState.FAILED else ())
-        for row in queue.get_many(ids, wanted):
+        for row in queue.rows_in_state(state, wanted):
             try:
                 item = Item.from_row(row)
             except MalformedItem as exc:
@@ -196,10 +178,9 @@ def gather(queue: TaskQueue) -> RunReport:
                          for line in str((item.logs.get(s.key) or {}).get("stderr") or "").splitlines() if line.strip()]
                 failures.append(Failure(item.item_id, item.task_id, item.last_error or "", lines[-1] if lines else ""))
     workers = list(queue.worker_records())
-    spans = [s for s in (worker_span(w) for w in workers) if s is not None]
     runs.sort(key=lambda r: (r.started, r.item, r.subtask))
     failures.sort(key=lambda f: f.item)
-    return RunReport(queue.table, items, subtasks, runs, workers, run_cost(spans), failures)
+    return RunReport(queue.table, items, subtasks, runs, workers, run_cost(worker_spans(workers)), failures)
 
 
 # -- the trace -----------------------------------------------------------------------------
@@ -231,8 +212,6 @@ def _money(value: float | None) -> str:
 
 
 def _seconds(value: float) -> str:
-    from .status import duration
-
     return duration(value) if value >= 60 else f"{value:.1f}s"
 
 
@@ -269,7 +248,7 @@ def timeline_svg(report: RunReport) -> str:
         parts.append("</g>")
         top += LANE_HEIGHT * len(rows[lane])
     axis_y = top + 16
-    parts.append(f'<text x="{LABEL_WIDTH}" y="{axis_y}" class="axis">{_e(_iso(t0))}</text>')
+    parts.append(f'<text x="{LABEL_WIDTH}" y="{axis_y}" class="axis">{_e(iso(t0))}</text>')
     parts.append(f'<text x="{TIMELINE_WIDTH - 10}" y="{axis_y}" class="axis" text-anchor="end">'
                  f'+{_e(_seconds(t1 - t0))}</text>')
     parts.append("</svg>")

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from .accounting import cost_to_finish, run_cost
+from .accounting import cost_to_finish, parse_time, run_cost, worker_spans
 from .errors import MalformedItem
 from .model import Item, from_dynamo
 from .queue import TaskQueue
@@ -106,9 +106,7 @@ def gather(queue: TaskQueue) -> StatusReport:
 def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
     """Instance-hours and cost so far from the worker records; the completion rate and the
     estimated cost to finish."""
-    from .report import worker_span
-
-    spans = [s for s in (worker_span(r) for r in queue.worker_records()) if s is not None]
+    spans = worker_spans(queue.worker_records())
     if not spans:
         return
     cost = run_cost(spans)
@@ -227,9 +225,8 @@ def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
     """One entry per locked item: where it runs, which sub-task, since when (state index, then
     BatchGetItem for the locked items only)."""
     now = time.time() if now is None else now
-    ids = [from_dynamo(r)[Attr.ITEM_ID] for r in queue.index_rows(ItemState.LOCKED, [Attr.ITEM_ID])]
     entries = []
-    for row in queue.get_many(ids):
+    for row in queue.rows_in_state(ItemState.LOCKED):
         try:
             item = Item.from_row(row)
         except MalformedItem:
@@ -237,7 +234,7 @@ def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
         if item.state is not ItemState.LOCKED:
             continue  # it finished since the index was read
         current = next((s for s in item.subtasks if s.status is SubtaskStatus.RUNNING), None)
-        claimed = _epoch(item.lock_date)
+        claimed = parse_time(item.lock_date)
         entries.append(RunningItem(
             item_id=item.item_id, task_id=item.task_id, instance=item.instance_id or "?",
             worker=item.worker_id or item.instance_id or "?",
@@ -247,13 +244,6 @@ def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
         ))
     entries.sort(key=lambda e: (e.instance, e.worker, e.item_id))
     return entries
-
-
-def _epoch(iso: str | None) -> float | None:
-    try:
-        return datetime.fromisoformat((iso or "").replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 def duration(seconds: float | None) -> str:

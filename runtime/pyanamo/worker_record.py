@@ -13,20 +13,15 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from .accounting import Placement, subtask_cost
 from .events import emit
-from .model import utc_now_iso
+from .model import iso, utc_now_iso
 from .runner import Outcome
 
 MAX_EARLIER_EXITS = 20  # exit codes of earlier attempts kept per sub-task
 WORKER_RECORD_PREFIX = "pyanamo-worker#"
-
-
-def iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def earlier_exits(summary: Any, attempts: int) -> list[int | None]:

@@ -18,7 +18,7 @@ from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState, create_table_request
 
 from faultkit import Analysis, Figures, executions, measured
-from helpers import put_items
+from helpers import put_items, wait_active
 
 HOSTILE_IDS = [
     "it's \"quoted\"",
@@ -81,7 +81,7 @@ def test_property_import_writes_exactly_the_file_or_nothing(aws_env, client, lin
     raw = "\n".join([header, *lines]).encode("utf-8", "surrogateescape")
     table = f"p-{uuid.uuid4().hex[:12]}"
     client.create_table(**create_table_request(table))
-    client.get_waiter("table_exists").wait(TableName=table, WaiterConfig={"Delay": 1})  # ACTIVE, as DynamoDB wants
+    wait_active(client, table)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "tasks.txt"
         path.write_bytes(raw)
