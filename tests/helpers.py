@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -49,6 +50,27 @@ def cli(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float
         text=True,
         timeout=timeout,
     )
+
+
+def cli_after_first_line(*args: str, env: dict[str, str], then: Callable[[], object],
+                         timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `pyanamo` in a subprocess, call ``then`` once it has printed its first line of output,
+    and wait for it to end: for commands that refresh (``status --watch``), so a test changes the
+    table after the first refresh it saw, not after a timer that a slow start-up can outrun."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pyanamo", *args], env={**os.environ, **env},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert process.stdout is not None
+        first = process.stdout.readline()
+        then()
+        rest, err = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return subprocess.CompletedProcess(process.args, process.returncode, first + rest, err)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pyanamo.local import free_port
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
 
-from helpers import cli, write_task_file
+from helpers import cli, cli_after_first_line, write_task_file
 
 
 def count_items(client, table: str) -> int:
@@ -252,15 +252,11 @@ def test_status_watch_returns_once_the_run_is_finished(aws_env, client, table, t
     cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
     queue = TaskQueue(client, table, owner="w", lease_seconds=30)
     item, lease = queue.claim()
-    finisher = threading.Timer(1.0, queue.record, args=(lease, SubtaskResult(
-        "Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})),
-        kwargs={"final": ItemState.DONE})
-    finisher.start()
-    started = time.monotonic()
-    proc = cli("status", table, "--watch", "0.3", env=aws_env, timeout=30)
-    finisher.join()
+    result = SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})
+    # The item ends only after the watch has printed its first refresh (no timer to outrun).
+    proc = cli_after_first_line("status", table, "--watch", "0.3", env=aws_env, timeout=30,
+                                then=lambda: queue.record(lease, result, final=ItemState.DONE))
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - started >= 1.0
     lines = proc.stdout.splitlines()  # not a terminal: one plain line per refresh
     assert len(lines) >= 2 and "todo 0 locked 1 done 0" in lines[0]
     assert "1/1 items ended, sub-tasks 1/1 done" in lines[-1] and lines[-1].endswith("to finish: done")
@@ -271,10 +267,8 @@ def test_json_watch_prints_one_object_per_refresh(aws_env, client, table, tmp_pa
     cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
     queue = TaskQueue(client, table, owner="w", lease_seconds=30)
     item, lease = queue.claim()
-    finisher = threading.Timer(1.0, queue.finish, args=(lease, ItemState.DONE))
-    finisher.start()
-    proc = cli("status", table, "--watch", "0.3", "--json", env=aws_env, timeout=30)
-    finisher.join()
+    proc = cli_after_first_line("status", table, "--watch", "0.3", "--json", env=aws_env, timeout=30,
+                                then=lambda: queue.finish(lease, ItemState.DONE))
     objects = [json.loads(line) for line in proc.stdout.splitlines()]
     assert proc.returncode == 0 and len(objects) >= 2
     assert objects[0]["items"]["locked"] == 1 and objects[-1]["items"]["done"] == 1

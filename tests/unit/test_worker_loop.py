@@ -54,9 +54,16 @@ def test_an_unreachable_table_past_the_outage_limit_exits_1(tmp_path: Path):
 
 def test_a_stop_releases_the_running_item_without_using_an_attempt(tmp_path: Path):
     queue = InMemoryQueue(owner="w")
-    put(queue, item("long", "echo first", "sleep 30"))
+    started_second = tmp_path / "second-started"
+    put(queue, item("long", "echo first", f"touch {started_second}; sleep 30"))
     run = worker(queue, tmp_path)
-    threading.Timer(1.0, run.stop, args=("SIGTERM", signal.SIGTERM)).start()
+
+    def stop_once_the_second_runs() -> None:  # on what the sub-task wrote, not a timer
+        while not started_second.exists():
+            time.sleep(0.05)
+        run.stop("SIGTERM", signal.SIGTERM)
+
+    threading.Thread(target=stop_once_the_second_runs, daemon=True).start()
     started = time.monotonic()
     assert run.run() == 128 + signal.SIGTERM
     assert time.monotonic() - started < 10
