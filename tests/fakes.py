@@ -127,7 +127,8 @@ class InMemoryQueue:
             item = row.item
             subtasks = tuple(
                 replace(s, status=result.status, attempts=result.attempts,
-                        exit_code=result.exit_code if result.exit_code is not None else s.exit_code)
+                        exit_code=result.exit_code if result.exit_code is not None else s.exit_code,
+                        outputs=result.outputs if result.outputs is not None else s.outputs)
                 if s.key == result.key else
                 replace(s, status=SubtaskStatus.RUNNING) if s.key == next_running else s
                 for s in item.subtasks)
@@ -305,7 +306,8 @@ def _with_statuses(item: Item, statuses: dict[str, SubtaskStatus]) -> Item:
 
 def _subtasks_to_todo(item: Item, keys: Sequence[str], clear_attempts: bool) -> Item:
     return replace(item, subtasks=tuple(
-        replace(s, status=SubtaskStatus.TODO, attempts=0 if clear_attempts else s.attempts) if s.key in keys else s
+        replace(s, status=SubtaskStatus.TODO, attempts=0 if clear_attempts else s.attempts, outputs=None)
+        if s.key in keys else s
         for s in item.subtasks))
 
 

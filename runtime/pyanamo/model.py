@@ -16,6 +16,7 @@ from .errors import MalformedItem
 from .schema import (
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
+    SUBTASK_OUTPUTS,
     SUBTASK_SCRIPT,
     SUBTASK_STATUS,
     Attr,
@@ -76,6 +77,7 @@ class Subtask:
     status: SubtaskStatus = SubtaskStatus.TODO
     attempts: int = 0
     exit_code: int | None = None
+    outputs: Mapping[str, Any] | None = None  # the committed attempt's manifest (pyanamo.outputs)
 
     @classmethod
     def from_map(cls, key: str, value: Any) -> Subtask:
@@ -89,12 +91,14 @@ class Subtask:
         if status not in SUBTASK_STATUSES:
             raise ValueError(f"sub-task {key} has an unknown {SUBTASK_STATUS} {str(status)[:40]!r}")
         exit_code = value.get(SUBTASK_EXIT_CODE)
+        outputs = value.get(SUBTASK_OUTPUTS)
         return cls(
             key=key,
             script=script,
             status=SubtaskStatus(status),
             attempts=_int(value.get(SUBTASK_ATTEMPTS)),
             exit_code=None if exit_code is None else _int(exit_code),
+            outputs=outputs if isinstance(outputs, Mapping) else None,
         )
 
     def to_map(self) -> dict[str, Any]:
@@ -105,6 +109,8 @@ class Subtask:
         }
         if self.exit_code is not None:
             value[SUBTASK_EXIT_CODE] = self.exit_code
+        if self.outputs is not None:
+            value[SUBTASK_OUTPUTS] = dict(self.outputs)
         return value
 
 

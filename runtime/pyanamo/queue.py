@@ -29,6 +29,7 @@ from .schema import (
     STATE_INDEX,
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
+    SUBTASK_OUTPUTS,
     SUBTASK_STATUS,
     WORKERS_SHARD,
     Attr,
@@ -70,6 +71,7 @@ class SubtaskResult:
     log: dict[str, str]
     summary: dict[str, Any]
     error_line: str | None = None
+    outputs: dict[str, Any] | None = None  # the manifest of a done attempt's staged outputs
 
 
 @dataclass(frozen=True)
@@ -421,6 +423,8 @@ class TaskQueue:
             expr.set((*base, SUBTASK_EXIT_CODE), result.exit_code)
         expr.set((Attr.LOG, result.key), result.log)
         expr.set((Attr.LOG_SUMMARY, result.key), result.summary)
+        if result.outputs is not None:
+            expr.set((*base, SUBTASK_OUTPUTS), result.outputs)
         if result.status is SubtaskStatus.DONE:
             expr.add(Attr.SUBTASKS_DONE, 1)
         elif result.error_line is not None:
@@ -495,6 +499,7 @@ class TaskQueue:
         expr = Expression()
         for key in keys:
             expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.TODO.value)
+            expr.remove((Attr.TASK_SCRIPT, key, SUBTASK_OUTPUTS))  # its next run commits its own
             if clear_attempts:
                 expr.set((Attr.TASK_SCRIPT, key, SUBTASK_ATTEMPTS), 0)
         return expr

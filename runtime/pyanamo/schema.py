@@ -73,6 +73,9 @@ SUBTASK_SCRIPT = "Script"
 SUBTASK_STATUS = "Status"
 SUBTASK_ATTEMPTS = "Attempts"
 SUBTASK_EXIT_CODE = "ExitCode"
+# The committed outputs of a done sub-task (``pyanamo.outputs.Manifest``): written in the same
+# fenced write as its result, so only the attempt that held the lease is ever named.
+SUBTASK_OUTPUTS = "Outputs"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -26,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from .accounting import Placement, local_placement
-from .errors import EXIT_FAILED_ITEMS, ItemRejected, QueueError
+from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
 from .lease import HeldItem, LeaseKeeper
 from .logstore import LogStore
 from .model import Item, Subtask
+from .outputs import Manifest, OutputError, OutputStore, attempt_id, attempt_path, store_for, store_of_location
 from .queue import Lease, LeaseLost, SubtaskResult, TaskQueue
 from .runner import (
     KILL_GRACE_SECONDS,
@@ -39,6 +41,7 @@ from .runner import (
     Outcome,
     SubtaskProcess,
     last_line,
+    safe_name,
     summarize_stream,
 )
 from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
@@ -96,6 +99,8 @@ class WorkerConfig:
     log_dir: Path = Path("pyanamo-logs")
     log_bucket: str | None = None
     placement: Placement | None = None  # where it runs and the price; None: this host, price 0
+    outputs: str = "pyanamo-outputs"  # the committed outputs' store: a folder or s3://bucket/prefix
+    max_output_size: int | None = None  # bytes per attempt; more fails the attempt
 
     @property
     def slots(self) -> int:
@@ -205,6 +210,9 @@ class Worker:
         self._count_lock = threading.Lock()
         self.placement = config.placement or local_placement(queue.owner)
         self.record = WorkerRecord(queue, self.placement, config.slots)
+        self.outputs: OutputStore = store_for(config.outputs)
+        self.scratch = config.workdir / ".pyanamo"  # attempts' output folders, items' outputs
+        self._staged: dict[tuple[str, str], tuple[Manifest, Path]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -326,6 +334,7 @@ class Worker:
             held.abandon(f"error: {exc}")
         finally:
             self.keeper.release(held)
+            shutil.rmtree(self._item_scratch(item), ignore_errors=True)
 
     def _reject(self, item: Item, held: HeldItem, error: str) -> None:
         held.interrupt_all("stop", grace=0)
@@ -339,6 +348,8 @@ class Worker:
 
     def _run_item(self, item: Item, held: HeldItem) -> None:
         pending = item.pending
+        if pending:
+            self._fetch_committed(item)
         runnable = [s for s in pending if self.retry.allows(s.attempts)]
         exhausted = [s for s in pending if not self.retry.allows(s.attempts)]
         if not runnable:
@@ -365,15 +376,14 @@ class Worker:
                 return
             ok = ok and result.status is SubtaskStatus.DONE
             if n == len(runnable) - 1:
-                self._write(held, self.queue.record, result,
-                            final=ItemState.DONE if ok else ItemState.FAILED)
+                self._record(held, item, result, final=ItemState.DONE if ok else ItemState.FAILED)
                 self._finished(item, ok)
             elif self.policy.stopping:
-                self._write(held, self.queue.record, result)
+                self._record(held, item, result)
                 self._give_back(held, [])
                 return
             else:
-                self._write(held, self.queue.record, result, next_running=runnable[n + 1].key)
+                self._record(held, item, result, next_running=runnable[n + 1].key)
 
     def _run_parallel(self, item: Item, held: HeldItem, runnable: list[Subtask], ok: bool) -> None:
         def run_one(subtask: Subtask) -> SubtaskResult | None:
@@ -384,7 +394,7 @@ class Worker:
                     self._write(held, self.queue.mark_running, [subtask.key])
                 result = self._attempts(item, held, subtask)
                 if result is not None:
-                    self._write(held, self.queue.record, result)
+                    self._record(held, item, result)
                 return result
             except LeaseLost:
                 held.abandon("write_refused")
@@ -415,6 +425,52 @@ class Worker:
             return
         self._write(held, self.queue.release, interrupted)
         emit("item_released", item=held.item_id, interrupted=interrupted, reason=self.policy.reason)
+
+    def _record(self, held: HeldItem, item: Item, result: SubtaskResult, **kwargs: Any) -> None:
+        """Write a sub-task's result, and with it the manifest of its staged outputs: one
+        fenced write. Only after it succeeded are the outputs committed; if it was refused,
+        this attempt's staged outputs are discarded (the lease's holder commits its own)."""
+        staged = self._staged.pop((item.item_id, result.key), None)
+        try:
+            self._write(held, self.queue.record, result, **kwargs)
+        except BaseException:
+            if staged is not None:
+                self.outputs.discard(staged[0])
+                shutil.rmtree(staged[1], ignore_errors=True)
+                emit("outputs_discarded", item=item.item_id, subtask=result.key, attempt=staged[0].attempt)
+            raise
+        if staged is None:
+            return
+        manifest, folder = staged
+        try:
+            self.outputs.commit(manifest)
+        except Exception as exc:  # noqa: BLE001 - committed by the manifest; readers finish it
+            emit("outputs_commit_deferred", item=item.item_id, subtask=result.key, error=str(exc))
+        kept = self._item_outputs(item) / result.key  # $PYANAMO_ITEM_OUTPUTS for later sub-tasks
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(folder, kept)
+
+    def _item_scratch(self, item: Item) -> Path:
+        return self.scratch / safe_name(item.item_id)
+
+    def _item_outputs(self, item: Item) -> Path:
+        return self._item_scratch(item) / "outputs"
+
+    def _fetch_committed(self, item: Item) -> None:
+        """Earlier sub-tasks' committed outputs, where this worker did not run them (a reclaim):
+        downloaded into ``$PYANAMO_ITEM_OUTPUTS/<key>`` before the next sub-task starts."""
+        for subtask in item.subtasks:
+            folder = self._item_outputs(item) / subtask.key
+            if subtask.status is not SubtaskStatus.DONE or not subtask.outputs or folder.exists():
+                continue
+            try:
+                manifest = Manifest.from_map(subtask.outputs)
+                store_of_location(manifest.location).fetch(manifest, folder)
+            except (OutputError, OSError, *BOTO_ERRORS, KeyError, ValueError) as exc:
+                emit("outputs_fetch_failed", item=item.item_id, subtask=subtask.key, error=str(exc))
+            else:
+                emit("outputs_fetched", item=item.item_id, subtask=subtask.key, files=len(manifest.files))
 
     def _write(self, held: HeldItem, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
         """A fenced write with the current lease; retried through outages until the lease is
@@ -449,17 +505,19 @@ class Worker:
         earlier = earlier_exits(item.log_summary.get(subtask.key), attempts)
         while True:
             try:
-                outcome, location = self._run_once(item, held, subtask, attempts + 1)
+                outcome, location, outdir = self._run_once(item, held, subtask, attempts + 1)
             except LocalFailure as exc:  # this machine, not the item: give it back, no attempt used
                 in_row = self.policy.local_failure(str(exc))
                 emit("local_failure", item=item.item_id, subtask=subtask.key, error=str(exc), in_row=in_row)
                 return None
             if outcome.interrupted:  # it and everything it started are stopped and reaped by now
+                shutil.rmtree(outdir, ignore_errors=True)
                 emit("subtask_interrupted", item=item.item_id, subtask=subtask.key,
                      reason="lease_lost" if held.lost.is_set() else self.policy.reason or "stop")
                 return None
             attempts += 1
             result = self._result(item, subtask.key, outcome, attempts, location, earlier)
+            result = self._stage(item, held, result, outdir)
             if result.status is SubtaskStatus.DONE or not self.retry.allows(attempts):
                 return result
             earlier = [*earlier, outcome.exit_code][-MAX_EARLIER_EXITS:]
@@ -469,8 +527,37 @@ class Worker:
             if self.policy.event.wait(self.retry.delay(attempts)) or held.lost.is_set():
                 return None
 
-    def _run_once(self, item: Item, held: HeldItem, subtask: Subtask, attempt: int) -> tuple[Outcome, str]:
+    def _stage(self, item: Item, held: HeldItem, result: SubtaskResult, outdir: Path) -> SubtaskResult:
+        """A done attempt's outputs go to the store, uncommitted, and its manifest into the
+        result (written by ``_record``); a failed attempt's folder is dropped. Outputs that cannot
+        be stored fail the attempt with the reason."""
+        if result.status is not SubtaskStatus.DONE:
+            shutil.rmtree(outdir, ignore_errors=True)
+            return result
+        path = attempt_path(self.config.table, item.item_id, result.key, outdir.name)
+        try:
+            manifest, stored = self.outputs.stage(outdir, path, outdir.name, self.config.max_output_size)
+        except (OutputError, OSError) as exc:
+            shutil.rmtree(outdir, ignore_errors=True)
+            emit("outputs_failed", item=item.item_id, subtask=result.key, error=str(exc))
+            return replace(result, status=SubtaskStatus.FAILED, error_line=f"{result.key}: {exc}"[:300])
+        self._staged[(item.item_id, result.key)] = (manifest, outdir)
+        summary = {**result.summary, "Output_Files": len(manifest.files), "Output_Bytes": manifest.size}
+        return replace(result, outputs=stored, summary=summary)
+
+    def _outdir(self, item: Item, subtask: Subtask, attempt: str) -> Path:
+        """A fresh, empty folder for one attempt's outputs (``$PYANAMO_OUTDIR``)."""
+        folder = self._item_scratch(item) / "attempts" / subtask.key / attempt
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.mkdir(parents=True)
+        except OSError as exc:
+            raise LocalFailure(f"cannot create an output folder in {self.scratch}: {exc.strerror}") from None
+        return folder
+
+    def _run_once(self, item: Item, held: HeldItem, subtask: Subtask, attempt: int) -> tuple[Outcome, str, Path]:
         folder = self.logs.folder(item.item_id, subtask.key, attempt)
+        outdir = self._outdir(item, subtask, attempt_id(attempt, held.lease.token))
         env = {
             **os.environ,
             "PYANAMO_TABLE": self.config.table,
@@ -478,6 +565,8 @@ class Worker:
             "PYANAMO_TASK_ID": item.task_id,
             "PYANAMO_SUBTASK": subtask.key,
             "PYANAMO_ATTEMPT": str(attempt),
+            "PYANAMO_OUTDIR": str(outdir),
+            "PYANAMO_ITEM_OUTPUTS": str(self._item_outputs(item)),
         }
         process = SubtaskProcess(subtask.script, env=env, cwd=self.config.workdir,
                                  log_folder=folder, timeout=self.config.timeout)
@@ -491,7 +580,7 @@ class Worker:
             held.untrack(process)
         self.policy.local_success()
         location = "" if outcome.interrupted else self.logs.publish(folder)
-        return outcome, location
+        return outcome, location, outdir
 
     def _result(self, item: Item, key: str, outcome: Outcome, attempts: int, location: str,
                 earlier: list[int | None]) -> SubtaskResult:
