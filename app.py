@@ -23,7 +23,7 @@ def build_app(context: dict[str, Any] | None = None, outdir: str | None = None) 
                               region=os.environ.get("CDK_DEFAULT_REGION"))
     PyAnamoStack(
         app,
-        settings.stack_name,
+        settings.name_of_stack,
         settings=settings,
         env=env,
         description=f"PyAnamo: task table {settings.table} and its self-draining worker fleet",

@@ -8,6 +8,7 @@ from aws_cdk import aws_iam as iam
 from constructs import Construct
 
 from pyanamo import schema
+from pyanamo.worker_record import WORKER_RECORD_PREFIX
 
 # What a worker does to the table: claim and write items (UpdateItem), read them, query indexes.
 WORKER_TABLE_ACTIONS = ["dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:DescribeTable"]
@@ -44,6 +45,11 @@ class TaskTable(Construct):
         role.add_to_principal_policy(iam.PolicyStatement(actions=WORKER_TABLE_ACTIONS,
                                                          resources=[self.table.table_arn]))
         role.add_to_principal_policy(iam.PolicyStatement(actions=["dynamodb:Query"], resources=self.index_arns()))
+        # The worker's own record (pyanamo.worker_record) is a PutItem: only rows whose key is a
+        # worker record's, never an item.
+        role.add_to_principal_policy(iam.PolicyStatement(
+            actions=["dynamodb:PutItem"], resources=[self.table.table_arn],
+            conditions={"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{WORKER_RECORD_PREFIX}*"]}}))
 
     def index_arns(self) -> list[str]:
         """The ARN of each index by name: IAM statements name them, never `index/*`."""

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import jsii
 from aws_cdk import Annotations, ArnFormat, Fn, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
@@ -33,12 +34,37 @@ class FleetProps:
     arm64: bool
     spot: bool
     fleet_size: int
-    desired_capacity: int
     volume_size: int  # GiB
     assign_public_ip: bool
     worker_args: tuple[str, ...]
     vpc_id: str | None = None
     subnet_ids: tuple[str, ...] = ()
+    machine_image: str | None = None  # AMI ID or SSM parameter name; None: the latest AL2023
+    setup: Path | None = None  # the user's set-up script, run as root before the worker starts
+    setup_timeout: int = 3600
+    ssm: bool = False  # Session Manager (AmazonSSMManagedInstanceCore) on the instances
+
+
+@jsii.implements(ec2.IMachineImage)
+class GivenImage:
+    """An AMI by its ID in whatever region the stack is deployed to (``MachineImage.generic_linux``
+    needs the region at synth time)."""
+
+    def __init__(self, ami: str) -> None:
+        self.ami = ami
+
+    def get_image(self, scope: Construct) -> ec2.MachineImageConfig:
+        return ec2.MachineImageConfig(image_id=self.ami, os_type=ec2.OperatingSystemType.LINUX,
+                                      user_data=ec2.UserData.for_linux())
+
+
+def machine_image(props: FleetProps) -> ec2.IMachineImage:
+    if props.machine_image is None:
+        cpu = ec2.AmazonLinuxCpuType.ARM_64 if props.arm64 else ec2.AmazonLinuxCpuType.X86_64
+        return ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu)
+    if props.machine_image.startswith("/"):
+        return ec2.MachineImage.from_ssm_parameter(props.machine_image, os=ec2.OperatingSystemType.LINUX)
+    return GivenImage(props.machine_image)
 
 
 def render_user_data(environment: Mapping[str, str]) -> str:
@@ -63,6 +89,7 @@ class WorkerFleet(Construct):
         runtime_path: Path,
         table_name: str,
         log_bucket: str,
+        outputs: str,
     ) -> None:
         super().__init__(scope, id)
         self.vpc, subnets = self._network(props)
@@ -72,24 +99,32 @@ class WorkerFleet(Construct):
             "Role",
             assumed_by=iam.ServicePrincipal("ec2.amazonaws.com"),
             description="PyAnamo worker instances",
-            managed_policies=[iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")],
+            managed_policies=(
+                [iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")] if props.ssm else None
+            ),
         )
         self.security_group = ec2.SecurityGroup(
             self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=True,
             description="PyAnamo workers: no inbound access (use SSM Session Manager)",
         )
-        worker_args = [*props.worker_args, "--log-bucket", log_bucket]
-        self.user_data = ec2.UserData.custom(render_user_data({
+        worker_args = [*props.worker_args, "--log-bucket", log_bucket, "--outputs", outputs]
+        environment = {
             "AWS_REGION": Stack.of(self).region,
             "PYANAMO_TABLE": table_name,
             "PYANAMO_ASSET": self.runtime.s3_object_url,
             "PYANAMO_WORKER_ARGS": " ".join(worker_args),
-        }))
-        cpu = ec2.AmazonLinuxCpuType.ARM_64 if props.arm64 else ec2.AmazonLinuxCpuType.X86_64
+            "PYANAMO_LOG_BUCKET": log_bucket,
+        }
+        self.setup = None
+        if props.setup is not None:
+            self.setup = s3_assets.Asset(self, "Setup", path=str(props.setup))
+            environment["PYANAMO_SETUP"] = self.setup.s3_object_url
+            environment["PYANAMO_SETUP_TIMEOUT"] = str(props.setup_timeout)
+        self.user_data = ec2.UserData.custom(render_user_data(environment))
         self.launch_template = ec2.LaunchTemplate(
             self,
             "LaunchTemplate",
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(cpu_type=cpu),
+            machine_image=machine_image(props),
             user_data=self.user_data,
             role=self.role,
             security_group=self.security_group,
@@ -114,7 +149,10 @@ class WorkerFleet(Construct):
             vpc_subnets=subnets,
             min_capacity=0,
             max_capacity=props.fleet_size,
-            desired_capacity=props.desired_capacity,
+            # No desired capacity: a redeploy must never resize a running fleet (the scaler and
+            # `pyanamo fleet scale` own it). Instances are protected from scale-in: none is ended
+            # by Auto Scaling while it works; each leaves by itself when its worker ends.
+            new_instances_protected_from_scale_in=True,
             capacity_rebalance=spot,
             mixed_instances_policy=autoscaling.MixedInstancesPolicy(
                 launch_template=self.launch_template,
@@ -132,16 +170,13 @@ class WorkerFleet(Construct):
             ),
         )
 
-        Annotations.of(self.group).acknowledge_warning(
-            "@aws-cdk/aws-autoscaling:desiredCapacitySet",
-            "intended: a deployment sets the fleet size from context; instances then leave on drain",
-        )
         self._grant_own()
-        self._justify(new_vpc=props.vpc_id is None)
+        self._justify(new_vpc=props.vpc_id is None, ssm=props.ssm)
 
     def _grant_own(self) -> None:
+        assets = [self.runtime] + ([self.setup] if self.setup is not None else [])
         self.role.add_to_principal_policy(iam.PolicyStatement(
-            actions=["s3:GetObject"], resources=[self.runtime.bucket.arn_for_objects(self.runtime.s3_object_key)]))
+            actions=["s3:GetObject"], resources=[a.bucket.arn_for_objects(a.s3_object_key) for a in assets]))
         # Its own policy: the launch template waits for the role's default policy, and this one
         # names the group, which waits for the launch template.
         leave = iam.Policy(self, "LeaveGroup", roles=[self.role], statements=[iam.PolicyStatement(
@@ -155,12 +190,13 @@ class WorkerFleet(Construct):
                  "pricing:GetProducts and ec2:DescribeSpotPriceHistory support no resource-level permissions "
                  "(their resource is always *); both only read public prices.", ["Resource::*"])
 
-    def _justify(self, new_vpc: bool) -> None:
+    def _justify(self, new_vpc: bool, ssm: bool) -> None:
         """cdk-nag findings that are by design, each with its reason."""
-        suppress(self.role, "AwsSolutions-IAM4",
-                 "AmazonSSMManagedInstanceCore is AWS's documented policy for Session Manager, the only way "
-                 "onto the instances (no SSH, no inbound rule).",
-                 ["Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"])
+        if ssm:
+            suppress(self.role, "AwsSolutions-IAM4",
+                     "AmazonSSMManagedInstanceCore (asked for with -c ssm=true) is AWS's documented policy for "
+                     "Session Manager, the only way onto the instances (no SSH, no inbound rule).",
+                     ["Policy::arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"])
         suppress(self.group, "AwsSolutions-AS3",
                  "Instances leave the group by design whenever the queue is drained; `pyanamo fleet status` "
                  "and `pyanamo status` are how a run is watched, not scaling notifications.")

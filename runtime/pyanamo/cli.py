@@ -47,6 +47,21 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
 
 _not_negative = _number(float, lambda v: v >= 0, "must not be negative")
+_SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _size(text: str) -> int:
+    """A size in bytes: ``5000000``, ``500M``, ``20G`` (decimal units, as S3 and df -H count)."""
+    number, unit = text.strip().upper().rstrip("B"), ""
+    if number and number[-1] in _SIZE_UNITS:
+        number, unit = number[:-1], number[-1]
+    try:
+        value = float(number) * _SIZE_UNITS[unit]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size (e.g. 500M, 20G): {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0: {text!r}")
+    return int(value)
 _port = _number(int, lambda v: 0 <= v <= 65535, "must be between 0 and 65535", what="a port number")
 
 
@@ -140,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
     p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
     p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
+    p.add_argument("--outputs", default="pyanamo-outputs", metavar="DIR|s3://BUCKET/PREFIX",
+                   help="where the files a sub-task writes into $PYANAMO_OUTDIR are committed (only the attempt "
+                        "that holds the item's lease commits)")
+    p.add_argument("--max-output-size", type=_size, default=None, metavar="SIZE",
+                   help="fail an attempt whose outputs are larger than this (e.g. 50G)")
     p.add_argument("--price-per-hour", type=_not_negative, default=None, metavar="USD",
                    help="this machine's price per hour for the run's cost (default: on EC2 looked up from the "
                         "Price List API or the Spot price history; elsewhere 0)")
@@ -172,6 +192,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write one tab-separated row per sub-task run")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+    p = command("outputs", "list the committed outputs of items, or download them (sha256 checked)")
+    p.add_argument("item_ids", nargs="*", metavar="ITEM_ID", help="these items (default: every item)")
+    p.add_argument("--download", type=Path, default=None, metavar="DIR",
+                   help="copy them into DIR/ITEM/SUB-TASK/ (files already there with the right sha256 are kept)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
     p = command("logs", "print the stored log tails of an item")
     p.add_argument("item_id", metavar="ITEM_ID", help="the item whose logs to print")
     p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
@@ -187,7 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     f = fleet.add_parser("leave", parents=[common],
                          help="take this instance out of its group (run on an instance when its worker exits)")
     f.add_argument("--worker-exit", type=int, default=None, metavar="CODE",
-                   help="the worker's exit code: 128 and above (stopped by a signal) means stay")
+                   help="the worker's exit code (recorded in the message; the instance leaves whatever it is, "
+                        "unless it goes anyway: a Spot notice, Auto Scaling terminating it)")
+    f = fleet.add_parser("boot-failed", parents=[common],
+                         help="on an instance whose boot failed: log to the log bucket, a record in the table, leave")
+    f.add_argument("--log", type=Path, required=True, help="the bootstrap's log file")
+    f.add_argument("--table", default=None, help=f"the task table (default: ${TABLE_VARIABLE})")
+    f.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for the log")
 
     p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1", table=False)
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
@@ -317,6 +349,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         outage_limit=args.outage_limit,
         workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
         placement=placement,
+        outputs=args.outputs if args.outputs.startswith("s3://") else str(Path(args.outputs).resolve()),
+        max_output_size=args.max_output_size,
     )
     queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims,
                       worker_id=who.worker_id)
@@ -492,6 +526,35 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_outputs(args: argparse.Namespace) -> int:
+    from .outputs import OutputError, committed_outputs, download
+
+    client = _client(args)
+    _require_table(client, args.table)
+    queue = TaskQueue(client, args.table)
+    entries = list(committed_outputs(queue, args.item_ids))
+    if args.download is not None:
+        try:
+            copied = download(entries, args.download)
+        except OutputError as exc:
+            raise PyAnamoError(str(exc)) from None
+        files = sum(len(e.manifest.files) for e in entries)
+        print(f"{files} files of {len(entries)} sub-tasks in {args.download} ({copied:,} bytes copied)")
+    elif args.json:
+        print(json.dumps([e.to_json() for e in entries], indent=2))
+    else:
+        for e in entries:
+            for f in e.manifest.files:
+                print(f"{e.item_id}\t{e.subtask}\t{f.size}\t{e.manifest.location}{_sep(e.manifest.location)}{f.path}")
+        if not entries:
+            print("no committed outputs", file=sys.stderr)
+    return 0
+
+
+def _sep(location: str) -> str:
+    return "" if location.endswith("/") else "/"
+
+
 def cmd_fleet(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -502,6 +565,15 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     autoscaling = aws_client("autoscaling", endpoint)
     if args.fleet_command == "leave":
         print(fleet.leave(autoscaling, args.worker_exit))
+        return 0
+    if args.fleet_command == "boot-failed":
+        table = args.table or os.environ.get(TABLE_VARIABLE)
+        if not table:
+            raise UsageError(f"say which table: --table TABLE, or set {TABLE_VARIABLE}")
+        queue = TaskQueue(_client(args), table)
+        for line in fleet.boot_failed(queue, aws_client("s3", _endpoint(args)), autoscaling, args.log,
+                                      args.log_bucket):
+            print(line)
         return 0
     stack = fleet.read_stack(aws_client("cloudformation", endpoint), args.stack)
     if args.fleet_command == "scale":
@@ -545,6 +617,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "cancel": cmd_cancel,
     "report": cmd_report,
     "logs": cmd_logs,
+    "outputs": cmd_outputs,
     "fleet": cmd_fleet,
     "local": cmd_local,
 }

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import BOTO_ERRORS, PyAnamoError, UsageError, error_code
 from .identity import Imds
-from .runner import SIGNAL_EXIT_BASE
+from .model import iso
+from .worker_record import WORKER_RECORD_PREFIX
 
 # Stack output keys: the CDK stack writes them, the CLI reads them.
 OUTPUT_TABLE = "TableName"
 OUTPUT_GROUP = "GroupName"
 OUTPUT_LOG_BUCKET = "LogBucketName"
+OUTPUT_RESULTS = "ResultsLocation"  # s3://bucket/prefix of the committed outputs
 
 
 @dataclass(frozen=True)
@@ -52,15 +56,63 @@ def scale(autoscaling: Any, group: str, desired: int) -> dict[str, Any]:
     return describe_group(autoscaling, group)
 
 
+def being_replaced(imds: Imds) -> str | None:
+    """Why this instance goes anyway (then leaving would lower the fleet twice), or None."""
+    if imds.get("spot/instance-action"):
+        return "a Spot interruption notice"
+    if (imds.get("autoscaling/target-lifecycle-state") or "").startswith("Terminat"):
+        return "Auto Scaling is terminating it"
+    return None
+
+
 def leave(autoscaling: Any, worker_exit: int | None, imds: Imds | None = None) -> str:
-    """Take this instance out of its group, lowering the desired capacity, unless the worker
-    was stopped by a signal (shutdown, scale-in or Spot interruption: the instance goes anyway)."""
-    if worker_exit is not None and worker_exit >= SIGNAL_EXIT_BASE:
-        return f"the worker was stopped (exit {worker_exit}); the instance stays in its group"
-    instance_id = (imds or Imds()).get("instance-id")
+    """Take this instance out of its group, lowering the desired capacity: after any end of its
+    worker (drained, failed, crashed, killed), so that no instance idles on, billed. Only an
+    instance that goes anyway (a Spot notice, Auto Scaling terminating it) stays."""
+    imds = imds or Imds()
+    why = being_replaced(imds)
+    if why:
+        return f"the worker ended (exit {worker_exit}); the instance goes anyway ({why}), so it stays in its group"
+    instance_id = imds.get("instance-id")
     if not instance_id:
         raise PyAnamoError("not on an EC2 instance (no instance ID from the metadata service)")
     autoscaling.terminate_instance_in_auto_scaling_group(
         InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
     )
     return f"instance {instance_id} left its Auto Scaling group (desired capacity lowered)"
+
+
+BOOT_FAILED = "boot_failed"  # Record_Type of the record a failed boot leaves in the table
+
+
+def boot_failed(queue: Any, s3: Any, autoscaling: Any, log: Path, log_bucket: str | None,
+                imds: Imds | None = None) -> list[str]:
+    """A boot that failed (the bootstrap or the user's setup): its log to the log bucket, a
+    ``boot_failed`` record in the table (``status`` shows it), then the instance leaves. Each
+    step is tried even if an earlier one failed; returns what was done, one line each."""
+    imds = imds or Imds()
+    instance_id = imds.get("instance-id") or "unknown-instance"
+    lines = log.read_text(errors="replace").splitlines() if log.is_file() else []
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "no log")[:300]
+    done: list[str] = []
+    now = time.time()
+    location = ""
+    if log_bucket and log.is_file():
+        bucket, _, prefix = log_bucket.partition("/")
+        key = "/".join(p for p in (prefix.strip("/"), "boot-failures", f"{instance_id}-{int(now)}.log") if p)
+        try:
+            s3.upload_file(str(log), bucket, key)
+            location = f"s3://{bucket}/{key}"
+            done.append(f"log: {location}")
+        except Exception as exc:  # noqa: BLE001 - the next steps matter more
+            done.append(f"log not uploaded: {exc}")
+    record = {"Record_Type": BOOT_FAILED, "InstanceID": instance_id, "Worker_ID": f"{instance_id}:boot",
+              "Started": iso(now), "Last_Seen": iso(now), "Ended": iso(now), "Exit_Reason": BOOT_FAILED,
+              "Last_Line": last, "Log_Location": location}
+    try:
+        queue.put_worker_record(f"{WORKER_RECORD_PREFIX}{instance_id}:boot#{int(now * 1000)}", record)
+        done.append(f"recorded: boot failed on {instance_id}: {last}")
+    except Exception as exc:  # noqa: BLE001
+        done.append(f"not recorded: {exc}")
+    done.append(leave(autoscaling, None, imds))
+    return done

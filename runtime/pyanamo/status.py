@@ -15,6 +15,7 @@ from rich.text import Text
 
 from .accounting import cost_to_finish, parse_time, run_cost, worker_spans
 from .errors import MalformedItem
+from .fleet import BOOT_FAILED
 from .model import Item, from_dynamo
 from .queue import TaskQueue
 from .schema import Attr, ItemState, SubtaskStatus
@@ -51,6 +52,8 @@ class StatusReport:
     cost_usd: float | None = None  # so far; None when no worker's price is known
     completion_per_hour: float | None = None  # items ended per hour since the first worker started
     cost_to_finish_usd: float | None = None  # at the cost per ended item so far
+    boot_failures: int = 0  # instances whose boot failed (``fleet.boot_failed`` records)
+    last_boot_failure: str | None = None
 
     @property
     def total(self) -> int:
@@ -106,7 +109,12 @@ def gather(queue: TaskQueue) -> StatusReport:
 def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
     """Instance-hours and cost so far from the worker records; the completion rate and the
     estimated cost to finish."""
-    spans = worker_spans(queue.worker_records())
+    records = list(queue.worker_records())
+    boots = sorted((r for r in records if r.get("Record_Type") == BOOT_FAILED), key=lambda r: str(r.get("Started")))
+    if boots:
+        report.boot_failures = len(boots)
+        report.last_boot_failure = f"{boots[-1].get('InstanceID', '?')}: {boots[-1].get('Last_Line', '')}"
+    spans = worker_spans(r for r in records if r.get("Record_Type") != BOOT_FAILED)
     if not spans:
         return
     cost = run_cost(spans)
@@ -182,6 +190,8 @@ def render(report: StatusReport) -> Group:
         parts.append(progress_line(report))
     if report.workers:
         parts.append(cost_line(report))
+    if report.boot_failures:
+        parts.append(Text(f"failed boots: {report.boot_failures} (last: {report.last_boot_failure})"))
     if report.instances:
         held = Table(title="items held per instance", title_justify="left")
         held.add_column("instance")

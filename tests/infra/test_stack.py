@@ -23,10 +23,12 @@ os.environ.setdefault("JSII_SILENCE_WARNING_DEPRECATED_NODE_VERSION", "1")
 os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
 
 VARIANT_CONTEXT = {
-    "table": "HaplotypeCaller", "spot": "true", "fleet_size": "20", "desired_capacity": "2",
+    "table": "HaplotypeCaller", "spot": "true", "fleet_size": "20",
     "instance_types": "c6i.2xlarge,c5.2xlarge", "vpc_id": "vpc-0123456789abcdef0",
-    "subnet_ids": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2", "retain": "true",
+    "subnet_ids": "subnet-0aaaaaaaaaaaaaaa1,subnet-0bbbbbbbbbbbbbbb2", "retain": "false",
     "items": "2", "nests": "4", "lease": "600", "timeout": "7200", "scaler": "false",
+    "machine_image": "ami-0123456789abcdef0", "setup": str(REPO / "examples" / "variant-calling" / "setup.sh"),
+    "input_buckets": "my-bams/cohort1,my-references", "output_bucket": "lab-results/haplotypes", "ssm": "true",
 }
 
 
@@ -115,14 +117,19 @@ def test_table_keys_and_indexes_equal_the_runtime_definition(synth: Synth):
     assert table["SSESpecification"]["SSEEnabled"] is True
 
 
-def test_table_name_and_removal_policy_come_from_context(default: Synth, variant: Synth):
+def test_cdk_destroy_keeps_the_run_unless_retain_is_false(default: Synth, variant: Synth):
     table = default.one("AWS::DynamoDB::Table")
     assert table["Properties"]["TableName"] == Settings().table
-    assert table["DeletionPolicy"] == "Delete"
+    assert table["DeletionPolicy"] == "Retain"
+    assert {b["DeletionPolicy"] for b in default.resources("AWS::S3::Bucket").values()} == {"Retain"}
     table = variant.one("AWS::DynamoDB::Table")
     assert table["Properties"]["TableName"] == "HaplotypeCaller"
-    assert table["DeletionPolicy"] == "Retain"
-    assert variant.one("AWS::S3::Bucket")["DeletionPolicy"] == "Retain"
+    assert table["DeletionPolicy"] == "Delete"
+
+
+def test_the_stack_name_follows_the_table_unless_given(default: Synth, variant: Synth, tmp_path: Path):
+    assert default.stack.stack_name == "PyAnamo" and variant.stack.stack_name == "HaplotypeCaller"
+    assert Synth({"table": "2024_trio.calls"}, tmp_path).stack.stack_name == "PyAnamo-2024-trio-calls"
 
 
 # -- the fleet ----------------------------------------------------------------------------
@@ -155,19 +162,36 @@ def test_user_data_installs_and_starts_the_worker_with_the_settings(default: Syn
     assert "export PYANAMO_ASSET='s3://cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/" in text
     assert ("export PYANAMO_WORKER_ARGS='--lease 300 --items 1 --nests 1 --max-attempts 2 --quiet "
             "--log-bucket <Logs") in text
+    results = next(k for k in default.resources("AWS::S3::Bucket") if k.startswith("Results"))
+    assert f"--outputs s3://<{results}>/results'" in text
+    assert "export PYANAMO_SETUP=" not in text  # no set-up script unless one is given
     assert (REPO / "infra" / "bootstrap.sh").read_text().split("\n", 1)[1] in text
     assert "systemctl enable --now pyanamo-worker.service" in text
     text = render(variant.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"])
     assert "--lease 600 --items 2 --nests 4 --max-attempts 2 --quiet --timeout 7200 --log-bucket" in text
 
 
-def test_group_starts_empty_and_takes_size_types_and_spot_from_context(default: Synth, variant: Synth):
+def test_group_has_no_desired_capacity_and_protects_working_instances(synth: Synth):
+    """A redeploy never resizes a running fleet (the scaler and `fleet scale` own its size), and
+    no Auto Scaling action ends an instance while it works: each leaves by itself."""
+    group = synth.one("AWS::AutoScaling::AutoScalingGroup")["Properties"]
+    assert "DesiredCapacity" not in group
+    assert group["NewInstancesProtectedFromScaleIn"] is True
+
+
+def test_removed_desired_capacity_is_a_one_line_error(tmp_path: Path):
+    proc = _run_app(tmp_path, {"desired_capacity": "2"})
+    assert proc.returncode == 2 and "context desired_capacity: removed;" in proc.stderr
+    assert "pyanamo fleet scale" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_group_takes_size_types_and_spot_from_context(default: Synth, variant: Synth):
     group = default.one("AWS::AutoScaling::AutoScalingGroup")["Properties"]
-    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == ("0", "10", "0")
+    assert (group["MinSize"], group["MaxSize"]) == ("0", "10")
     distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
     assert distribution["OnDemandPercentageAboveBaseCapacity"] == 100
     group = variant.one("AWS::AutoScaling::AutoScalingGroup")["Properties"]
-    assert (group["MinSize"], group["MaxSize"], group["DesiredCapacity"]) == ("0", "20", "2")
+    assert (group["MinSize"], group["MaxSize"]) == ("0", "20")
     assert group["CapacityRebalance"] is True
     distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
     assert distribution["OnDemandPercentageAboveBaseCapacity"] == 0
@@ -201,8 +225,8 @@ def test_iam_names_the_table_and_its_indexes_never_star(synth: Synth):
             assert actions in (["autoscaling:DescribeAutoScalingGroups"],
                                ["pricing:GetProducts", "ec2:DescribeSpotPriceHistory"]), statement
     worker_actions = {a for s in statements(synth) for a in as_list(s["Action"])}
-    assert {"dynamodb:UpdateItem", "dynamodb:Query", "autoscaling:TerminateInstanceInAutoScalingGroup",
-            "s3:PutObject", "s3:GetObject"} <= worker_actions
+    assert {"dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem",
+            "autoscaling:TerminateInstanceInAutoScalingGroup", "s3:PutObject", "s3:GetObject"} <= worker_actions
     assert not any(a in worker_actions for a in ("dynamodb:*", "dynamodb:DeleteTable", "dynamodb:Scan", "s3:*"))
 
 
@@ -228,15 +252,88 @@ def test_group_arn_has_the_real_arn_shape(default: Synth):
 
 
 def test_log_bucket_is_private_encrypted_expiring_and_denies_plain_http(synth: Synth):
-    bucket = synth.one("AWS::S3::Bucket")["Properties"]
+    (bucket,) = [b["Properties"] for k, b in synth.resources("AWS::S3::Bucket").items() if k.startswith("Logs")]
     assert bucket["PublicAccessBlockConfiguration"] == {
         "BlockPublicAcls": True, "BlockPublicPolicy": True, "IgnorePublicAcls": True, "RestrictPublicBuckets": True}
     assert bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"][
         "SSEAlgorithm"] == "AES256"
     assert bucket["LifecycleConfiguration"]["Rules"][0]["ExpirationInDays"] == 90
-    policy = synth.one("AWS::S3::BucketPolicy")["Properties"]["PolicyDocument"]["Statement"]
-    assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-               for s in policy)
+    for policy in synth.resources("AWS::S3::BucketPolicy").values():
+        assert any(s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+                   for s in policy["Properties"]["PolicyDocument"]["Statement"])
+
+
+# -- software, data and results on the fleet ----------------------------------------------
+
+def user_data(synth: Synth) -> str:
+    return render(synth.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]["UserData"])
+
+
+def test_the_image_and_the_setup_script_reach_the_launch_template(variant: Synth, tmp_path: Path):
+    data = variant.one("AWS::EC2::LaunchTemplate")["Properties"]["LaunchTemplateData"]
+    assert data["ImageId"] == "ami-0123456789abcdef0"
+    text = user_data(variant)
+    assert "export PYANAMO_SETUP='s3://cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>/" in text
+    assert "export PYANAMO_SETUP_TIMEOUT=3600" in text
+    setup_key = re.search(r"PYANAMO_SETUP='s3://[^/]+/([^']+)'", text).group(1)
+    reads = [render(r) for s in statements(variant) if s["Action"] == "s3:GetObject" for r in as_list(s["Resource"])]
+    assert any(r.endswith(f"/{setup_key}") for r in reads)  # the instances may read their set-up script
+    ssm = Synth({"machine_image": "/my-lab/images/bwa-gatk"}, tmp_path)
+    parameters = [p["Default"] for p in ssm.json["Parameters"].values() if "Image::Id" in p["Type"]]
+    assert parameters == ["/my-lab/images/bwa-gatk"]
+
+
+def test_a_missing_setup_script_or_a_bad_image_is_a_one_line_error(tmp_path: Path):
+    proc = _run_app(tmp_path, {"setup": "nowhere/setup.sh"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "pyanamo: error: context setup='nowhere/setup.sh': no such file"
+    proc = _run_app(tmp_path, {"machine_image": "ubuntu"})
+    assert proc.returncode == 2 and "an AMI ID (ami-...) or an SSM parameter name" in proc.stderr
+
+
+def test_input_and_output_grants_name_exactly_the_buckets_given(variant: Synth):
+    s3_statements = [s for s in statements(variant) if any(a.startswith("s3:") for a in as_list(s["Action"]))]
+    granted = {(tuple(as_list(s["Action"])), render(r), json.dumps(s.get("Condition")))
+               for s in s3_statements for r in as_list(s["Resource"])}
+    p = "arn:<AWS::Partition>:s3:::"
+    assert {
+        (("s3:GetObject",), f"{p}my-bams/cohort1/*", "null"),
+        (("s3:ListBucket",), f"{p}my-bams", json.dumps({"StringLike": {"s3:prefix": ["cohort1/*", "cohort1"]}})),
+        (("s3:GetObject",), f"{p}my-references/*", "null"),
+        (("s3:ListBucket",), f"{p}my-references", "null"),
+        (("s3:PutObject", "s3:PutObjectTagging", "s3:DeleteObjectTagging", "s3:GetObject", "s3:DeleteObject"),
+         f"{p}lab-results/haplotypes/*", "null"),
+    } <= granted
+    buckets = {r.removeprefix(p).split("/")[0] for _, r, _ in granted if r.startswith(p)}
+    assets = "cdk-hnb659fds-assets-<AWS::AccountId>-<AWS::Region>"  # the runtime and set-up script
+    assert buckets == {"my-bams", "my-references", "lab-results", assets}  # no other, no wildcard bucket
+    assert "--outputs s3://lab-results/haplotypes" in user_data(variant)
+
+
+def test_the_results_bucket_expires_uncommitted_attempts_and_is_kept(default: Synth):
+    (bucket,) = [b for k, b in default.resources("AWS::S3::Bucket").items() if k.startswith("Results")]
+    rules = {r["Id"]: r for r in bucket["Properties"]["LifecycleConfiguration"]["Rules"]}
+    assert rules["ExpireUncommittedAttempts"]["TagFilters"] == [{"Key": "pyanamo-commit", "Value": "pending"}]
+    assert rules["ExpireUncommittedAttempts"]["ExpirationInDays"] == 7
+    assert rules["AbortIncompleteUploads"]["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert default.json["Outputs"]["ResultsLocation"]
+
+
+def test_session_manager_only_when_asked_for(default: Synth, variant: Synth):
+    def managed(synth: Synth) -> list[str]:
+        role = next(r for r in synth.resources("AWS::IAM::Role").values()
+                    if "ec2.amazonaws.com" in json.dumps(r["Properties"]["AssumeRolePolicyDocument"]))
+        return [render(a) for a in role["Properties"].get("ManagedPolicyArns", [])]
+
+    assert managed(default) == []
+    assert managed(variant) == ["arn:<AWS::Partition>:iam::aws:policy/AmazonSSMManagedInstanceCore"]
+
+
+def test_the_worker_may_put_only_its_own_worker_records(synth: Synth):
+    (put,) = [s for s in statements(synth) if "dynamodb:PutItem" in as_list(s["Action"])]
+    assert as_list(put["Action"]) == ["dynamodb:PutItem"]
+    assert put["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["pyanamo-worker#*"]}}
 
 
 # -- the backlog scaler and outputs -------------------------------------------------------
@@ -327,6 +424,6 @@ def test_cdk_synth_with_the_cli(tmp_path: Path):
     proc = subprocess.run([cdk, "synth", "--quiet", "--no-notices", "--output", str(tmp_path), "-c", "spot=true",
                            "-c", "table=FromTheCli"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    template = json.loads((tmp_path / "PyAnamo.template.json").read_text())
+    template = json.loads((tmp_path / "FromTheCli.template.json").read_text())  # the stack follows the table
     tables = [r for r in template["Resources"].values() if r["Type"] == "AWS::DynamoDB::Table"]
     assert [t["Properties"]["TableName"] for t in tables] == ["FromTheCli"]

@@ -7,10 +7,11 @@ import time
 import pytest
 
 from pyanamo import fleet, scaler
+from pyanamo.identity import Imds
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import TaskQueue
 
-from helpers import put_items
+from helpers import StubImds, put_items
 
 
 def todo_items(client, table: str, count: int) -> None:
@@ -77,8 +78,24 @@ def test_handler_reads_its_settings_from_the_environment(client, table, autoscal
     assert desired(autoscaling, group) == 4
 
 
-def test_leave_stays_when_the_worker_was_stopped_by_a_signal(autoscaling):
-    assert "stays in its group" in fleet.leave(autoscaling, worker_exit=143)
+def test_leave_after_any_end_of_the_worker_even_a_crash(autoscaling, make_group, monkeypatch):
+    """An OOM-killed or crashed worker must not leave an idle, billed instance behind."""
+    group = make_group(maximum=2, desired=1)
+    (instance_id,) = [i["InstanceId"] for i in fleet.describe_group(autoscaling, group)["Instances"]]
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    with StubImds(instance_id) as imds:
+        message = fleet.leave(autoscaling, worker_exit=137, imds=Imds(imds.url))
+    assert message == f"instance {instance_id} left its Auto Scaling group (desired capacity lowered)"
+    assert desired(autoscaling, group) == 0
+
+
+def test_leave_stays_when_the_instance_goes_anyway(autoscaling, monkeypatch):
+    monkeypatch.delenv("AWS_EC2_METADATA_DISABLED")
+    with StubImds("i-0spot") as imds:
+        imds.interrupt()
+        assert "goes anyway (a Spot interruption notice)" in fleet.leave(autoscaling, 143, Imds(imds.url))
+    with StubImds("i-0scalein", {"autoscaling/target-lifecycle-state": "Terminated"}) as imds:
+        assert "Auto Scaling is terminating it" in fleet.leave(autoscaling, 143, Imds(imds.url))
 
 
 def test_leave_off_ec2_is_a_clear_error(autoscaling):
