@@ -531,7 +531,7 @@ class Worker:
         """A done attempt's outputs go to the store, uncommitted, and its manifest into the
         result (written by ``_record``); a failed attempt's folder is dropped. Outputs that cannot
         be stored fail the attempt with the reason."""
-        if result.status is not SubtaskStatus.DONE:
+        if result.status is not SubtaskStatus.DONE or not any(outdir.iterdir()):  # failed, or wrote nothing
             shutil.rmtree(outdir, ignore_errors=True)
             return result
         path = attempt_path(self.config.table, item.item_id, result.key, outdir.name)
