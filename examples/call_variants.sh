@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# A stand-in for a per-chromosome variant call: about a second of work, a small output file.
+# A stand-in for a per-chromosome variant call: about a second of work, a small output file in
+# $PYANAMO_OUTDIR (the worker commits it when the sub-task succeeds; outside a worker: ./output).
 set -euo pipefail
 sample=$1 chrom=$2
-out=${PYANAMO_DEMO_OUT:-demo-run/output}
+out=${PYANAMO_OUTDIR:-output}
 mkdir -p "$out"
 sleep 1
 {

@@ -21,7 +21,7 @@ pyanamo import "$table" examples/tasks.txt --nested-delimiter ,
 
 echo "starting 3 workers (priced as if each were a \$0.10/hour instance) …"
 for n in 1 2 3; do
-  pyanamo worker "$table" --lease 30 --log-dir "$run/logs" --quiet --price-per-hour 0.10 &
+  pyanamo worker "$table" --lease 30 --log-dir "$run/logs" --outputs "$run/outputs" --quiet --price-per-hour 0.10 &
   pids+=($!)
 done
 wait "${pids[@]}"
@@ -30,6 +30,6 @@ pyanamo status "$table"
 echo
 pyanamo logs "$table" NA12801 --subtask Task_0
 echo
-echo "outputs: $(ls "$run/output" | wc -l) files in $run/output"
+pyanamo outputs "$table" --download "$run/results"   # each sub-task's committed files, sha256 checked
 pyanamo report "$table" --html "$run/report.html" --trace "$run/trace.tsv" > /dev/null 2>&1
 echo "run report: $run/report.html (open it in a browser); trace: $run/trace.tsv"

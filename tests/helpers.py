@@ -85,6 +85,8 @@ class Workers:
               env: dict[str, str] | None = None) -> subprocess.Popen:
         name = name or f"w{len(self.processes)}"
         log = open(self.root / f"{name}.log", "wb")
+        if "--outputs" not in args:  # never the default pyanamo-outputs/ in the test's folder
+            args = ("--outputs", str(self.root / "outputs"), *args)
         process = subprocess.Popen(
             [sys.executable, "-m", "pyanamo", "worker", table,
              "--log-dir", str(self.root / "logs"), "--workdir", str(self.root), *args],

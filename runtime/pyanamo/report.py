@@ -27,7 +27,7 @@ from .schema import Attr, ItemState, SubtaskStatus
 from .status import duration
 
 TRACE_COLUMNS = ("item", "task", "subtask", "attempt", "status", "exit", "instance", "instance_type", "worker",
-                 "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "cost_usd", "earlier_exits", "command")
+                 "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "output_bytes", "cost_usd", "earlier_exits", "command")
 TOP = 10  # rows in the slowest and most memory-hungry lists
 REPORT_ATTRIBUTES = (Attr.ITEM_ID, Attr.TASK_ID, Attr.STATE, Attr.TASK_SCRIPT, Attr.LOG_SUMMARY, Attr.INSTANCE_ID,
                      Attr.LAST_ERROR, Attr.DONE_DATE)
@@ -52,6 +52,7 @@ class SubtaskRun:
     wall_s: float
     cpu_s: float
     peak_rss_mb: float
+    output_bytes: int  # committed to $PYANAMO_OUTDIR's store by this run (0: none)
     cost_usd: float | None
     earlier_exits: tuple[int | None, ...]
     command: str
@@ -94,6 +95,7 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
             host=str(record.get("Host", "?")), start=str(record["Started"]), end=str(record.get("Ended", "")),
             wall_s=round(float(record.get("Wall_Time", 0)), 3), cpu_s=round(float(record.get("CPU_Time", 0)), 3),
             peak_rss_mb=round(int(record.get("Peak_RSS_KB", 0) or 0) / 1024, 1),
+            output_bytes=int(record.get("Output_Bytes", 0) or 0),
             cost_usd=None if cost is None else float(cost),
             earlier_exits=tuple(None if c is None else int(c) for c in record.get("Earlier_Exits") or ()),
             command=s.script,
@@ -149,7 +151,8 @@ class RunReport:
             "workers": len(self.workers),
             "start": None if span is None else iso(span[0]), "end": None if span is None else iso(span[1]),
             "span_s": None if span is None else round(span[1] - span[0], 1),
-            "cpu_hours": round(self.cpu_hours, 4), **self.cost.to_json(), "right_sizing": self.sizing(),
+            "cpu_hours": round(self.cpu_hours, 4), "output_bytes": sum(r.output_bytes for r in self.runs),
+            **self.cost.to_json(), "right_sizing": self.sizing(),
         }
 
 
@@ -273,7 +276,7 @@ def _bar_of(run: SubtaskRun, y: float, t0: float, scale: float) -> str:
     width = max(1.5, (run.ended - run.started) * scale)
     colour = COLOURS.get(run.status, "#6d4c41")
     tip = (f"{run.item} {run.subtask} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
-           f"{run.peak_rss_mb} MB, {run.command[:120]}")
+           f"{run.peak_rss_mb} MB, wrote {run.output_bytes:,} bytes, {run.command[:120]}")
     return (f'<rect class="run {_e(run.status)}" x="{x:.1f}" y="{y + 2}" width="{width:.1f}" '
             f'height="{LANE_HEIGHT - 4}" fill="{colour}" data-item="{_e(run.item)}" '
             f'data-subtask="{_e(run.subtask)}"><title>{_e(tip)}</title></rect>')

@@ -18,7 +18,9 @@ def test_demo_script_runs_the_bundled_workload(tmp_path: Path):
     assert proc.returncode == 0, proc.stderr
     assert "imported 6 items (18 sub-tasks)" in proc.stdout
     assert "sub-tasks done: 18/18 (100.0%)" in proc.stdout
-    assert "outputs: 18 files in demo-run/output" in proc.stdout
+    assert "18 files of 18 sub-tasks in demo-run/results" in proc.stdout
+    vcf = (REPO / "demo-run" / "results" / "NA12801" / "Task_0" / "NA12801.chr20.vcf").read_text()
+    assert "item=NA12801 subtask=Task_0" in vcf
     assert "run report: demo-run/report.html" in proc.stdout
     report = (REPO / "demo-run" / "report.html").read_text()
     assert report.count('<rect class="run done"') == 18

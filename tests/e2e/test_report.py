@@ -19,7 +19,7 @@ ROWS = [
     "big|S1|python3 -c \"b = bytearray(200_000_000); import time; time.sleep(0.3)\"",
     "big|S1|sleep 0.2",
     "bad|S2|echo 'boom: chr7 truncated' >&2; exit 3",
-    "ok|S3|echo fine",
+    "ok|S3|echo fine; head -c 1234 /dev/zero > $PYANAMO_OUTDIR/result.bin",
 ]
 
 
@@ -49,6 +49,7 @@ def test_the_trace_has_a_row_per_subtask_run_with_where_when_memory_and_cost(fin
     big = by_run[("big", "Task_0")]
     assert float(big["peak_rss_mb"]) >= 190, big  # the sub-task's own 200 MB, through its supervisor
     assert float(by_run[("ok", "Task_0")]["peak_rss_mb"]) < 100
+    assert by_run[("ok", "Task_0")]["output_bytes"] == "1234" and big["output_bytes"] == "0"
     bad = by_run[("bad", "Task_0")]
     assert (bad["status"], bad["exit"], bad["attempt"], bad["earlier_exits"]) == ("failed", "3", "2", "3")
     pids = {f":{w.pid}" for w in workers.processes}
