@@ -107,6 +107,13 @@ def test_stack_deploys_on_moto_reads_back_and_deletes(aws_env, services, tmp_pat
     assert f"export PYANAMO_TABLE='{table}'" in user_data
     assert f"--log-bucket {outputs['LogBucketName']}/logs" in user_data
     assert "systemctl enable --now pyanamo-worker.service" in user_data
+    assert f"--outputs {outputs['ResultsLocation']}" in user_data
+
+    # The results bucket exists (moto's CloudFormation does not apply a bucket's
+    # LifecycleConfiguration: GetBucketLifecycleConfiguration answers NoSuchLifecycleConfiguration;
+    # tests/infra checks the rule in the template).
+    results_bucket = outputs["ResultsLocation"].removeprefix("s3://").split("/")[0]
+    assert services["s3"].head_bucket(Bucket=results_bucket)
 
     # The fleet CLI reads the stack's outputs, as a user would.
     status = cli("fleet", "status", name, env={**aws_env, "COLUMNS": "200"})
@@ -127,11 +134,12 @@ def test_stack_deploys_on_moto_reads_back_and_deletes(aws_env, services, tmp_pat
     assert any(r.get("ScheduleExpression") == "rate(1 minute)" for r in rules)
     assert services["s3"].head_bucket(Bucket=outputs["LogBucketName"])
 
-    # Delete: the table, group and launch template go with the stack.
+    # Delete: the group and launch template go with the stack; the run (table, results) is kept.
     services["autoscaling"].set_desired_capacity(AutoScalingGroupName=outputs["GroupName"], DesiredCapacity=0)
     cloudformation.delete_stack(StackName=name)
     assert wait_for_stack(cloudformation, stack["StackId"])["StackStatus"] == "DELETE_COMPLETE"
-    assert table not in services["dynamodb"].list_tables()["TableNames"]
+    assert table in services["dynamodb"].list_tables()["TableNames"]
+    assert services["s3"].head_bucket(Bucket=results_bucket)
     assert not services["autoscaling"].describe_auto_scaling_groups(
         AutoScalingGroupNames=[outputs["GroupName"]])["AutoScalingGroups"]
     remaining = {t["LaunchTemplateId"] for t in ec2.describe_launch_templates()["LaunchTemplates"]}
