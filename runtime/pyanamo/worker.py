@@ -535,6 +535,7 @@ class Worker:
             shutil.rmtree(outdir, ignore_errors=True)
             return result
         path = attempt_path(self.config.table, item.item_id, result.key, outdir.name)
+        emit("outputs_staging", item=item.item_id, subtask=result.key, attempt=outdir.name)
         try:
             manifest, stored = self.outputs.stage(outdir, path, outdir.name, self.config.max_output_size)
         except (OutputError, OSError) as exc:
