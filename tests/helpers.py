@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -289,3 +292,37 @@ class StubImds:
     def __exit__(self, *exc) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+# -- deploying the synthesized stack to moto's CloudFormation -------------------------------
+
+ACCOUNT, REGION = "123456789012", "us-east-1"
+
+
+def upload_assets(s3, assembly: Path, stack: str) -> None:
+    manifest = json.loads((assembly / f"{stack}.assets.json").read_text())
+    for asset in manifest["files"].values():
+        source = assembly / asset["source"]["path"]
+        if asset["source"].get("packaging") == "zip":
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                for file in sorted(source.rglob("*")):
+                    if file.is_file():
+                        archive.write(file, file.relative_to(source).as_posix())
+            body = buffer.getvalue()
+        else:
+            body = source.read_bytes()
+        for destination in asset["destinations"].values():
+            bucket = destination["bucketName"].replace("${AWS::AccountId}", ACCOUNT).replace("${AWS::Region}", REGION)
+            if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+                s3.create_bucket(Bucket=bucket)
+            s3.put_object(Bucket=bucket, Key=destination["objectKey"], Body=body)
+
+
+def wait_for_stack(cloudformation, name: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
+        if not stacks[0]["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
+            return stacks[0]
+        time.sleep(0.5)

@@ -95,8 +95,9 @@ def translate(exc: BaseException) -> QueueError:
             return Throttled(message)
         if code == "ResourceNotFoundException":
             return TableMissing(message)
-        if code in _DENIED:
-            return AccessDenied(f"{code}: {message}")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in _DENIED or status == 403:  # moto answers a refused DynamoDB call in IAM's XML: code "403"
+            return AccessDenied(f"{code}: {message}"[:500])
         return QueueError(f"{code}: {message}")
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)):
         return Unreachable(message)

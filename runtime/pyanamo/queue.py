@@ -545,6 +545,14 @@ class TaskQueue:
                **values}
         self._call("put_item", Item={name: to_dynamo(value) for name, value in row.items()})
 
+    def upsert_worker_record(self, key: str, values: dict[str, Any]) -> None:
+        """Create or update a worker's record with UpdateItem (where PutItem is refused)."""
+        row = {Attr.STATE_SHARD: WORKERS_SHARD, Attr.STATE_RANK: str(values.get("Started", "")), **values}
+        expr = Expression()
+        for name, value in row.items():
+            expr.set(name, value)
+        self._call("update_item", Key=_key(key), **expr.request())
+
     def update_worker_record(self, key: str, values: dict[str, Any]) -> None:
         expr = Expression()
         for name, value in values.items():

@@ -27,7 +27,8 @@ from .schema import Attr, ItemState, SubtaskStatus
 from .status import duration
 
 TRACE_COLUMNS = ("item", "task", "subtask", "attempt", "status", "exit", "instance", "instance_type", "worker",
-                 "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "output_bytes", "cost_usd", "earlier_exits", "command")
+                 "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "output_bytes", "cost_usd", "earlier_exits",
+                 "command")
 TOP = 10  # rows in the slowest and most memory-hungry lists
 REPORT_ATTRIBUTES = (Attr.ITEM_ID, Attr.TASK_ID, Attr.STATE, Attr.TASK_SCRIPT, Attr.LOG_SUMMARY, Attr.INSTANCE_ID,
                      Attr.LAST_ERROR, Attr.DONE_DATE)

@@ -53,6 +53,7 @@ class StatusReport:
     completion_per_hour: float | None = None  # items ended per hour since the first worker started
     cost_to_finish_usd: float | None = None  # at the cost per ended item so far
     boot_failures: int = 0  # instances whose boot failed (``fleet.boot_failed`` records)
+    warnings: list[str] = field(default_factory=list)  # what workers recorded (a refused permission)
     last_boot_failure: str | None = None
 
     @property
@@ -114,6 +115,7 @@ def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
     if boots:
         report.boot_failures = len(boots)
         report.last_boot_failure = f"{boots[-1].get('InstanceID', '?')}: {boots[-1].get('Last_Line', '')}"
+    report.warnings = sorted({str(r["Warning"]) for r in records if r.get("Warning")})
     spans = worker_spans(r for r in records if r.get("Record_Type") != BOOT_FAILED)
     if not spans:
         return
@@ -192,6 +194,8 @@ def render(report: StatusReport) -> Group:
         parts.append(cost_line(report))
     if report.boot_failures:
         parts.append(Text(f"failed boots: {report.boot_failures} (last: {report.last_boot_failure})"))
+    for warning in report.warnings:
+        parts.append(Text(f"warning from a worker: {warning}"))
     if report.instances:
         held = Table(title="items held per instance", title_justify="left")
         held.add_column("instance")

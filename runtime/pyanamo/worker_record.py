@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .accounting import Placement, subtask_cost
+from .errors import AccessDenied
 from .events import emit
 from .model import iso, utc_now_iso
 from .runner import Outcome
@@ -68,6 +69,7 @@ class WorkerRecord:
         self.slots = slots
         self.started = time.time()
         self.key = f"{WORKER_RECORD_PREFIX}{queue.worker_id}#{int(self.started * 1000)}"
+        self._denied: set[str] = set()
 
     def open(self) -> None:
         p = self.placement
@@ -101,5 +103,16 @@ class WorkerRecord:
     def _write(self, write: Any, values: dict[str, Any]) -> None:
         try:
             write(self.key, values)
+        except AccessDenied as exc:  # a role without a permission: said once, never swallowed
+            creating = write == self.queue.put_worker_record
+            action = "dynamodb:PutItem" if creating else "dynamodb:UpdateItem"
+            if action not in self._denied:
+                self._denied.add(action)
+                emit("permission_denied", action=action, error=str(exc)[:200],
+                     warning=f"the worker's record cannot be written ({action} refused): no instance-hours, cost "
+                             "or utilization for this worker in status and report")
+            if creating:  # keep the record where `status` reads it, and say why
+                self._write(self.queue.upsert_worker_record,
+                            {**values, "Warning": f"AccessDenied on {action}: {exc}"[:300]})
         except Exception as exc:  # noqa: BLE001 - the record is for the report, never worth a failed run
             emit("worker_record_failed", error=str(exc)[:200])

@@ -7,11 +7,7 @@ template created as a CloudFormation stack (boto3 `create_stack` on moto's serve
 from __future__ import annotations
 
 import base64
-import io
-import json
-import time
 import uuid
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -19,41 +15,9 @@ import pytest
 from pyanamo import schema
 from pyanamo.aws import Endpoint, aws_client
 
-from helpers import cli
+from helpers import cli, upload_assets, wait_for_stack
 
 pytestmark = pytest.mark.moto_only  # the stack deploys to moto's CloudFormation, its table into moto
-
-ACCOUNT, REGION = "123456789012", "us-east-1"
-
-
-def upload_assets(s3, assembly: Path, stack: str) -> None:
-    manifest = json.loads((assembly / f"{stack}.assets.json").read_text())
-    for asset in manifest["files"].values():
-        source = assembly / asset["source"]["path"]
-        if asset["source"].get("packaging") == "zip":
-            buffer = io.BytesIO()
-            with zipfile.ZipFile(buffer, "w") as archive:
-                for file in sorted(source.rglob("*")):
-                    if file.is_file():
-                        archive.write(file, file.relative_to(source).as_posix())
-            body = buffer.getvalue()
-        else:
-            body = source.read_bytes()
-        for destination in asset["destinations"].values():
-            bucket = destination["bucketName"].replace("${AWS::AccountId}", ACCOUNT).replace("${AWS::Region}", REGION)
-            if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
-                s3.create_bucket(Bucket=bucket)
-            s3.put_object(Bucket=bucket, Key=destination["objectKey"], Body=body)
-
-
-def wait_for_stack(cloudformation, name: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        stacks = cloudformation.describe_stacks(StackName=name)["Stacks"]
-        if not stacks[0]["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
-            return stacks[0]
-        time.sleep(0.5)
-
 
 @pytest.fixture
 def services(aws_env):
