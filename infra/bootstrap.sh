@@ -75,7 +75,9 @@ if [[ "$asset" == *.zip ]]; then
   asset=$home/runtime
 fi
 "$python" -m venv "$home/venv"
-"$home/venv/bin/python" -m pip install --quiet --disable-pip-version-check "$asset"
+# Offline: the asset carries the wheels of every pinned dependency (runtime/fleet-lock.txt).
+"$home/venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index \
+  --find-links "$asset/wheels" "$asset"
 pyanamo=$home/venv/bin/pyanamo
 
 if [ -n "${PYANAMO_SETUP:-}" ]; then  # the user's tools: run once, as root, with a time limit

@@ -20,7 +20,7 @@ from aws_cdk import aws_s3_assets as s3_assets
 from constructs import Construct
 
 from .nag import GROUP_ARN, GROUP_ARN_REASON, suppress
-from .runtime_asset import ASSET_EXCLUDE
+from .runtime_asset import ASSET_EXCLUDE, fleet_bundling
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
 PRICE_LOOKUP_ACTIONS = ("pricing:GetProducts", "ec2:DescribeSpotPriceHistory")  # the worker's price (pricing.py)
@@ -93,7 +93,8 @@ class WorkerFleet(Construct):
     ) -> None:
         super().__init__(scope, id)
         self.vpc, subnets = self._network(props)
-        self.runtime = s3_assets.Asset(self, "Runtime", path=str(runtime_path), exclude=ASSET_EXCLUDE)
+        self.runtime = s3_assets.Asset(self, "Runtime", path=str(runtime_path), exclude=ASSET_EXCLUDE,
+                                       **fleet_bundling(runtime_path))
         self.role = iam.Role(
             self,
             "Role",

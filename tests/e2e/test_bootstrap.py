@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from infra.runtime_asset import bundle_runtime
 from pyanamo.aws import Endpoint, aws_client
 from pyanamo.fleet import describe_group
 from pyanamo.queue import TaskQueue
@@ -21,13 +22,12 @@ pytestmark = pytest.mark.moto_only  # the stack deploys to moto's CloudFormation
 
 
 def runtime_zip(path: Path) -> Path:
-    """The runtime folder zipped as the CDK asset is (build leftovers excluded)."""
-    root = REPO / "runtime"
+    """The runtime as the CDK asset bundles it (the package and its pinned wheels), zipped."""
+    folder = bundle_runtime(path.with_suffix(""))
     with zipfile.ZipFile(path, "w") as archive:
-        for file in sorted(root.rglob("*")):
-            parts = file.relative_to(root).parts
-            if file.is_file() and not any(p == "__pycache__" or p.endswith(".egg-info") or p == "build" for p in parts):
-                archive.write(file, file.relative_to(root).as_posix())
+        for file in sorted(folder.rglob("*")):
+            if file.is_file():
+                archive.write(file, file.relative_to(folder).as_posix())
     return path
 
 
@@ -45,6 +45,8 @@ def run_bootstrap(aws_env, instance_id: str, table: str, home: Path, tmp_path: P
             "PYANAMO_PYTHON": "python3",
             "PYANAMO_MODE": "foreground",
             "PYANAMO_WORKER_ARGS": "--lease 10 --quiet",
+            # no package index can be reached from this "instance": the asset's wheels must do
+            "PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_RETRIES": "0", "PIP_TIMEOUT": "2",
             **settings,
         }
         env.pop("AWS_EC2_METADATA_DISABLED")  # this "instance" has a metadata service

@@ -283,6 +283,22 @@ def test_the_image_and_the_setup_script_reach_the_launch_template(variant: Synth
     assert parameters == ["/my-lab/images/bwa-gatk"]
 
 
+def test_the_instances_install_offline_from_the_pinned_wheels_in_their_asset(default: Synth):
+    """No package index is needed at boot, and every boot gets the versions the tests ran."""
+    assert "--no-index" in user_data(default) and '--find-links "$asset/wheels"' in user_data(default)
+    asset_key = re.search(r"PYANAMO_ASSET='s3://[^/]+/([^']+)'", user_data(default)).group(1)
+    assets = json.loads((default.outdir / f"{default.stack.stack_name}.assets.json").read_text())["files"]
+    (folder,) = [a["source"]["path"] for a in assets.values()
+                 if any(d["objectKey"] == asset_key for d in a["destinations"].values())]
+    wheels = sorted(p.name for p in (default.outdir / folder / "wheels").glob("*.whl"))
+    lock = [line.split("==") for line in (REPO / "runtime" / "fleet-lock.txt").read_text().splitlines()
+            if line and not line.startswith("#")]
+    assert len(wheels) == len(lock)
+    for name, pinned in lock:
+        assert any(w.lower().startswith(f"{name.lower().replace('-', '_')}-{pinned}-") for w in wheels), name
+    assert (default.outdir / folder / "pyanamo" / "worker.py").exists()
+
+
 def test_a_missing_setup_script_or_a_bad_image_is_a_one_line_error(tmp_path: Path):
     proc = _run_app(tmp_path, {"setup": "nowhere/setup.sh"})
     assert proc.returncode == 2
