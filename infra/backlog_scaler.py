@@ -12,6 +12,8 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from pyanamo.scaler import Reaping
+
 from .nag import GROUP_ARN, suppress
 from .runtime_asset import ASSET_EXCLUDE
 
@@ -24,10 +26,12 @@ class BacklogScaler(Construct):
         *,
         runtime_path: Path,
         table_name: str,
+        table_arn: str,
         state_index_arn: str,
         group_name: str,
         group_arn: str,
         items_per_instance: int,
+        reaping: Reaping,
     ) -> None:
         super().__init__(scope, id)
         self.function = lambda_.Function(
@@ -43,23 +47,32 @@ class BacklogScaler(Construct):
                 "TABLE_NAME": table_name,
                 "GROUP_NAME": group_name,
                 "ITEMS_PER_INSTANCE": str(items_per_instance),
+                "LEASE_SECONDS": f"{reaping.lease:g}",
+                "BOOT_GRACE_SECONDS": f"{reaping.boot_grace:g}",
+                "MAX_INSTANCE_HOURS": f"{reaping.max_instance_hours:g}",
             },
             log_group=logs.LogGroup(
                 self, "Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
             ),
         )
+        # The backlog and the worker records: Query on the state index, the records' rows by key.
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:Query"], resources=[state_index_arn]))
         self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["autoscaling:SetDesiredCapacity"], resources=[group_arn]))
+            actions=["dynamodb:BatchGetItem"], resources=[table_arn]))
+        # Raise the fleet; end an instance that outlived its purpose (pyanamo.scaler.reap).
+        self.function.add_to_role_policy(iam.PolicyStatement(
+            actions=["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            resources=[group_arn]))
         self.describe_statement = iam.PolicyStatement(
-            actions=["autoscaling:DescribeAutoScalingGroups"], resources=["*"])
+            actions=["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"], resources=["*"])
         self.function.add_to_role_policy(self.describe_statement)
         suppress(self, "AwsSolutions-IAM4", "AWSLambdaBasicExecutionRole only lets the function write its own logs.",
                  ["Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"])
         suppress(self, "AwsSolutions-IAM5",
-                 "DescribeAutoScalingGroups has no resource-level permissions (AWS offers only '*'); "
-                 "SetDesiredCapacity names the group, whose ARN has an AWS-assigned UUID.",
+                 "DescribeAutoScalingGroups and DescribeInstances have no resource-level permissions (AWS "
+                 "offers only '*'); SetDesiredCapacity and TerminateInstanceInAutoScalingGroup name the group, "
+                 "whose ARN has an AWS-assigned UUID.",
                  ["Resource::*", GROUP_ARN])
         self.schedule = events.Rule(
             self,

@@ -53,6 +53,7 @@ class Settings:
     output_bucket: str | None = None  # bucket[/prefix] for committed outputs; default: one the stack creates
     uncommitted_expiry_days: int = 7  # staged outputs never committed are deleted after this
     ssm: bool = False  # attach AmazonSSMManagedInstanceCore (Session Manager onto the instances)
+    max_instance_hours: int = 72  # the scaler ends any instance in service longer than this
 
     @property
     def name_of_stack(self) -> str:
@@ -121,6 +122,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "items_per_instance": _optional(_int), "bootstrap_version_rule": _bool,
     "machine_image": _optional(str), "setup": _optional(str), "setup_timeout": _int,
     "input_buckets": _list, "output_bucket": _optional(str), "uncommitted_expiry_days": _int, "ssm": _bool,
+    "max_instance_hours": _int,
 }
 
 
@@ -158,8 +160,8 @@ def _check(s: Settings) -> None:
     for name, value in [("input_buckets", b) for b in s.input_buckets] + [("output_bucket", s.output_bucket)]:
         if value is not None and not BUCKET_NAME.match(value.removeprefix("s3://").split("/", 1)[0]):
             raise SettingsError(f"context {name}: {value!r} is not an S3 bucket name (bucket or bucket/prefix)")
-    if s.setup_timeout < 1 or s.uncommitted_expiry_days < 1:
-        raise SettingsError("context setup_timeout and uncommitted_expiry_days must be at least 1")
+    if min(s.setup_timeout, s.uncommitted_expiry_days, s.max_instance_hours) < 1:
+        raise SettingsError("context setup_timeout, uncommitted_expiry_days and max_instance_hours must be at least 1")
     if not s.instance_types:
         raise SettingsError("context instance_types is empty")
     if min(s.lease, s.items, s.nests, s.max_attempts) < 1:

@@ -10,6 +10,7 @@ from aws_cdk import CfnOutput, Stack
 from constructs import Construct
 
 from pyanamo import fleet, schema
+from pyanamo.scaler import Reaping
 
 from .backlog_scaler import BacklogScaler
 from .log_bucket import LogBucket
@@ -18,6 +19,8 @@ from .runtime_asset import RUNTIME
 from .settings import Settings
 from .task_table import TaskTable
 from .worker_fleet import FleetProps, WorkerFleet
+
+BOOTSTRAP_SECONDS = 1200  # the bootstrap's own time, before and after the user's setup, at most
 
 
 def fleet_props(settings: Settings) -> FleetProps:
@@ -49,9 +52,11 @@ class PyAnamoStack(Stack):
         if settings.scaler:
             BacklogScaler(
                 self, "Scaler", runtime_path=RUNTIME, table_name=tasks.table.table_name,
-                state_index_arn=tasks.index_arn(schema.STATE_INDEX),
+                table_arn=tasks.table.table_arn, state_index_arn=tasks.index_arn(schema.STATE_INDEX),
                 group_name=workers.group.auto_scaling_group_name, group_arn=workers.group_arn(),
                 items_per_instance=settings.scaler_items_per_instance,
+                reaping=Reaping(lease=settings.lease, boot_grace=settings.setup_timeout + BOOTSTRAP_SECONDS,
+                                max_instance_hours=settings.max_instance_hours),
             )
         CfnOutput(self, fleet.OUTPUT_TABLE, value=tasks.table.table_name)
         CfnOutput(self, fleet.OUTPUT_GROUP, value=workers.group.auto_scaling_group_name)

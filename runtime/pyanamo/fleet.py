@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .accounting import parse_time
 from .errors import BOTO_ERRORS, PyAnamoError, UsageError, error_code
 from .identity import Imds
 from .model import iso
@@ -116,3 +118,31 @@ def boot_failed(queue: Any, s3: Any, autoscaling: Any, log: Path, log_bucket: st
         done.append(f"not recorded: {exc}")
     done.append(leave(autoscaling, None, imds))
     return done
+
+
+FAILED_BOOT_LIMIT = 3  # failed boots in a row that stop the scaler from raising the fleet
+FAILED_BOOT_WINDOW = 3600.0  # seconds: older failures do not count (the scaler tries again)
+
+
+def is_boot_failure(record: Mapping[str, Any]) -> bool:
+    return record.get("Record_Type") == BOOT_FAILED or ":boot#" in str(record.get("itemID", ""))
+
+
+def boot_breaker(records: Iterable[Mapping[str, Any]], now: float, limit: int = FAILED_BOOT_LIMIT,
+                 window: float = FAILED_BOOT_WINDOW) -> str | None:
+    """Why the fleet must not grow (``limit`` boots failed in a row, the newest within ``window``
+    seconds, and no worker started since), or None. The scaler and `status` both ask."""
+    ordered = sorted(records, key=lambda r: str(r.get("Started", "")), reverse=True)
+    failed = []
+    for record in ordered:
+        if not is_boot_failure(record):
+            break
+        failed.append(record)
+    if len(failed) < limit:
+        return None
+    newest = parse_time(failed[0].get("Started"))
+    if newest is None or now - newest > window:
+        return None
+    return (f"{len(failed)} boots failed in a row (last: {failed[0].get('InstanceID', '?')}: "
+            f"{failed[0].get('Last_Line', '')}); fix the image or setup and redeploy, then "
+            f"`pyanamo fleet scale STACK N`")

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from .accounting import cost_to_finish, parse_time, run_cost, worker_spans
 from .errors import MalformedItem
-from .fleet import BOOT_FAILED
+from .fleet import BOOT_FAILED, boot_breaker
 from .model import Item, from_dynamo
 from .queue import TaskQueue
 from .schema import Attr, ItemState, SubtaskStatus
@@ -54,6 +54,7 @@ class StatusReport:
     cost_to_finish_usd: float | None = None  # at the cost per ended item so far
     boot_failures: int = 0  # instances whose boot failed (``fleet.boot_failed`` records)
     warnings: list[str] = field(default_factory=list)  # what workers recorded (a refused permission)
+    scaler_paused: str | None = None  # why the backlog scaler does not raise the fleet (failed boots)
     last_boot_failure: str | None = None
 
     @property
@@ -116,6 +117,7 @@ def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
         report.boot_failures = len(boots)
         report.last_boot_failure = f"{boots[-1].get('InstanceID', '?')}: {boots[-1].get('Last_Line', '')}"
     report.warnings = sorted({str(r["Warning"]) for r in records if r.get("Warning")})
+    report.scaler_paused = boot_breaker(records, now)
     spans = worker_spans(r for r in records if r.get("Record_Type") != BOOT_FAILED)
     if not spans:
         return
@@ -194,6 +196,8 @@ def render(report: StatusReport) -> Group:
         parts.append(cost_line(report))
     if report.boot_failures:
         parts.append(Text(f"failed boots: {report.boot_failures} (last: {report.last_boot_failure})"))
+    if report.scaler_paused:
+        parts.append(Text(f"the scaler does not raise the fleet: {report.scaler_paused}"))
     for warning in report.warnings:
         parts.append(Text(f"warning from a worker: {warning}"))
     if report.instances:

@@ -173,18 +173,23 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     instances = group_instance(deployed, 1)
     enforce(deployed.url, on=True)
     try:
+        worker, leave, fleet_calls = run_fleet_worker(deployed, fleet_keys, instances[0], "S1", tmp_path)
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):  # enforcement is on
+            client(deployed.url, "dynamodb", fleet_keys).scan(TableName=deployed.table)
+    finally:
+        enforce(deployed.url, on=False)
+    put_items(dynamodb, deployed.table, [Item(f"later{n}", "L", (Subtask("Task_0", "true"),)) for n in range(2)])
+    enforce(deployed.url, on=True)
+    try:  # the scaler, once there are worker records to read and a backlog to raise the fleet for
         scaler_calls = tmp_path / "scaler-calls.jsonl"
         scaled = subprocess.run(
             [sys.executable, "-c", "from pyanamo import scaler; print(scaler.handler({}, None))"],
             env=environment(deployed.url, scaler_keys, scaler_calls, TABLE_NAME=deployed.table,
                             GROUP_NAME=deployed.group, ITEMS_PER_INSTANCE="1"),
             capture_output=True, text=True, timeout=60)
-        worker, leave, fleet_calls = run_fleet_worker(deployed, fleet_keys, instances[0], "S1", tmp_path)
-        with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):  # enforcement is on
-            client(deployed.url, "dynamodb", fleet_keys).scan(TableName=deployed.table)
     finally:
         enforce(deployed.url, on=False)
-    assert scaled.returncode == 0, scaled.stderr[-2000:]
+    assert scaled.returncode == 0 and "'desired': 2" in scaled.stdout, scaled.stdout + scaled.stderr[-2000:]
     assert worker.returncode == 0, worker.stderr[-3000:]
     assert "AccessDenied" not in worker.stderr and "permission_denied" not in worker.stderr, worker.stderr[-3000:]
     assert leave.returncode == 0 and f"instance {instances[0]} left" in leave.stdout, leave.stderr
@@ -200,7 +205,11 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     assert {"dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:Query", "s3:PutObject", "s3:DeleteObjectTagging",
             "autoscaling:TerminateInstanceInAutoScalingGroup", "ec2:DescribeSpotPriceHistory"} <= operations
     assert check_scoping(deployed, "fleet", calls, instances) >= len(calls)
-    assert check_scoping(deployed, "scaler", recorded(scaler_calls), instances) >= 1
+    calls = recorded(scaler_calls)
+    assert {"dynamodb:Query", "dynamodb:BatchGetItem", "autoscaling:DescribeAutoScalingGroups",
+            "autoscaling:SetDesiredCapacity", "ec2:DescribeInstances"} <= {
+        f"{c['service']}:{c['operation']}" for c in calls}
+    assert check_scoping(deployed, "scaler", calls, instances) >= len(calls)
 
 
 def test_a_missing_statement_is_a_clear_failure_naming_the_action(deployed: Deployed, tmp_path: Path):

@@ -222,7 +222,7 @@ def test_iam_names_the_table_and_its_indexes_never_star(synth: Synth):
                 assert resource == f"<{table_id}.Arn>" or resource in {
                     f"<{table_id}.Arn>/index/{i.name}" for i in schema.INDEXES}, resource
         if "*" in resources:  # actions with no resource-level permissions, and only these
-            assert actions in (["autoscaling:DescribeAutoScalingGroups"],
+            assert actions in (["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"],
                                ["pricing:GetProducts", "ec2:DescribeSpotPriceHistory"]), statement
     worker_actions = {a for s in statements(synth) for a in as_list(s["Action"])}
     assert {"dynamodb:UpdateItem", "dynamodb:Query", "dynamodb:PutItem",
@@ -236,7 +236,8 @@ def test_the_fleet_may_look_up_its_price_and_nothing_more_on_ec2_or_pricing(defa
     price_actions = []
     for policy in default.resources("AWS::IAM::Policy").values():
         for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
-            actions = [a for a in as_list(statement["Action"]) if a.startswith(("pricing:", "ec2:"))]
+            actions = [a for a in as_list(statement["Action"]) if a.startswith(("pricing:", "ec2:"))
+                       and a != "ec2:DescribeInstances"]  # the scaler's, to know when instances launched
             if actions:
                 assert {render(r) for r in policy["Properties"]["Roles"]} == fleet_role
                 price_actions += actions
@@ -359,6 +360,10 @@ def test_backlog_scaler_runs_every_minute_with_its_settings(default: Synth, vari
                    if f["Properties"]["Handler"] == "pyanamo.scaler.handler"]
     assert function["Runtime"] == "python3.14"
     assert function["Environment"]["Variables"]["ITEMS_PER_INSTANCE"] == "1"
+    # when it ends an instance: 3 leases of silence; setup_timeout + 20 min to boot; 72 h at most
+    assert {k: function["Environment"]["Variables"][k] for k in ("LEASE_SECONDS", "BOOT_GRACE_SECONDS",
+                                                                   "MAX_INSTANCE_HOURS")} == {
+        "LEASE_SECONDS": "300", "BOOT_GRACE_SECONDS": "4800", "MAX_INSTANCE_HOURS": "72"}
     rule = default.one("AWS::Events::Rule")["Properties"]
     assert rule["ScheduleExpression"] == "rate(1 minute)"
     assert not variant.resources("AWS::Events::Rule")

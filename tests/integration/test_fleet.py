@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from pyanamo import fleet, scaler
+from pyanamo import fleet, scaler, status
+from pyanamo.aws import Endpoint, aws_client
 from pyanamo.identity import Imds
-from pyanamo.model import Item, Subtask
+from pyanamo.model import Item, Subtask, iso
 from pyanamo.queue import TaskQueue
 
 from helpers import StubImds, put_items
@@ -101,3 +102,60 @@ def test_leave_stays_when_the_instance_goes_anyway(autoscaling, monkeypatch):
 def test_leave_off_ec2_is_a_clear_error(autoscaling):
     with pytest.raises(fleet.PyAnamoError, match="not on an EC2 instance"):
         fleet.leave(autoscaling, worker_exit=0)
+
+
+# -- instances that outlived their purpose, and boots that keep failing ---------------------
+
+def worker_record(instance: str, started: float, **times: float) -> dict:
+    record = {"Record_Type": "worker", "InstanceID": instance, "Worker_ID": f"{instance}:1", "Started": iso(started)}
+    record.update({name: iso(value) for name, value in times.items()})
+    return record
+
+
+def boot_failure(instance: str, started: float) -> dict:
+    return {"Record_Type": fleet.BOOT_FAILED, "InstanceID": instance, "Started": iso(started),
+            "Last_Line": "conda: command not found"}
+
+
+def test_reap_ends_hung_boots_silent_workers_and_instances_that_did_not_leave(
+        client, table, autoscaling, make_group):
+    group = make_group(maximum=4, desired=4)
+    busy, silent, hung, stayed = [i["InstanceId"] for i in fleet.describe_group(autoscaling, group)["Instances"]]
+    now = time.time() + 2 * 3600  # two hours after they were launched
+    queue = TaskQueue(client, table)
+    for n, record in enumerate([
+            worker_record(busy, now - 3000, Last_Seen=now - 30),
+            worker_record(silent, now - 3000, Last_Seen=now - 3600),
+            worker_record(stayed, now - 3000, Last_Seen=now - 1800, Ended=now - 1800)]):
+        queue.put_worker_record(f"pyanamo-worker#{n}", record)
+    rules = scaler.Reaping(lease=60, boot_grace=3600, max_instance_hours=72)
+    ec2 = aws_client("ec2", Endpoint())
+    ended = scaler.reap(autoscaling, ec2, group, list(queue.worker_records()), rules, now=now)
+    assert sorted(ended) == sorted([silent, hung, stayed])
+    assert "silent for 60 min (3 leases)" in ended[silent]
+    assert "no worker started 120 min after launch" in ended[hung]
+    assert "ended 30 min ago (?) and the instance did not leave" in ended[stayed]
+    after = fleet.describe_group(autoscaling, group)
+    assert after["DesiredCapacity"] == 1 and [i["InstanceId"] for i in after["Instances"]] == [busy]
+    capped = scaler.reap(autoscaling, ec2, group, [], scaler.Reaping(max_instance_hours=1), now=now)
+    assert list(capped) == [busy] and "past max_instance_hours (1)" in capped[busy]
+
+
+def test_the_scaler_stops_raising_after_boots_fail_in_a_row(client, table, autoscaling, make_group):
+    group = make_group(maximum=8)
+    todo_items(client, table, 5)
+    now = time.time()
+    failures = [boot_failure(f"i-{n}", now - 600 + n) for n in range(3)]
+    result = scaler.scale(client, autoscaling, table, group, items_per_instance=1, records=failures, now=now)
+    assert result["desired"] == 0 and "3 boots failed in a row (last: i-2: conda: command not found)" in \
+        result["breaker"]
+    assert desired(autoscaling, group) == 0
+    queue = TaskQueue(client, table)
+    for n, record in enumerate(failures):
+        queue.put_worker_record(f"pyanamo-worker#i-{n}:boot#{n}", record)
+    assert "3 boots failed in a row" in status.gather(queue).scaler_paused
+    recovered = [*failures, worker_record("i-9", now - 60)]  # a later boot started its worker
+    assert "breaker" not in scaler.scale(client, autoscaling, table, group, 1, records=recovered, now=now)
+    assert desired(autoscaling, group) == 5
+    assert fleet.boot_breaker(failures, now + fleet.FAILED_BOOT_WINDOW + 601) is None  # old failures: try again
+    assert fleet.boot_breaker(failures[:2], now) is None
