@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test browser bio-tools reliability audit bench-setup bench screenshot clean
+.PHONY: demo test browser test-tools reliability audit bench-setup bench screenshot clean
 
 $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package-lock.json
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package
 demo: $(VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
-test: $(VENV)/.installed browser bio-tools
+test: $(VENV)/.installed browser test-tools
 	$(PY) -m pytest
 
 # Debian's chromium for the run report's browser test; where it cannot be installed (no root, no
@@ -25,13 +25,15 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > /dev/null) || \
 		echo "chromium could not be installed: the report's browser test will be skipped"
 
-# Debian's bwa, samtools and bcftools for the variant-calling example's end-to-end test; where they
-# cannot be installed the test is skipped and says why.
-bio-tools:
-	@command -v bwa > /dev/null && command -v samtools > /dev/null && command -v bcftools > /dev/null || \
-		(DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bwa samtools bcftools > /dev/null) || \
-		echo "bwa, samtools and bcftools could not be installed: the variant-calling test will be skipped"
+# Debian's bwa, samtools and bcftools for the variant-calling example's end-to-end test, and nftables
+# for the test of the fleet's metadata-service firewall; where they cannot be installed those tests
+# are skipped and say why.
+test-tools:
+	@command -v bwa > /dev/null && command -v samtools > /dev/null && command -v bcftools > /dev/null && \
+		command -v nft > /dev/null || \
+		(DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
+		-y -qq --no-install-recommends bwa samtools bcftools nftables > /dev/null) || \
+		echo "bwa, samtools, bcftools or nftables could not be installed: the tests that need them will be skipped"
 
 # The fault-injection suite with figures, rendered into docs/reliability.md (SOAK=--soak: long form).
 reliability: $(VENV)/.installed

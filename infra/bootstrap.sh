@@ -112,11 +112,18 @@ if [ "$mode" = foreground ]; then
   exit 0
 fi
 
-# systemd: the worker runs as an unprivileged user; whenever it ends (drained, failed, crashed
-# past its restarts, killed), ExecStopPost takes the instance out of its group, unless the
-# machine is shutting down or goes anyway (Spot notice, Auto Scaling terminating it).
-id pyanamo > /dev/null 2>&1 || useradd --system --home-dir "$home/work" --shell /sbin/nologin pyanamo
-chown -R pyanamo: "$home/work" "$home/logs"
+# systemd: the worker runs as root, so that it can run sub-tasks as the unprivileged task user
+# (--run-as in the worker's arguments), whom a firewall rule keeps from the metadata service and
+# with it from the instance role's keys. Whenever the worker ends (drained, failed, crashed past
+# its restarts, killed), ExecStopPost takes the instance out of its group, unless the machine is
+# shutting down or goes anyway (Spot notice, Auto Scaling terminating it).
+trap 'boot_failed $LINENO $?' ERR
+task_user=pyanamo-task
+id "$task_user" > /dev/null 2>&1 || useradd --system --home-dir "$home/work" --shell /sbin/nologin "$task_user"
+command -v nft > /dev/null || command -v iptables > /dev/null || dnf install -y nftables
+deny_imds "$task_user"
+chown "$task_user:" "$home/work"
+trap - ERR
 cat > "$home/after-worker.sh" <<AFTER
 #!/usr/bin/env bash
 # systemd sets EXIT_CODE (exited, killed, ...) and EXIT_STATUS for ExecStopPost.
@@ -132,7 +139,7 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-User=pyanamo
+User=root
 WorkingDirectory=$home/work
 Environment=AWS_REGION=${AWS_REGION:-}
 ExecStart=$home/run-worker.sh

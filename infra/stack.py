@@ -48,7 +48,7 @@ class PyAnamoStack(Stack):
         tasks.grant_worker(workers.role)
         logs.grant_write_logs(workers.role)
         results.grant_commit(workers.role)
-        grant_read_inputs(workers.role, settings.input_buckets)
+        grant_read_inputs(workers.job_role, settings.input_buckets)
         if settings.scaler:
             BacklogScaler(
                 self, "Scaler", runtime_path=RUNTIME, table_name=tasks.table.table_name,

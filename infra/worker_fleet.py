@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jsii
-from aws_cdk import Annotations, ArnFormat, Fn, Stack
+from aws_cdk import Annotations, ArnFormat, Duration, Fn, Stack
 from aws_cdk import aws_autoscaling as autoscaling
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_iam as iam
@@ -23,6 +23,8 @@ from .nag import GROUP_ARN, GROUP_ARN_REASON, suppress
 from .runtime_asset import ASSET_EXCLUDE, fleet_bundling
 
 BOOTSTRAP = Path(__file__).with_name("bootstrap.sh")
+DENY_IMDS = Path(__file__).with_name("deny-imds.sh")  # its function goes into the user-data
+TASK_USER = "pyanamo-task"  # sub-tasks run as this user, away from the metadata service
 PRICE_LOOKUP_ACTIONS = ("pricing:GetProducts", "ec2:DescribeSpotPriceHistory")  # the worker's price (pricing.py)
 
 
@@ -68,10 +70,12 @@ def machine_image(props: FleetProps) -> ec2.IMachineImage:
 
 
 def render_user_data(environment: Mapping[str, str]) -> str:
-    """The user-data: the settings as exported variables, then the bootstrap script."""
+    """The user-data: the settings as exported variables, the firewall function, then the
+    bootstrap script."""
     body = BOOTSTRAP.read_text().split("\n", 1)[1]  # drop the shebang: ours comes first
+    deny = DENY_IMDS.read_text().split("\n", 1)[1].split("\nif [ \"${BASH_SOURCE[0]}\"", 1)[0]
     exports = "\n".join(f"export {name}={_quote(value)}" for name, value in environment.items())
-    return f"#!/bin/bash\n{exports}\n{body}"
+    return f"#!/bin/bash\n{exports}\n{deny}\n{body}"
 
 
 def _quote(value: str) -> str:
@@ -108,7 +112,17 @@ class WorkerFleet(Construct):
             self, "SecurityGroup", vpc=self.vpc, allow_all_outbound=True,
             description="PyAnamo workers: no inbound access (use SSM Session Manager)",
         )
-        worker_args = [*props.worker_args, "--log-bucket", log_bucket, "--outputs", outputs]
+        # The user's code holds none of the instance role: it runs as TASK_USER, whom the bootstrap's
+        # firewall keeps from the metadata service, with the job role's credentials (granted by
+        # whoever owns what it may read: the input buckets).
+        self.job_role = iam.Role(
+            self, "JobRole", assumed_by=iam.ArnPrincipal(self.role.role_arn),
+            description="PyAnamo sub-tasks: what the user's commands may do (read the input buckets)",
+            max_session_duration=Duration.hours(12),
+        )
+        self.job_role.grant_assume_role(self.role)
+        worker_args = [*props.worker_args, "--log-bucket", log_bucket, "--outputs", outputs,
+                       "--run-as", TASK_USER, "--job-role", self.job_role.role_arn]
         environment = {
             "AWS_REGION": Stack.of(self).region,
             "PYANAMO_TABLE": table_name,

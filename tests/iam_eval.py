@@ -115,4 +115,6 @@ def requests_of(call: Mapping[str, Any], *, account: str, region: str,
             names = [group_arn_of[params["InstanceId"]]]
             return [(f"autoscaling:{operation}", names[0], {})]
         return [(f"autoscaling:{operation}", group_arn_of[n], {}) for n in names]
+    if service == "sts" and params.get("RoleArn"):
+        return [(f"sts:{operation}", params["RoleArn"], {})]
     return [(f"{service}:{operation}", "*", {})]

@@ -160,6 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "that holds the item's lease commits)")
     p.add_argument("--max-output-size", type=_size, default=None, metavar="SIZE",
                    help="fail an attempt whose outputs are larger than this (e.g. 50G)")
+    p.add_argument("--run-as", default=None, metavar="USER",
+                   help="run sub-tasks as this unprivileged user (the worker must run as root; the fleet does this)")
+    p.add_argument("--job-role", default=None, metavar="ARN",
+                   help="give sub-tasks this role's temporary credentials instead of the worker's own")
     p.add_argument("--price-per-hour", type=_not_negative, default=None, metavar="USD",
                    help="this machine's price per hour for the run's cost (default: on EC2 looked up from the "
                         "Price List API or the Spot price history; elsewhere 0)")
@@ -350,7 +354,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         workdir=args.workdir.resolve(), log_dir=args.log_dir.resolve(), log_bucket=args.log_bucket,
         placement=placement,
         outputs=args.outputs if args.outputs.startswith("s3://") else str(Path(args.outputs).resolve()),
-        max_output_size=args.max_output_size,
+        max_output_size=args.max_output_size, run_as=args.run_as, job_role=args.job_role,
     )
     queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims,
                       worker_id=who.worker_id)

@@ -85,8 +85,10 @@ class SubtaskProcess:
         log_folder: Path,
         timeout: float | None = None,
         grace: float = KILL_GRACE_SECONDS,
+        user: tuple[int, int] | None = None,
     ) -> None:
         self.script = script
+        self.user = user  # (uid, gid): run the script as this user (the worker is root)
         self.env = dict(env)
         self.cwd = cwd
         self.log_folder = log_folder
@@ -123,7 +125,8 @@ class SubtaskProcess:
                     try:
                         process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
                             [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()),
-                             str(self.grace), str(result_write), self.script],
+                             str(self.grace), str(result_write), self.script,
+                             *([str(self.user[0]), str(self.user[1])] if self.user else [])],
                             cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                             start_new_session=True, pass_fds=(result_write,),
                         )

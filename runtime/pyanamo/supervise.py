@@ -1,8 +1,10 @@
 """The per-sub-task supervisor: runs ``bash -c SCRIPT`` and makes sure nothing it started outlives it.
 
-Run by the worker as ``python -I -S supervise.py PARENT_PID GRACE RESULT_FD SCRIPT``; the result
-is written to the pipe RESULT_FD. It uses the standard library only, and imports little, so it
-starts in a few milliseconds.
+Run by the worker as ``python -I -S supervise.py PARENT_PID GRACE RESULT_FD SCRIPT [UID GID]``;
+the result is written to the pipe RESULT_FD. With UID and GID (a worker run as root with
+``--run-as USER``) the sub-task runs as that user: the supervisor stays root, so it can still
+kill everything the sub-task starts, and the sub-task holds no privilege at all. It uses the
+standard library only, and imports little, so it starts in a few milliseconds.
 
 Why a separate process: a sub-task may start processes that leave its process group or session
 (``timeout``, ``setsid``, ``nohup``, daemons), so killing the group is not enough; and a worker
@@ -72,6 +74,14 @@ def descendants(root):
     return found
 
 
+def _which(name):
+    for folder in os.get_exec_path():
+        path = os.path.join(folder, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return "/bin/" + name
+
+
 def _signal(pids, sig):
     for pid in pids:
         try:
@@ -81,10 +91,11 @@ def _signal(pids, sig):
 
 
 class Supervisor:
-    def __init__(self, parent, grace, script):
+    def __init__(self, parent, grace, script, user=None):
         self.parent = parent
         self.grace = grace
         self.script = script
+        self.user = user  # (uid, gid) to run the script as, or None
         self.child: int = 0
         self.contained = False
 
@@ -97,13 +108,19 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the worker, which decides
         if os.getppid() != self.parent:  # the worker died before the death signal was armed
             return False
+        bash = _which("bash")  # here: a dropped user may not read the modules a PATH search imports
         self.child = os.fork()
         if self.child == 0:  # the sub-task: its own session, default signal handling
             try:
                 os.setsid()
                 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
-                os.execvp("bash", ["bash", "-c", self.script])
+                if self.user is not None:  # root -> the user: every capability goes with it
+                    uid, gid = self.user
+                    os.setgroups([gid])
+                    os.setgid(gid)
+                    os.setuid(uid)
+                os.execv(bash, ["bash", "-c", self.script])
             finally:
                 os._exit(127)
         return True
@@ -154,7 +171,8 @@ class Supervisor:
 
 def main(argv):
     parent, grace, result_fd, script = int(argv[1]), float(argv[2]), int(argv[3]), argv[4]
-    supervisor = Supervisor(parent, grace, script)
+    user = (int(argv[5]), int(argv[6])) if len(argv) > 6 else None
+    supervisor = Supervisor(parent, grace, script, user)
     if not supervisor.start():
         return 1
     result = supervisor.wait()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .accounting import Placement, local_placement
+from .aws import Endpoint, aws_client
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
 from .lease import HeldItem, LeaseKeeper
@@ -44,6 +45,7 @@ from .runner import (
     safe_name,
     summarize_stream,
 )
+from .sandbox import JobCredentials, TaskUser, subtask_environment
 from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
 from .worker_record import MAX_EARLIER_EXITS, WorkerCounters, WorkerRecord, earlier_exits, run_record
 
@@ -101,6 +103,8 @@ class WorkerConfig:
     placement: Placement | None = None  # where it runs and the price; None: this host, price 0
     outputs: str = "pyanamo-outputs"  # the committed outputs' store: a folder or s3://bucket/prefix
     max_output_size: int | None = None  # bytes per attempt; more fails the attempt
+    run_as: str | None = None  # run sub-tasks as this user (the worker runs as root)
+    job_role: str | None = None  # sub-tasks get this role's credentials, none of the worker's
 
     @property
     def slots(self) -> int:
@@ -212,6 +216,9 @@ class Worker:
         self.record = WorkerRecord(queue, self.placement, config.slots)
         self.outputs: OutputStore = store_for(config.outputs)
         self.scratch = config.workdir / ".pyanamo"  # attempts' output folders, items' outputs
+        self.task_user = TaskUser.named(config.run_as) if config.run_as else None
+        self.job = (JobCredentials(config.job_role, lambda: aws_client("sts", Endpoint()),
+                                   f"pyanamo-{queue.worker_id}") if config.job_role else None)
         self._staged: dict[tuple[str, str], tuple[Manifest, Path]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -552,6 +559,8 @@ class Worker:
         shutil.rmtree(folder, ignore_errors=True)
         try:
             folder.mkdir(parents=True)
+            if self.task_user is not None:  # the sub-task's user writes it
+                os.chown(folder, self.task_user.uid, self.task_user.gid)
         except OSError as exc:
             raise LocalFailure(f"cannot create an output folder in {self.scratch}: {exc.strerror}") from None
         return folder
@@ -560,7 +569,7 @@ class Worker:
         folder = self.logs.folder(item.item_id, subtask.key, attempt)
         outdir = self._outdir(item, subtask, attempt_id(attempt, held.lease.token))
         env = {
-            **os.environ,
+            **subtask_environment(dict(os.environ), self.task_user, self.job),
             "PYANAMO_TABLE": self.config.table,
             "PYANAMO_ITEM_ID": item.item_id,
             "PYANAMO_TASK_ID": item.task_id,
@@ -569,8 +578,9 @@ class Worker:
             "PYANAMO_OUTDIR": str(outdir),
             "PYANAMO_ITEM_OUTPUTS": str(self._item_outputs(item)),
         }
+        user = (self.task_user.uid, self.task_user.gid) if self.task_user else None
         process = SubtaskProcess(subtask.script, env=env, cwd=self.config.workdir,
-                                 log_folder=folder, timeout=self.config.timeout)
+                                 log_folder=folder, timeout=self.config.timeout, user=user)
         held.track(process)
         if self.policy.stopping:
             process.interrupt("stop")

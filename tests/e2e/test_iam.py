@@ -30,6 +30,7 @@ from pyanamo.model import Item, Subtask
 from helpers import ACCOUNT, REGION, REPO, StubImds, put_items, upload_assets, wait_active, wait_for_stack
 
 HOOKS = REPO / "tests" / "hooks"
+PROBE = REPO / "tests" / "hooks" / "probe_access.py"  # a sub-task that tries what user code might
 
 
 def client(url: str, service: str, keys: tuple[str, str] = ("admin", "admin")) -> Any:
@@ -73,18 +74,22 @@ class Deployed:
                      for r in page["StackResourceSummaries"]]
         self.physical = {r["LogicalResourceId"]: r["PhysicalResourceId"] for r in resources}
         iam = client(url, "iam")
-        self.statements: dict[str, list[dict[str, Any]]] = {"fleet": [], "scaler": []}
+        self.statements: dict[str, list[dict[str, Any]]] = {"fleet": [], "scaler": [], "job": []}
+        self.roles: dict[str, str] = {}
         for logical, role in self.physical.items():
             if self.template["Resources"].get(logical, {}).get("Type") != "AWS::IAM::Role":
                 continue
-            who = "fleet" if logical.startswith("WorkersRole") else "scaler" if logical.startswith("Scaler") else None
+            who = ("fleet" if logical.startswith("WorkersRole") else "job" if logical.startswith("WorkersJobRole")
+                   else "scaler" if logical.startswith("Scaler") else None)
             if who is None:
                 continue
+            self.roles[who] = role
             for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
                 document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
                 document = json.loads(document) if isinstance(document, str) else document
                 self.statements[who] += document["Statement"]
-        assert self.statements["fleet"] and self.statements["scaler"], (self.statements, self.physical)
+        assert all(self.statements.values()), (self.statements, self.physical)
+        self.job_role_arn = iam.get_role(RoleName=self.roles["job"])["Role"]["Arn"]
         self.group = self.outputs["GroupName"]
         self.log_location = f"{self.outputs['LogBucketName']}/logs"
         self.results = self.outputs["ResultsLocation"]
@@ -98,6 +103,20 @@ class Deployed:
             {"Version": "2012-10-17", "Statement": widened}))
         key = iam.create_access_key(UserName=name)["AccessKey"]
         return key["AccessKeyId"], key["SecretAccessKey"]
+
+    def job_role_for(self, user: str) -> None:
+        """The job role as moto can enforce it: its statements with Resource '*', and trusting
+        ``user`` (moto's identities here are users; on AWS the instance role assumes it)."""
+        iam = client(self.url, "iam")
+        arn = iam.get_user(UserName=user)["User"]["Arn"]
+        iam.update_assume_role_policy(RoleName=self.roles["job"], PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Principal": {"AWS": arn}, "Action": "sts:AssumeRole"}]}))
+        for name in iam.list_role_policies(RoleName=self.roles["job"])["PolicyNames"]:
+            iam.delete_role_policy(RoleName=self.roles["job"], PolicyName=name)
+        widened = [{"Effect": s["Effect"], "Action": s["Action"], "Resource": "*"} for s in self.statements["job"]]
+        iam.put_role_policy(RoleName=self.roles["job"], PolicyName="job", PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": widened}))
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +150,8 @@ def run_fleet_worker(deployed: Deployed, keys: tuple[str, str], instance_id: str
     metadata = {"instance-type": "c6i.large", "instance-life-cycle": "spot",
                 "placement/availability-zone": "us-east-1a"}
     args = ["--lease", "10", "--items", "1", "--max-attempts", "1", "--log-bucket", deployed.log_location,
-            "--outputs", deployed.results, "--log-dir", str(tmp / "logs"), "--workdir", str(tmp)]
+            "--outputs", deployed.results, "--job-role", deployed.job_role_arn,
+            "--log-dir", str(tmp / "logs"), "--workdir", str(tmp)]
     with StubImds(instance_id, metadata) as imds:
         env = environment(deployed.url, keys, calls, AWS_EC2_METADATA_SERVICE_ENDPOINT=imds.url)
         worker = subprocess.run([sys.executable, "-m", "pyanamo", "worker", deployed.table, *args], env=env,
@@ -167,9 +187,16 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     scaler_keys = deployed.user("scaler", deployed.statements["scaler"])
     dynamodb = client(deployed.url, "dynamodb")
     wait_active(dynamodb, deployed.table)
+    deployed.job_role_for("fleet")
+    s3 = client(deployed.url, "s3")
+    s3.create_bucket(Bucket="iam-inputs")
+    s3.put_object(Bucket="iam-inputs", Key="cohort1/S1.fq", Body=b"@r1\nACGT\n+\nIIII\n")
+    job_calls = tmp_path / "job-calls.jsonl"
     put_items(dynamodb, deployed.table, [Item("S1", "S1", (
         Subtask("Task_0", 'echo aligned > "$PYANAMO_OUTDIR/S1.bam"'),
-        Subtask("Task_1", 'cat "$PYANAMO_ITEM_OUTPUTS/Task_0/S1.bam" > "$PYANAMO_OUTDIR/S1.vcf"')))])
+        Subtask("Task_1", 'cat "$PYANAMO_ITEM_OUTPUTS/Task_0/S1.bam" > "$PYANAMO_OUTDIR/S1.vcf"'),
+        Subtask("Task_2", f'PYANAMO_CALLS_FILE={job_calls} {sys.executable} {PROBE} {deployed.table} '
+                          '> "$PYANAMO_OUTDIR/access.txt"')))])
     instances = group_instance(deployed, 1)
     enforce(deployed.url, on=True)
     try:
@@ -196,6 +223,20 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     item = dynamodb.get_item(TableName=deployed.table, Key={"itemID": {"S": "S1"}})["Item"]
     assert item["lockID"]["S"] == "done"
     assert item["TaskScript"]["M"]["Task_1"]["M"]["Outputs"]["M"]["Count"]["N"] == "1"
+    # The user's code: the job role's credentials, not the worker's; it reads its inputs and
+    # cannot touch the table (moto enforces the action); it cannot read other prefixes (the
+    # deployed policy's resource, judged by the evaluator).
+    location = item["TaskScript"]["M"]["Task_2"]["M"]["Outputs"]["M"]["Location"]["S"]
+    bucket, _, prefix = location.removeprefix("s3://").partition("/")
+    access = s3.get_object(Bucket=bucket, Key=f"{prefix}access.txt")["Body"].read().decode().split()
+    assert access == ["identity", "assumed-role", "read", "ok", "table", "AccessDenied"], access
+    probes = recorded(job_calls)
+    read = [c for c in probes if c["operation"] == "GetObject"]
+    assert check_scoping(deployed, "job", read, instances) == 1
+    elsewhere = {**read[0], "params": {**read[0]["params"], "Key": "cohort2/S9.fq"}}
+    (request,) = requests_of(elsewhere, account=ACCOUNT, region=REGION, group_arn_of={})
+    assert not allowed(deployed.statements["job"], *request)
+    assert not any(allowed(deployed.statements["job"], f"dynamodb:{op}", "*") for op in ("PutItem", "UpdateItem"))
     records = dynamodb.scan(TableName=deployed.table, FilterExpression="begins_with(itemID, :w)",
                             ExpressionAttributeValues={":w": {"S": "pyanamo-worker#"}})["Items"]
     assert len(records) == 1 and records[0]["Exit_Reason"]["S"] == "drained"
@@ -216,6 +257,7 @@ def test_a_missing_statement_is_a_clear_failure_naming_the_action(deployed: Depl
     without_put = [s for s in deployed.statements["fleet"] if "dynamodb:PutItem" not in json.dumps(s["Action"])]
     assert len(without_put) == len(deployed.statements["fleet"]) - 1
     keys = deployed.user("fleet-without-putitem", without_put)
+    deployed.job_role_for("fleet-without-putitem")
     dynamodb = client(deployed.url, "dynamodb")
     put_items(dynamodb, deployed.table, [Item("S2", "S2", (Subtask("Task_0", "true"),))])
     instances = group_instance(deployed, 1)

@@ -13,7 +13,7 @@ if os.environ.get("PYANAMO_CALLS_FILE"):
     import botocore.handlers
 
     _NAMING = ("TableName", "IndexName", "Key", "Item", "RequestItems", "Bucket", "Prefix", "Tagging",
-               "AutoScalingGroupName", "AutoScalingGroupNames", "InstanceId", "InstanceIds", "ServiceCode")
+               "AutoScalingGroupName", "AutoScalingGroupNames", "InstanceId", "InstanceIds", "ServiceCode", "RoleArn")
     _lock = threading.Lock()
     _path = os.environ["PYANAMO_CALLS_FILE"]
 

@@ -163,7 +163,8 @@ def test_user_data_installs_and_starts_the_worker_with_the_settings(default: Syn
     assert ("export PYANAMO_WORKER_ARGS='--lease 300 --items 1 --nests 1 --max-attempts 2 --quiet "
             "--log-bucket <Logs") in text
     results = next(k for k in default.resources("AWS::S3::Bucket") if k.startswith("Results"))
-    assert f"--outputs s3://<{results}>/results'" in text
+    role = next(k for k in default.resources("AWS::IAM::Role") if k.startswith("WorkersJobRole"))
+    assert f"--outputs s3://<{results}>/results --run-as pyanamo-task --job-role <{role}.Arn>'" in text
     assert "export PYANAMO_SETUP=" not in text  # no set-up script unless one is given
     assert (REPO / "infra" / "bootstrap.sh").read_text().split("\n", 1)[1] in text
     assert "systemctl enable --now pyanamo-worker.service" in text
@@ -306,6 +307,29 @@ def test_a_missing_setup_script_or_a_bad_image_is_a_one_line_error(tmp_path: Pat
     assert proc.stderr.strip() == "pyanamo: error: context setup='nowhere/setup.sh': no such file"
     proc = _run_app(tmp_path, {"machine_image": "ubuntu"})
     assert proc.returncode == 2 and "an AMI ID (ami-...) or an SSM parameter name" in proc.stderr
+
+
+def policies_of(synth: Synth, role_prefix: str) -> list[dict[str, Any]]:
+    role = next(k for k in synth.resources("AWS::IAM::Role") if k.startswith(role_prefix))
+    return [s for p in synth.resources("AWS::IAM::Policy").values() if {"Ref": role} in p["Properties"]["Roles"]
+            for s in p["Properties"]["PolicyDocument"]["Statement"]]
+
+
+def test_user_code_holds_the_job_role_only_never_the_instance_role(variant: Synth):
+    """Sub-tasks run as pyanamo-task (no metadata service) with the job role's credentials: read the
+    input buckets, nothing else. The instance role may assume it, and reads no input."""
+    job = policies_of(variant, "WorkersJobRole")
+    assert {a for s in job for a in as_list(s["Action"])} == {"s3:GetObject", "s3:ListBucket"}
+    fleet = policies_of(variant, "WorkersRole")
+    assert not any("my-bams" in render(r) for s in fleet for r in as_list(s["Resource"]))
+    (assume,) = [s for s in fleet if s["Action"] == "sts:AssumeRole"]
+    assert render(assume["Resource"]).startswith("<WorkersJobRole")
+    role = next(r for k, r in variant.resources("AWS::IAM::Role").items() if k.startswith("WorkersJobRole"))
+    assert role["Properties"]["MaxSessionDuration"] == 12 * 3600
+    (trust,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert render(trust["Principal"]["AWS"]).startswith("<WorkersRole")
+    text = user_data(variant)
+    assert "deny_imds() {" in text and 'deny_imds "$task_user"' in text and "User=root" in text
 
 
 def test_input_and_output_grants_name_exactly_the_buckets_given(variant: Synth):

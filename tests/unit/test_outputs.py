@@ -4,10 +4,15 @@ store: only the attempt whose fenced write succeeded is committed."""
 from __future__ import annotations
 
 import hashlib
+import os
+import pwd
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
+from pyanamo.errors import UsageError
 from pyanamo.outputs import (
     MAX_INLINE_FILES,
     STAGING,
@@ -18,6 +23,7 @@ from pyanamo.outputs import (
     scan,
 )
 from pyanamo.queue import LeaseLost, SubtaskResult
+from pyanamo.sandbox import TaskUser
 from pyanamo.schema import ItemState, SubtaskStatus
 from pyanamo.worker import Worker, WorkerConfig
 
@@ -169,3 +175,31 @@ def test_scan_lists_nested_files_in_order(tmp_path: Path):
     (tmp_path / "b" / "z.txt").write_text("z")
     (tmp_path / "a.txt").write_text("a")
     assert [f.path for _, f in scan(tmp_path)] == ["a.txt", "b/z.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not hasattr(os, "setgroups"), reason="running as another user needs root")
+def test_run_as_runs_the_subtask_as_that_user_and_it_still_commits(tmp_path: Path):
+    """As on the fleet: the worker is root, the sub-task an unprivileged user who owns its
+    output folder and nothing of the worker's."""
+    tmp_path = Path(tempfile.mkdtemp(prefix="pyanamo-run-as-"))  # pytest's own folders are root's alone
+    tmp_path.chmod(0o755)
+    work = tmp_path / "work"
+    work.mkdir()
+    work.chmod(0o777)
+    queue = InMemoryQueue(owner="w")
+    put(queue, item("who", 'id -u > "$PYANAMO_OUTDIR/uid"; echo "$USER" >> "$PYANAMO_OUTDIR/uid"; '
+                           'touch /root/.pyanamo-escape 2> /dev/null; echo $? >> "$PYANAMO_OUTDIR/uid"'))
+    try:
+        assert worker(queue, work, outputs=str(tmp_path / "store"), run_as="nobody").run() == 0, \
+            queue.get("who").last_error
+    finally:
+        shutil.rmtree(tmp_path / "work", ignore_errors=True)
+    manifest = Manifest.from_map(queue.get("who").subtasks[0].outputs)
+    uid, user, refused = (Path(manifest.location) / "uid").read_text().split()
+    assert (int(uid), user) == (pwd.getpwnam("nobody").pw_uid, "nobody") and refused != "0"
+    shutil.rmtree(tmp_path)
+
+
+def test_run_as_an_unknown_user_or_without_root_is_a_usage_error(tmp_path: Path):
+    with pytest.raises(UsageError, match="no such user"):
+        TaskUser.named("no-such-user-here")
