@@ -60,9 +60,11 @@ class BacklogScaler(Construct):
             actions=["dynamodb:Query"], resources=[state_index_arn]))
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:BatchGetItem"], resources=[table_arn]))
-        # Raise the fleet; end an instance that outlived its purpose (pyanamo.scaler.reap).
+        # Raise the fleet; end an instance that outlived its purpose (pyanamo.scaler.reap); keep
+        # AZRebalance suspended (it would end busy instances to even out the zones).
         self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
+            actions=["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup",
+                     "autoscaling:SuspendProcesses"],
             resources=[group_arn]))
         self.describe_statement = iam.PolicyStatement(
             actions=["autoscaling:DescribeAutoScalingGroups", "ec2:DescribeInstances"], resources=["*"])

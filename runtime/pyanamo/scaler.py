@@ -126,11 +126,22 @@ def reap(autoscaling: Any, ec2: Any, group: str, records: Iterable[Mapping[str, 
     return ended
 
 
+def suspend_az_rebalance(autoscaling: Any, described: Mapping[str, Any]) -> bool:
+    """Suspend AZRebalance (CloudFormation has no property for it): after instances leave, Auto
+    Scaling would otherwise end busy instances to even out the zones. True if it was running."""
+    if any(p.get("ProcessName") == "AZRebalance" for p in described.get("SuspendedProcesses", [])):
+        return False
+    autoscaling.suspend_processes(AutoScalingGroupName=described["AutoScalingGroupName"],
+                                  ScalingProcesses=["AZRebalance"])
+    return True
+
+
 def scale(dynamodb: Any, autoscaling: Any, table: str, group: str, items_per_instance: int,
           records: list[Mapping[str, Any]] | None = None, now: float | None = None) -> dict[str, Any]:
     """Raise the fleet to the backlog, unless boots keep failing (``records``: the table's worker
     records, for the breaker)."""
     described = describe_group(autoscaling, group)
+    suspend_az_rebalance(autoscaling, described)
     current, maximum = described["DesiredCapacity"], described["MaxSize"]
     backlog = count_backlog(dynamodb, table, enough=maximum * max(1, items_per_instance))
     desired = desired_capacity(backlog, items_per_instance, current, maximum)

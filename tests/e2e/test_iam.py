@@ -248,7 +248,7 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     assert check_scoping(deployed, "fleet", calls, instances) >= len(calls)
     calls = recorded(scaler_calls)
     assert {"dynamodb:Query", "dynamodb:BatchGetItem", "autoscaling:DescribeAutoScalingGroups",
-            "autoscaling:SetDesiredCapacity", "ec2:DescribeInstances"} <= {
+            "autoscaling:SetDesiredCapacity", "autoscaling:SuspendProcesses", "ec2:DescribeInstances"} <= {
         f"{c['service']}:{c['operation']}" for c in calls}
     assert check_scoping(deployed, "scaler", calls, instances) >= len(calls)
 

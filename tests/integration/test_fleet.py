@@ -62,6 +62,15 @@ def test_locked_items_whose_worker_died_count_as_backlog(client, table, autoscal
     assert desired(autoscaling, group) == 2
 
 
+def test_the_scaler_keeps_az_rebalancing_suspended(client, table, autoscaling, make_group):
+    """After instances leave, AZRebalance would end busy instances to even out the zones."""
+    group = make_group(maximum=4)
+    scaler.scale(client, autoscaling, table, group, items_per_instance=1)
+    suspended = fleet.describe_group(autoscaling, group)["SuspendedProcesses"]
+    assert [p["ProcessName"] for p in suspended] == ["AZRebalance"]
+    assert not scaler.suspend_az_rebalance(autoscaling, fleet.describe_group(autoscaling, group))
+
+
 def test_never_lowers(client, table, autoscaling, make_group):
     group = make_group(maximum=8, desired=6)
     todo_items(client, table, 12)
