@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 INTRO = """# Reliability: the fault-injection suite
 
@@ -28,6 +29,8 @@ Column meanings: *items lost* counts items not in the state the scenario must en
 failed where failing is the point); *overlaps* counts sub-tasks two of whose executions ran at
 the same time; *duplicates* counts executions beyond the first and says why each one happened.
 """
+
+FLEET = Path(__file__).with_name("fleet_faults.md")  # the fleet's faults, written once there
 
 HARDENING = """
 ## The hardening it forced
@@ -93,6 +96,19 @@ HARDENING = """
   scenario 18's set-up (workers started before the import wrote anything found an empty table
   and exited drained — the scenario now starts them once the first item is in).
 
+### Round 3: outputs (scenario 19)
+
+- **Only the attempt that holds the lease commits its outputs.** Each attempt writes into a fresh
+  `$PYANAMO_OUTDIR`; the worker uploads a done attempt's files under a prefix of that attempt's
+  own, tagged `pyanamo-commit=pending`, and names them in a manifest (path, size, sha256) written
+  in the same lease-fenced write as the result. A worker whose lease was taken while it uploaded
+  is refused that write and deletes its uploads (19b: every refused attempt's objects gone); a
+  worker killed while uploading leaves objects no manifest names, still tagged for the results
+  bucket's expiry rule, and unfinished multipart uploads the rule aborts (19a). In both, every
+  committed file was downloaded and its sha256 checked. Before, the fleet had no outputs at all:
+  results died with the instance.
+
+{fleet}
 ## Security checks
 
 `make test` runs `bandit` over `runtime/pyanamo` and fails on any finding of medium or high
@@ -126,7 +142,7 @@ def main(path: str) -> None:
         why = f"{r['duplicates']} ({cell(r['why'])})" if r["duplicates"] else "0"
         print(f"| {r['scenario']} | {r['items']} | {r['subtasks']} | {cell(r['faults'])} | {r['lost']} | "
               f"{r['overlaps']} | {why} | {cell(r['recovery'])} |")
-    print(HARDENING)
+    print(HARDENING.replace("{fleet}", FLEET.read_text()))
 
 
 if __name__ == "__main__":

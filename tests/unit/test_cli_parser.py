@@ -33,6 +33,9 @@ def test_every_argument_of_every_command_has_help():
     (["cancel", "x"], "env-table", "env-table", ["x"]),
     (["import", "tasks.tsv", "--delimiter", "tab"], "env-table", "env-table", None),  # the README's flow
     (["worker", "--items", "4"], "env-table", "env-table", None),
+    (["outputs", "--download", "results/"], "env-table", "env-table", []),  # the README's flow
+    (["outputs", "S1"], "env-table", "env-table", ["S1"]),
+    (["outputs", "t1", "S1"], None, "t1", ["S1"]),
 ])
 def test_the_table_argument_or_pyanamo_table(monkeypatch, argv, env, table, ids):
     if env:
