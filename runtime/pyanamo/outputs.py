@@ -32,11 +32,11 @@ from boto3.exceptions import Boto3Error
 
 from .errors import BOTO_ERRORS
 from .runner import safe_name
+from .schema import SUBTASK_MANIFEST_BYTES
 
 PENDING_TAG = ("pyanamo-commit", "pending")  # the results bucket's lifecycle rule expires these
 STAGING = ".staging"
 MANIFEST_OBJECT = "_pyanamo_manifest.json"  # holds the file list of an attempt with many files
-MAX_INLINE_FILES = 50  # more files than this: the list is an object, its key and sha256 in the item
 
 
 class OutputError(Exception):
@@ -158,10 +158,16 @@ class OutputStore(Protocol):
     def read_listing(self, location: str) -> bytes: ...
 
 
-def _listing(files: list[OutputFile]) -> bytes | None:
-    if len(files) <= MAX_INLINE_FILES:
+def _listing(manifest: Manifest) -> bytes | None:
+    """The file list as an object's body, when the manifest would take more of the item than a
+    sub-task's share (``SUBTASK_MANIFEST_BYTES``); None when it fits in the item."""
+    if len(json.dumps(manifest.to_map(), separators=(",", ":")).encode()) <= SUBTASK_MANIFEST_BYTES:
         return None
-    return json.dumps([f.to_map() for f in files], separators=(",", ":")).encode()
+    return json.dumps([f.to_map() for f in manifest.files], separators=(",", ":")).encode()
+
+
+def listed_apart(manifest: Manifest) -> bool:
+    return _listing(manifest) is not None
 
 
 class LocalOutputStore:
@@ -189,7 +195,7 @@ class LocalOutputStore:
         staged.mkdir(parents=True, exist_ok=True)
         files = [entry for _, entry in found]
         manifest = Manifest(attempt, str(final), tuple(files))
-        listing = _listing(files)
+        listing = _listing(manifest)
         if listing is not None:
             (staged / MANIFEST_OBJECT).write_bytes(listing)
         return manifest, manifest.to_map(None if listing is None else hashlib.sha256(listing).hexdigest())
@@ -264,7 +270,7 @@ class S3OutputStore:
         try:
             for source, entry in found:
                 self.client.upload_file(str(source), self.bucket, f"{base}/{entry.path}", ExtraArgs=tagging)
-            listing = _listing(files)
+            listing = _listing(manifest)
             if listing is not None:
                 self.client.put_object(Bucket=self.bucket, Key=f"{base}/{MANIFEST_OBJECT}", Body=listing,
                                        Tagging=tagging["Tagging"])
@@ -277,7 +283,7 @@ class S3OutputStore:
         base = self._split(manifest.location)
         for entry in manifest.files:
             yield f"{base}{entry.path}"
-        if len(manifest.files) > MAX_INLINE_FILES:
+        if listed_apart(manifest):
             yield f"{base}{MANIFEST_OBJECT}"
 
     def commit(self, manifest: Manifest) -> None:

@@ -132,6 +132,7 @@ ITEM_BUDGET_BYTES = 350_000
 MAX_ITEM_ID_BYTES = 1024
 MAX_SCRIPTS_BYTES = 200_000
 SUBTASK_RECORD_BYTES = 1_000  # the most one sub-task's status, summary and error take, tails aside
+SUBTASK_MANIFEST_BYTES = 640  # the most one sub-task's outputs manifest takes (a longer list is an object)
 MIN_TAIL_BYTES = 64  # the least kept of one stream of one sub-task
 LOG_TAIL_MAX_BYTES = 4096  # the most kept of one stream of one sub-task
 LOG_TAIL_BUDGET_BYTES = 100_000  # all tails of one item together: each write costs the item's size
@@ -140,7 +141,8 @@ LOG_TAIL_BUDGET_BYTES = 100_000  # all tails of one item together: each write co
 def tail_budget(scripts_bytes: int, subtasks: int) -> int:
     """Bytes of stdout (and as many of stderr) stored per sub-task of an item of ``subtasks``
     sub-tasks whose scripts take ``scripts_bytes``; below MIN_TAIL_BYTES the item does not fit."""
-    room = ITEM_BUDGET_BYTES - MAX_ITEM_ID_BYTES - scripts_bytes - subtasks * SUBTASK_RECORD_BYTES
+    room = (ITEM_BUDGET_BYTES - MAX_ITEM_ID_BYTES - scripts_bytes
+            - subtasks * (SUBTASK_RECORD_BYTES + SUBTASK_MANIFEST_BYTES))
     streams = 2 * max(1, subtasks)
     return min(LOG_TAIL_MAX_BYTES, LOG_TAIL_BUDGET_BYTES // streams, room // streams)
 

@@ -4,6 +4,7 @@ store: only the attempt whose fenced write succeeded is committed."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pwd
 import shutil
@@ -14,7 +15,6 @@ import pytest
 
 from pyanamo.errors import UsageError
 from pyanamo.outputs import (
-    MAX_INLINE_FILES,
     STAGING,
     LocalOutputStore,
     Manifest,
@@ -24,7 +24,7 @@ from pyanamo.outputs import (
 )
 from pyanamo.queue import LeaseLost, SubtaskResult
 from pyanamo.sandbox import TaskUser
-from pyanamo.schema import ItemState, SubtaskStatus
+from pyanamo.schema import SUBTASK_MANIFEST_BYTES, ItemState, SubtaskStatus
 from pyanamo.worker import Worker, WorkerConfig
 
 from fakes import InMemoryQueue, item, put
@@ -146,10 +146,11 @@ def test_many_files_keep_their_list_outside_the_item(tmp_path: Path):
     store = LocalOutputStore(tmp_path / "store")
     folder = tmp_path / "out"
     folder.mkdir()
-    for n in range(MAX_INLINE_FILES + 1):
+    for n in range(20):  # more than a sub-task's share of the item (SUBTASK_MANIFEST_BYTES) takes
         (folder / f"chunk{n:03}.txt").write_text(str(n))
     manifest, stored = store.stage(folder, "T/I/Task_0/1-x", "1-x", None)
-    assert "Files" not in stored and stored["Count"] == MAX_INLINE_FILES + 1
+    assert "Files" not in stored and stored["Count"] == 20
+    assert len(json.dumps(stored)) <= SUBTASK_MANIFEST_BYTES
     store.commit(manifest)
     assert Manifest.from_map(stored).files == manifest.files
     stored["Files_SHA256"] = "0" * 64
