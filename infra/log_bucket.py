@@ -10,6 +10,13 @@ from constructs import Construct
 from .nag import suppress
 
 LOG_PREFIX = "logs"
+# What every bucket of the stack is: private, TLS only, encrypted, owned by the bucket's account.
+PRIVATE_BUCKET = {
+    "block_public_access": s3.BlockPublicAccess.BLOCK_ALL,
+    "enforce_ssl": True,
+    "encryption": s3.BucketEncryption.S3_MANAGED,
+    "object_ownership": s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+}
 
 
 class LogBucket(Construct):
@@ -19,10 +26,7 @@ class LogBucket(Construct):
         self.bucket = s3.Bucket(
             self,
             "Bucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            **PRIVATE_BUCKET,
             lifecycle_rules=[s3.LifecycleRule(expiration=Duration.days(expiry_days))] if expiry_days else None,
             removal_policy=RemovalPolicy.RETAIN if retain else RemovalPolicy.DESTROY,
             auto_delete_objects=not retain and empty_on_destroy,

@@ -15,6 +15,7 @@ from constructs import Construct
 
 from pyanamo.outputs import PENDING_TAG
 
+from .log_bucket import PRIVATE_BUCKET
 from .nag import suppress
 
 RESULTS_PREFIX = "results"
@@ -42,10 +43,7 @@ class ResultsBucket(Construct):
         bucket = s3.Bucket(
             self,
             "Bucket",
-            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
-            enforce_ssl=True,
-            encryption=s3.BucketEncryption.S3_MANAGED,
-            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            **PRIVATE_BUCKET,
             lifecycle_rules=[
                 s3.LifecycleRule(id="ExpireUncommittedAttempts", tag_filters={PENDING_TAG[0]: PENDING_TAG[1]},
                                  expiration=Duration.days(uncommitted_expiry_days)),

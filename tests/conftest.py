@@ -190,3 +190,17 @@ def make_group(aws_env, autoscaling):
         return name
 
     return make
+
+
+@pytest.fixture
+def s3(aws_env):
+    """S3 on moto's server."""
+    return aws_client("s3", Endpoint())
+
+
+@pytest.fixture
+def results_bucket(s3) -> str:
+    """A fresh bucket for outputs."""
+    name = f"results-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=name)
+    return name

@@ -5,12 +5,8 @@ lists and downloads what the manifests name."""
 from __future__ import annotations
 
 import hashlib
-import uuid
 from pathlib import Path
 
-import pytest
-
-from pyanamo.aws import Endpoint, aws_client
 from pyanamo.cli import main
 from pyanamo.outputs import PENDING_TAG, Manifest, S3OutputStore, attempt_path
 from pyanamo.queue import TaskQueue
@@ -21,18 +17,6 @@ from fakes import item
 from helpers import put_items
 
 
-@pytest.fixture
-def s3(aws_env):
-    return aws_client("s3", Endpoint())
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    name = f"results-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=name)
-    return name
-
-
 def keys(s3, bucket: str) -> list[str]:
     return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
 
@@ -41,7 +25,8 @@ def tags(s3, bucket: str, key: str) -> dict[str, str]:
     return {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]}
 
 
-def test_staged_objects_carry_the_expiry_tag_until_committed(s3, bucket, tmp_path: Path):
+def test_staged_objects_carry_the_expiry_tag_until_committed(s3, results_bucket, tmp_path: Path):
+    bucket = results_bucket
     folder = tmp_path / "out"
     (folder / "vcf").mkdir(parents=True)
     (folder / "vcf" / "S1.vcf").write_text("##fileformat=VCFv4.2\n")
@@ -59,10 +44,11 @@ def test_staged_objects_carry_the_expiry_tag_until_committed(s3, bucket, tmp_pat
 
 
 def test_a_lost_lease_mid_upload_never_commits_and_the_holder_commits_once(
-        aws_env, client, table, s3, bucket, tmp_path: Path, capsys):
+        aws_env, client, table, s3, results_bucket, tmp_path: Path, capsys):
     """Worker A uploads, then loses its lease before its result write (another owner took the
     item): its write is refused, its objects are deleted, and the item's manifest later names
     one attempt only, complete and matching its sha256."""
+    bucket = results_bucket
     put_items(client, table, [item("S1", 'printf "%s\\n" "$PYANAMO_ATTEMPT" > "$PYANAMO_OUTDIR/calls.vcf"')])
     queue = TaskQueue(client, table, owner="a", lease_seconds=3)
     admin = TaskQueue(client, table)

@@ -130,12 +130,19 @@ def test_a_new_owner_fetches_committed_outputs_of_earlier_subtasks(tmp_path: Pat
     assert (Path(copy.location) / "copy.bam").read_text() == "from the first machine\n"
 
 
-def test_a_commit_interrupted_after_the_write_is_finished_by_the_reader(tmp_path: Path):
+def staged(tmp_path: Path, files: dict[str, str]) -> tuple[LocalOutputStore, Manifest, dict]:
+    """``files`` (name -> text) staged, uncommitted, in a local store under ``tmp_path``."""
     store = LocalOutputStore(tmp_path / "store")
     folder = tmp_path / "out"
     folder.mkdir()
-    (folder / "a.txt").write_text("a")
-    manifest, _ = store.stage(folder, "T/I/Task_0/1-x", "1-x", None)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    manifest, stored = store.stage(folder, "T/I/Task_0/1-x", "1-x", None)
+    return store, manifest, stored
+
+
+def test_a_commit_interrupted_after_the_write_is_finished_by_the_reader(tmp_path: Path):
+    store, manifest, _ = staged(tmp_path, {"a.txt": "a"})
     assert not Path(manifest.location).exists()  # staged only: the worker died before committing
     assert store.fetch(manifest, tmp_path / "dest") == 1
     assert (tmp_path / "dest" / "a.txt").read_text() == "a" and (Path(manifest.location) / "a.txt").exists()
@@ -143,12 +150,8 @@ def test_a_commit_interrupted_after_the_write_is_finished_by_the_reader(tmp_path
 
 
 def test_many_files_keep_their_list_outside_the_item(tmp_path: Path):
-    store = LocalOutputStore(tmp_path / "store")
-    folder = tmp_path / "out"
-    folder.mkdir()
-    for n in range(20):  # more than a sub-task's share of the item (SUBTASK_MANIFEST_BYTES) takes
-        (folder / f"chunk{n:03}.txt").write_text(str(n))
-    manifest, stored = store.stage(folder, "T/I/Task_0/1-x", "1-x", None)
+    # more than a sub-task's share of the item (SUBTASK_MANIFEST_BYTES) takes
+    store, manifest, stored = staged(tmp_path, {f"chunk{n:03}.txt": str(n) for n in range(20)})
     assert "Files" not in stored and stored["Count"] == 20
     assert len(json.dumps(stored)) <= SUBTASK_MANIFEST_BYTES
     store.commit(manifest)
@@ -159,11 +162,7 @@ def test_many_files_keep_their_list_outside_the_item(tmp_path: Path):
 
 
 def test_a_download_refuses_a_file_that_does_not_match_its_manifest(tmp_path: Path):
-    store = LocalOutputStore(tmp_path / "store")
-    folder = tmp_path / "out"
-    folder.mkdir()
-    (folder / "a.txt").write_text("right")
-    manifest, _ = store.stage(folder, "T/I/Task_0/1-x", "1-x", None)
+    store, manifest, _ = staged(tmp_path, {"a.txt": "right"})
     store.commit(manifest)
     (Path(manifest.location) / "a.txt").write_text("wrong")
     with pytest.raises(OutputError, match="sha256 does not match"):

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import time
-import uuid
 from pathlib import Path
 
-import pytest
-
-from pyanamo.aws import Endpoint, aws_client
 from pyanamo.outputs import PENDING_TAG, Manifest, S3OutputStore
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
@@ -23,18 +19,6 @@ from faultkit import Analysis, Figures, executions, measured
 from helpers import cli, kill_tree, wait_for, write_task_file
 
 SIZE_MB = 24  # three multipart parts at boto3's 8 MB threshold: an upload that takes a while
-
-
-@pytest.fixture
-def s3(aws_env):
-    return aws_client("s3", Endpoint())
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    name = f"faults-{uuid.uuid4().hex[:10]}"
-    s3.create_bucket(Bucket=name)
-    return name
 
 
 def objects(s3, bucket: str) -> set[str]:
@@ -60,7 +44,8 @@ def check_complete(s3, bucket: str, manifest: Manifest) -> None:
 
 
 def test_a_worker_killed_while_uploading_never_has_its_outputs_named(
-        aws_env, client, table, s3, bucket, workers, soak, tmp_path: Path):
+        aws_env, client, table, s3, results_bucket, workers, soak, tmp_path: Path):
+    bucket = results_bucket
     count = 6 if soak else 3
     rows = [f"big{n}|S|head -c {SIZE_MB}M /dev/urandom > $PYANAMO_OUTDIR/reads.bam; echo $PYANAMO_ATTEMPT > "
             f"$PYANAMO_OUTDIR/attempt.txt" for n in range(count)]
@@ -104,7 +89,8 @@ def test_a_worker_killed_while_uploading_never_has_its_outputs_named(
 
 
 def test_a_worker_that_loses_its_lease_while_uploading_deletes_its_uploads(
-        aws_env, client, table, s3, bucket, tmp_path: Path):
+        aws_env, client, table, s3, results_bucket, tmp_path: Path):
+    bucket = results_bucket
     rows = [f"lost{n}|S|head -c 1M /dev/urandom > $PYANAMO_OUTDIR/calls.bcf" for n in range(3)]
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", rows)), env=aws_env).returncode == 0
     admin = TaskQueue(client, table)
