@@ -158,8 +158,23 @@ def kill_tree(pid: int) -> None:
     frozen: list[int] = []
     while new := [p for p in [pid, *descendants(pid)] if p not in frozen]:
         _signal_all(new, signal.SIGSTOP)
+        _wait_stopped(new)  # SIGSTOP lands asynchronously: a process still running could fork unseen
         frozen += new
     _signal_all(frozen, signal.SIGKILL)
+
+
+def _wait_stopped(pids: list[int], timeout: float = 5.0) -> None:
+    """Until each process is stopped (or gone): only then can a /proc pass see all its children."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                break  # gone
+            if state in ("T", "t", "Z", "X"):
+                break
+            time.sleep(0.001)
 
 
 def wait_for(predicate, timeout: float = 30, interval: float = 0.1, message: str = "condition"):
