@@ -398,7 +398,9 @@ def download(entries: Sequence[Committed], dest: Path) -> int:
     for entry in entries:
         location = entry.manifest.location
         root = location.removeprefix("s3://").partition("/")[0] if location.startswith("s3://") else location
-        store = stores.get(root) or stores.setdefault(root, store_of_location(location))
+        if root not in stores:
+            stores[root] = store_of_location(location)
+        store = stores[root]
         try:
             copied += store.fetch(entry.manifest, dest / safe_name(entry.item_id) / entry.subtask)
         except (*BOTO_ERRORS, Boto3Error, OSError) as exc:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -137,7 +137,7 @@ def suspend_az_rebalance(autoscaling: Any, described: Mapping[str, Any]) -> bool
 
 
 def scale(dynamodb: Any, autoscaling: Any, table: str, group: str, items_per_instance: int,
-          records: list[Mapping[str, Any]] | None = None, now: float | None = None) -> dict[str, Any]:
+          records: Sequence[Mapping[str, Any]] = (), now: float | None = None) -> dict[str, Any]:
     """Raise the fleet to the backlog, unless boots keep failing (``records``: the table's worker
     records, for the breaker)."""
     described = describe_group(autoscaling, group)
@@ -146,7 +146,7 @@ def scale(dynamodb: Any, autoscaling: Any, table: str, group: str, items_per_ins
     backlog = count_backlog(dynamodb, table, enough=maximum * max(1, items_per_instance))
     desired = desired_capacity(backlog, items_per_instance, current, maximum)
     result: dict[str, Any] = {"backlog": backlog, "previous": current, "desired": desired, "maximum": maximum}
-    breaker = boot_breaker(records or [], time.time() if now is None else now)
+    breaker = boot_breaker(records, time.time() if now is None else now)
     if breaker and desired > current:
         result.update(desired=current, breaker=breaker)
     elif desired > current:
@@ -162,7 +162,7 @@ def handler(event: dict, context: Any) -> dict[str, Any]:
     table, group = os.environ["TABLE_NAME"], os.environ["GROUP_NAME"]
     records = list(TaskQueue(dynamodb, table).worker_records())
     result = scale(dynamodb, autoscaling, table=table, group=group,
-                   items_per_instance=int(os.environ.get("ITEMS_PER_INSTANCE", "1")), records=list(records))
+                   items_per_instance=int(os.environ.get("ITEMS_PER_INSTANCE", "1")), records=records)
     result["ended"] = reap(autoscaling, boto3.client("ec2"), group, records, Reaping.from_environment())
     print(result)
     return result

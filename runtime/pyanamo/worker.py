@@ -524,7 +524,7 @@ class Worker:
                 return None
             attempts += 1
             result = self._result(item, subtask.key, outcome, attempts, location, earlier)
-            result = self._stage(item, held, result, outdir)
+            result = self._stage(item, result, outdir)
             if result.status is SubtaskStatus.DONE or not self.retry.allows(attempts):
                 return result
             earlier = [*earlier, outcome.exit_code][-MAX_EARLIER_EXITS:]
@@ -534,7 +534,7 @@ class Worker:
             if self.policy.event.wait(self.retry.delay(attempts)) or held.lost.is_set():
                 return None
 
-    def _stage(self, item: Item, held: HeldItem, result: SubtaskResult, outdir: Path) -> SubtaskResult:
+    def _stage(self, item: Item, result: SubtaskResult, outdir: Path) -> SubtaskResult:
         """A done attempt's outputs go to the store, uncommitted, and its manifest into the
         result (written by ``_record``); a failed attempt's folder is dropped. Outputs that cannot
         be stored fail the attempt with the reason."""
