@@ -607,8 +607,8 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     if args.engine == "moto" and args.path is not None:
         raise UsageError("--path: moto keeps its tables in memory only (use --engine dynalite)")
-    serve(args.engine, args.port, None if args.in_memory or args.engine == "moto" else args.path or default_data_dir())
-    return 0
+    return serve(args.engine, args.port,
+                 None if args.in_memory or args.engine == "moto" else args.path or default_data_dir())
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

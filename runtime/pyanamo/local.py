@@ -5,7 +5,11 @@ Two engines:
   table's size, locks per key (conditional writes are atomic), and keeps its data in a folder
   across restarts. It listens on every interface unless told otherwise and checks no
   credentials, so it is started on 127.0.0.1 only (whoever can write items can run commands on
-  the workers). Table creation delays are turned off.
+  the workers). Table creation delays are turned off. It runs through ``dynalite_server.js``,
+  which keeps it serving when a client goes away mid-request (dynalite itself exits then) and
+  says which port it listens on, so another program's answer on the port is never taken for its.
+  If it stops anyway, ``pyanamo local`` says why in one line and exits 1, or, with a data folder,
+  starts it again (at most ``MAX_RESTARTS`` times; never on a full disk).
 - **moto** (``--engine moto``, and the fallback when Node.js or dynalite is missing): in memory.
   Two of its ways differ from DynamoDB where PyAnamo relies on DynamoDB: its own server answers
   requests on several threads without a lock, so two conditional updates of one item can both
@@ -15,14 +19,17 @@ Two engines:
 
 from __future__ import annotations
 
+import collections
 import copy
 import ctypes
+import errno
 import fcntl
 import io
 import json
 import logging
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -45,6 +52,11 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
+
+
+def port_in_use(port: int) -> str:
+    return (f"cannot listen on {HOST}:{port}: address already in use; stop what holds port {port}, "
+            f"or pass another --port (--port 0 picks a free one)")
 
 
 _REGION = re.compile(r"Credential=[^/]+/[^/]+/([^/]+)/dynamodb/")
@@ -128,10 +140,18 @@ class MotoEndpoint:
             ) from None
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
         app = _serialized(DomainDispatcherApplication(create_backend_app))
+        listener = socket.socket()  # bound here: werkzeug would print its own message and exit
         try:
-            self._server = make_server(HOST, port, app, threaded=True, request_handler=MotoRequestHandler)
+            listener.bind((HOST, port))
+            listener.listen(128)
         except OSError as exc:
+            listener.close()
+            if exc.errno == errno.EADDRINUSE:
+                raise PyAnamoError(port_in_use(port)) from None
             raise PyAnamoError(f"cannot listen on {HOST}:{port}: {exc.strerror}") from None
+        self._server = make_server(HOST, port, app, threaded=True, request_handler=MotoRequestHandler,
+                                   fd=listener.fileno())
+        listener.close()  # the server holds its own descriptor of the socket
         self.url = f"http://{HOST}:{self._server.server_address[1]}"
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -157,7 +177,7 @@ def default_data_dir() -> Path:
 
 
 def find_dynalite() -> tuple[str, Path] | str:
-    """``(node, cli.js)``, or why dynalite cannot be used here (one line)."""
+    """``(node, dynalite's package folder)``, or why dynalite cannot be used here (one line)."""
     node = shutil.which("node")
     if node is None:
         return "Node.js is not on PATH"
@@ -174,7 +194,7 @@ def find_dynalite() -> tuple[str, Path] | str:
                    for root in (Path(__file__).resolve().parents[2], Path.cwd())]
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
-            return node, Path(candidate)
+            return node, Path(candidate).parent
     return "dynalite is not installed (npm ci in the project folder installs it)"
 
 
@@ -188,8 +208,8 @@ class DataDirLock:
 
     def acquire(self) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            handle = open(self.folder / LOCK_NAME, "a+")  # held until release()
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            handle = os.fdopen(os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600), "r+")
         except OSError as exc:
             raise PyAnamoError(f"--path {self.folder}: cannot use it: {exc.strerror}") from None
         try:
@@ -222,51 +242,104 @@ def _die_with_parent() -> None:
         pass  # elsewhere: the child outlives a killed parent; stop() still ends it
 
 
+SERVER_SCRIPT = Path(__file__).with_name("dynalite_server.js")
+STDERR_LINES = 20  # the last lines of dynalite's stderr, kept for the message when it stops
+MAX_RESTARTS = 3  # a persistent endpoint that stops on its own is started again at most this often
+
+
 class DynaliteEndpoint:
-    """dynalite in a child process on 127.0.0.1; persistent in ``path`` unless it is None."""
+    """dynalite in a child process on 127.0.0.1 (through ``dynalite_server.js``, which keeps it up
+    when a client goes away mid-request); persistent in ``path`` unless it is None."""
 
     engine = "dynalite"
 
-    def __init__(self, node: str, cli: Path, port: int = 0, path: Path | None = None) -> None:
-        self.port = port or free_port()
+    def __init__(self, node: str, package: Path, port: int = 0, path: Path | None = None) -> None:
+        self.port = port
         self.path = path
-        self.url = f"http://{HOST}:{self.port}"
+        self.url = ""
         self.detail = f"data in {path}" if path else "in memory"
-        self._command = [node, str(cli), "--host", HOST, "--port", str(self.port),
-                         "--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0"]
-        if path is not None:
-            self._command += ["--path", str(path / "data")]
+        self._node = node
+        self._package = package
         self._lock = DataDirLock(path) if path is not None else None
-        self._process: subprocess.Popen[bytes] | None = None
+        self._process: subprocess.Popen[str] | None = None
+        self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
 
     def start(self) -> DynaliteEndpoint:
         if self._lock is not None:
             self._lock.acquire()
         try:
-            self._process = subprocess.Popen(  # nosec B603: node and dynalite found above, fixed args
-                self._command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-            self._wait_ready()
+            self._spawn()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self) -> None:
-        """Until dynalite answers a request (its store is opened then), or its early exit."""
-        assert self._process is not None
+    def restart(self) -> None:
+        """Start dynalite again on the same port after it stopped on its own."""
+        self._spawn()
+
+    def _spawn(self) -> None:
+        command = [self._node, str(SERVER_SCRIPT), str(self._package), HOST, str(self.port)]
+        if self.path is not None:
+            data = self.path / "data"
+            data.mkdir(mode=0o700, exist_ok=True)
+            data.chmod(0o700)  # the queue's items hold the commands the workers run: the operator's alone
+            command.append(str(data))
+        self._stderr.clear()
+        self._process = subprocess.Popen(  # nosec B603: node and dynalite found above, fixed args
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+        threading.Thread(target=self._keep_stderr, args=(self._process,), daemon=True).start()
+        self._wait_ready(self._process)
+
+    def _keep_stderr(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.strip():
+                self._stderr.append(line.rstrip())
+
+    def _wait_ready(self, process: subprocess.Popen[str]) -> None:
+        """Until dynalite says it listens, then answers a request (its store is open then); or
+        its early exit, said in one line."""
+        assert process.stdout is not None
         deadline = time.monotonic() + READY_TIMEOUT
+        ready, _, _ = select.select([process.stdout], [], [], READY_TIMEOUT)
+        line = process.stdout.readline() if ready else ""
+        if not line.startswith("listening "):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            time.sleep(0.1)  # the stderr reader's last lines
+            raise PyAnamoError(self.why_stopped(process.returncode, starting=True))
+        self.port = int(line.split()[1])
+        self.url = f"http://{HOST}:{self.port}"
         while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                error = (self._process.stderr.read() if self._process.stderr else b"").decode(errors="replace")
-                last = next((line for line in reversed(error.splitlines()) if line.strip()), "")
-                if "EADDRINUSE" in error:
-                    raise PyAnamoError(f"cannot listen on {HOST}:{self.port}: address already in use")
-                raise PyAnamoError(f"dynalite stopped at start (exit {self._process.returncode}): {last[:200]}")
+            if process.poll() is not None:
+                raise PyAnamoError(self.why_stopped(process.returncode, starting=True))
             if _answers(self.url):
                 return
             time.sleep(0.05)
         raise PyAnamoError(f"dynalite did not answer on {self.url} within {READY_TIMEOUT:.0f} s")
+
+    def why_stopped(self, status: int | None, starting: bool = False) -> str:
+        """One line: why dynalite stopped, from its last stderr lines."""
+        lines = list(self._stderr)
+        last = next((line for line in reversed(lines) if line.startswith(("cannot listen", "dynalite failed"))),
+                    lines[-1] if lines else "")
+        if "address already in use" in last:
+            return port_in_use(self.port)
+        if self.disk_full():
+            where = f" holding {self.path}" if self.path else ""
+            return f"dynalite stopped: the disk{where} is full (exit {status}); free some space and start it again"
+        when = "at start" if starting else "on its own"
+        return f"dynalite stopped {when} (exit {status}){': ' + last[:300] if last else ''}"
+
+    def disk_full(self) -> bool:
+        return any("ENOSPC" in line or "No space left on device" in line for line in self._stderr)
+
+    def exited(self) -> int | None:
+        """dynalite's exit status if it stopped, else None."""
+        return None if self._process is None else self._process.poll()
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:
@@ -278,10 +351,6 @@ class DynaliteEndpoint:
                 self._process.wait()
         if self._lock is not None:
             self._lock.release()
-
-    def wait(self) -> int | None:
-        """Until the child exits on its own (it should not); its exit status."""
-        return None if self._process is None else self._process.wait()
 
 
 def _answers(url: str) -> bool:
@@ -306,24 +375,48 @@ def open_endpoint(engine: str, port: int, path: Path | None, notice: Callable[[s
         found = find_dynalite()
         if isinstance(found, tuple):
             return DynaliteEndpoint(*found, port=port, path=path).start()
-        notice(f"pyanamo local: {found}; serving moto instead (in memory: tables are lost when it stops)")
+        notice(f"{found}; serving moto instead (in memory: tables are lost when it stops)")
     return MotoEndpoint(port).start()
 
 
-def serve(engine: str, port: int, path: Path | None) -> None:
-    """Serve until SIGINT or SIGTERM, after printing the line that points the CLI here."""
-    endpoint = open_endpoint(engine, port, path, lambda line: print(line, file=sys.stderr, flush=True))
+def serve(engine: str, port: int, path: Path | None) -> int:
+    """Serve until SIGINT or SIGTERM (exit 0), after printing the line that points the CLI here.
+    If dynalite stops on its own, say why in one line; a persistent one is started again (at most
+    MAX_RESTARTS times), an in-memory one is not (its tables are gone): exit 1."""
+    def notice(line: str) -> None:
+        print(f"pyanamo local: {line}", file=sys.stderr, flush=True)
+
+    endpoint = open_endpoint(engine, port, path, notice)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"export AWS_ENDPOINT_URL_DYNAMODB={endpoint.url}", flush=True)
     print(f"# local DynamoDB endpoint ({endpoint.engine}, {endpoint.detail}) on {endpoint.url}; "
           f"stops with Ctrl-C", flush=True)
-    if isinstance(endpoint, DynaliteEndpoint):  # a child that dies on its own ends the service too
-        def watch(child: DynaliteEndpoint) -> None:
-            child.wait()
-            stop.set()
-
-        threading.Thread(target=watch, args=(endpoint,), daemon=True).start()
-    stop.wait()
+    restarts = 0
+    while not stop.wait(0.5):
+        if not isinstance(endpoint, DynaliteEndpoint) or (status := endpoint.exited()) is None:
+            continue
+        time.sleep(0.1)  # the stderr reader's last lines
+        reason = endpoint.why_stopped(status)
+        if endpoint.disk_full():
+            notice(reason)
+            endpoint.stop()
+            return 1
+        if endpoint.path is None or restarts == MAX_RESTARTS:
+            lost = "; its in-memory tables are lost" if endpoint.path is None else \
+                f"; gave up after {MAX_RESTARTS} restarts"
+            notice(reason + lost)
+            endpoint.stop()
+            return 1
+        restarts += 1
+        notice(f"{reason}; starting it again ({restarts} of {MAX_RESTARTS})")
+        try:
+            endpoint.restart()
+        except PyAnamoError as exc:
+            notice(str(exc))
+            endpoint.stop()
+            return 1
+        notice(f"serving again on {endpoint.url}")
     endpoint.stop()
+    return 0

@@ -141,3 +141,73 @@ def test_create_table_refuses_names_dynamodb_would_refuse(tmp_path: Path):
                          ("x" * 256, "has 256 characters")]:
         proc = cli("create-table", name, env=env)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("engine", ["dynalite", "moto"])
+def test_a_port_in_use_is_refused_with_one_line_and_no_export(tmp_path: Path, engine: str):
+    """Whatever holds the port (another endpoint, a DynamoDB Local in Docker) answers HTTP: taking
+    its answer for the new endpoint's would send the user's commands to it."""
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "pyanamo", "local", "--port", str(port), "--engine", engine,
+                               "--in-memory"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr == (f"pyanamo: error: cannot listen on 127.0.0.1:{port}: address already in use; stop what "
+                           f"holds port {port}, or pass another --port (--port 0 picks a free one)\n")
+
+
+def dynalite_pid(server: subprocess.Popen) -> int:
+    (pid,) = descendants(server.pid)
+    return pid
+
+
+def test_an_in_memory_endpoint_whose_dynalite_dies_says_so_and_exits_1(tmp_path: Path):
+    with local("--in-memory") as (server, _, _):
+        os.kill(dynalite_pid(server), signal.SIGKILL)
+        assert server.wait(timeout=30) == 1
+        assert server.stderr.read() == ("pyanamo local: dynalite stopped on its own (exit -9); its in-memory tables "
+                                        "are lost\n")
+
+
+def test_a_persistent_endpoint_whose_dynalite_dies_is_started_again_with_its_tables(tmp_path: Path):
+    with local("--path", str(tmp_path / "data")) as (server, url, _):
+        import_one(url, "kept", tmp_path)
+        first = dynalite_pid(server)
+        os.kill(first, signal.SIGKILL)
+        notice = server.stderr.readline()
+        assert notice == "pyanamo local: dynalite stopped on its own (exit -9); starting it again (1 of 3)\n"
+        assert server.stderr.readline() == f"pyanamo local: serving again on {url}\n"
+        assert total_items(url, "kept") == 2
+        assert dynalite_pid(server) != first and server.poll() is None
+
+
+def test_its_data_folder_is_the_operators_alone(tmp_path: Path):
+    """The queue's items are commands the operator's workers run: no other user may read or write them."""
+    with local("--path", str(tmp_path / "new")):
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "new" / "data").stat().st_mode & 0o777 == 0o700
+        assert (tmp_path / "new" / "pyanamo-local.lock").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MB file system (tmpfs), where this machine lets the test mount one."""
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def test_a_full_disk_stops_it_with_one_line_and_exit_1(tmp_path: Path, tiny_disk: Path):
+    rows = [f"i{n}|S|echo {os.urandom(300).hex()}" for n in range(3000)]  # about 2 MB: more than the disk holds
+    with local("--path", str(tiny_disk / "queue")) as (server, url, _):
+        assert cli("create-table", "big", env=user_env(url)).returncode == 0
+        cli("import", "big", str(write_task_file(tmp_path / "big.txt", rows)), env=user_env(url))
+        assert server.wait(timeout=60) == 1
+        assert server.stderr.read() == (f"pyanamo local: dynalite stopped: the disk holding {tiny_disk / 'queue'} is "
+                                        f"full (exit 70); free some space and start it again\n")
