@@ -28,8 +28,10 @@ class LogStore:
         self._s3_client = s3_client
         self._s3: Any = None
 
-    def folder(self, item_id: str, key: str, attempt: int) -> Path:
-        return self.log_dir / safe_name(self.table) / safe_name(item_id) / key / f"attempt-{attempt}"
+    def folder(self, item_id: str, key: str, execution: str) -> Path:
+        """One execution's folder (``outputs.attempt_id``: the attempt and its lease): a reclaimed
+        attempt runs again under a new lease and never overwrites the first execution's logs."""
+        return self.log_dir / safe_name(self.table) / safe_name(item_id) / key / f"attempt-{execution}"
 
     def publish(self, folder: Path) -> str:
         """Upload the folder's logs when a bucket is set; return where the full log is."""

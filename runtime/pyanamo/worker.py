@@ -566,8 +566,9 @@ class Worker:
         return folder
 
     def _run_once(self, item: Item, held: HeldItem, subtask: Subtask, attempt: int) -> tuple[Outcome, str, Path]:
-        folder = self.logs.folder(item.item_id, subtask.key, attempt)
-        outdir = self._outdir(item, subtask, attempt_id(attempt, held.lease.token))
+        execution = attempt_id(attempt, held.lease.token)
+        folder = self.logs.folder(item.item_id, subtask.key, execution)
+        outdir = self._outdir(item, subtask, execution)
         env = {
             **subtask_environment(dict(os.environ), self.task_user, self.job),
             "PYANAMO_TABLE": self.config.table,

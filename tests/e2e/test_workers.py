@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 from collections import defaultdict
@@ -167,7 +168,7 @@ def test_full_logs_go_to_the_log_bucket(aws_env, client, table, tmp_path, worker
     assert worker.wait(timeout=60) == 0
     item = TaskQueue(client, table).get("x")
     location = item.log_summary["Task_0"]["Log_Location"]
-    assert location.startswith("s3://run-logs/pyanamo/") and location.endswith("/Task_0/attempt-1/")
+    assert re.fullmatch(r"s3://run-logs/pyanamo/.+/Task_0/attempt-1-[0-9a-f]{12}/", location), location
     prefix = location.removeprefix("s3://run-logs/")
     body = s3.get_object(Bucket="run-logs", Key=prefix + "stdout")["Body"].read().decode()
     assert body.splitlines() == [str(n) for n in range(1, 5001)]
