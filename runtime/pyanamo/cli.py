@@ -26,6 +26,7 @@ from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, UsageError, error_code
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request, table_name_problem
+from .terminal import printable
 
 
 def _number(kind: type, ok: Callable[[Any], bool], rule: str, what: str = "a number") -> Callable[[str], Any]:
@@ -526,7 +527,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if item is None:
         raise UsageError(f"no item {args.item_id!r} in table {args.table}")
     for line in format_logs(item, args.subtask):
-        print(line)
+        print(printable(line))
     return 0
 
 
@@ -549,7 +550,8 @@ def cmd_outputs(args: argparse.Namespace) -> int:
     else:
         for e in entries:
             for f in e.manifest.files:
-                print(f"{e.item_id}\t{e.subtask}\t{f.size}\t{e.manifest.location}{_sep(e.manifest.location)}{f.path}")
+                print(printable(f"{e.item_id}\t{e.subtask}\t{f.size}\t{e.manifest.location}"
+                                f"{_sep(e.manifest.location)}{f.path}"))
         if not entries:
             print("no committed outputs", file=sys.stderr)
     return 0

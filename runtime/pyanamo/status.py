@@ -19,6 +19,7 @@ from .fleet import BOOT_FAILED, boot_breaker
 from .model import Item, from_dynamo
 from .queue import TaskQueue
 from .schema import Attr, ItemState, SubtaskStatus
+from .terminal import cell
 
 MAX_FAILED_SHOWN = 20
 
@@ -195,25 +196,25 @@ def render(report: StatusReport) -> Group:
     if report.workers:
         parts.append(cost_line(report))
     if report.boot_failures:
-        parts.append(Text(f"failed boots: {report.boot_failures} (last: {report.last_boot_failure})"))
+        parts.append(cell(f"failed boots: {report.boot_failures} (last: {report.last_boot_failure})"))
     if report.scaler_paused:
         parts.append(Text(f"the scaler does not raise the fleet: {report.scaler_paused}"))
     for warning in report.warnings:
-        parts.append(Text(f"warning from a worker: {warning}"))
+        parts.append(cell(f"warning from a worker: {warning}"))
     if report.instances:
         held = Table(title="items held per instance", title_justify="left")
         held.add_column("instance")
         held.add_column("held", justify="right")
         held.add_column("lease expired", justify="right")
         for instance, load in sorted(report.instances.items()):
-            held.add_row(Text(instance), str(load.held), str(load.expired))
+            held.add_row(cell(instance), str(load.held), str(load.expired))
         parts.append(held)
     if report.failed:
         failed = Table(title=f"failed items ({len(report.failed)})", title_justify="left")
         for column in ("item", "task", "last error"):
             failed.add_column(column, overflow="fold")
         for entry in report.failed[:MAX_FAILED_SHOWN]:
-            failed.add_row(Text(entry.item_id), Text(entry.task_id), Text(entry.error))
+            failed.add_row(cell(entry.item_id), cell(entry.task_id), cell(entry.error))
         parts.append(failed)
         if len(report.failed) > MAX_FAILED_SHOWN:
             parts.append(f"… and {len(report.failed) - MAX_FAILED_SHOWN} more (see --json)")
@@ -282,7 +283,7 @@ def render_running(table: str, entries: list[RunningItem]) -> Table | Text:
         listing.add_column(column, overflow="fold")
     for e in entries:
         lease = duration(e.lease_left_s) if (e.lease_left_s or 0) >= 0 else "expired"
-        listing.add_row(Text(e.item_id), Text(e.task_id), Text(e.instance), Text(e.worker),
-                        Text(f"{e.subtask} {e.script[:40]}".strip()), e.claimed.replace("T", " ")[:19],
+        listing.add_row(cell(e.item_id), cell(e.task_id), cell(e.instance), cell(e.worker),
+                        cell(f"{e.subtask} {e.script[:40]}".strip()), e.claimed.replace("T", " ")[:19],
                         duration(e.elapsed_s), lease)
     return listing

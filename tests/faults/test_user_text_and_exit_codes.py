@@ -6,11 +6,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pyanamo.model import Item, Subtask
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
 
 from faultkit import Analysis, Figures, executions, measured
-from helpers import cli, write_task_file
+from helpers import cli, put_items, write_task_file
 
 
 def test_user_text_is_rendered_as_data(aws_env, client, table, tmp_path, workers):
@@ -65,3 +66,24 @@ def test_exit_statuses_and_signals_tell_failure_apart(aws_env, client, table, tm
                        Analysis(executions(workers.processes))),
             recovery="worker and status exit 0 on the clean run, 3 with failed items; "
                      "signals recorded as 128+N with their names").save()
+
+
+def test_escape_sequences_from_the_table_never_reach_the_terminal(aws_env, client, table, tmp_path, workers):
+    """Import refuses control characters, but anyone who can write the table can put an item
+    directly, and any command can print escape sequences: `logs`, `status` and `ps` show them
+    as ``\\x1b`` text, never as sequences the terminal would obey (retitle, clear, hide)."""
+    item_id = "evil\x1b]0;pwned\x07\x1b[2J"
+    put_items(client, table, [Item(item_id, "T\x1b[8m", (Subtask("Task_0", r"printf 'out\033[31m\r\n'; exit 1"),))])
+    assert workers.start(table, "--lease", "10", "--max-attempts", "1").wait(timeout=60) == 3
+    shown = {"logs": cli("logs", table, item_id, env=aws_env),
+             "status": cli("status", table, env={**aws_env, "COLUMNS": "200"})}
+    assert shown["logs"].returncode == 0 and shown["status"].returncode == 3
+    for name, proc in shown.items():
+        assert "\x1b" not in proc.stdout + proc.stderr and "\r" not in proc.stdout, name
+    assert "evil\\x1b]0;pwned\\x07\\x1b[2J" in shown["logs"].stdout
+    assert "out\\x1b[31m\\x0d" in shown["logs"].stdout
+    assert "evil\\x1b]0;pwned" in shown["status"].stdout
+    Figures("22. escape sequences in items and output", runs=1, items=1, subtasks=1,
+            faults="an item written directly with escape sequences in its IDs; a command printing them",
+            **measured(TaskQueue(client, table), {item_id: ItemState.FAILED}, Analysis(executions(workers.processes))),
+            recovery="logs and status print them escaped (\\x1b); none reaches the terminal").save()
