@@ -16,7 +16,8 @@ from helpers import cli, kill_tree, wait_for, write_task_file
 def test_a_reclaimed_attempt_keeps_the_first_executions_log(aws_env, client, table, tmp_path, workers):
     marker, lines = tmp_path / "ran-once", 60
     script = (f"if [ -e {marker} ]; then echo second run; else touch {marker}; seq 1 {lines}; sleep 300; fi")
-    assert cli("import", table, str(write_task_file(tmp_path / "t.txt", [f"x|S|{script}"])), env=aws_env).returncode == 0
+    tasks = write_task_file(tmp_path / "t.txt", [f"x|S|{script}"])
+    assert cli("import", table, str(tasks), env=aws_env).returncode == 0
     subtask_logs = workers.root / "logs" / safe_name(table) / "x" / "Task_0"
 
     def first_log_written() -> bool:
