@@ -25,10 +25,22 @@ from pyanamo.schema import EARLIER_RUNS_KEPT, Attr, ItemState, SubtaskStatus
 class _Row:
     item: Item
     abandoned: int = 0
+    abandoned_leases: set[str] = field(default_factory=set)
+    returned_leases: set[str] = field(default_factory=set)
     last_holder: str | None = None
     claims: int = 0
     subtasks_done: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _crashes(row: _Row) -> int:
+    return row.abandoned - len(row.abandoned_leases & row.returned_leases)
+
+
+def _count_crashes_again(row: _Row) -> None:
+    row.abandoned = 0
+    row.abandoned_leases.clear()
+    row.returned_leases.clear()
 
 
 class InMemoryQueue:
@@ -85,14 +97,16 @@ class InMemoryQueue:
             subtasks = (replace(subtasks[0], status=SubtaskStatus.RUNNING), *subtasks[1:])
         if reclaim:
             row.abandoned += 1
+            if row.item.lease_token is not None:
+                row.abandoned_leases.add(row.item.lease_token)
             row.last_holder = row.item.instance_id or UNKNOWN_HOLDER
         row.claims += 1
         row.item = replace(row.item, state=ItemState.LOCKED, lease_token=lease.token,
                            lease_expiry=round(lease.expiry, 3), instance_id=self.owner, worker_id=self.worker_id,
                            lock_date=utc_now_iso(),
                            subtasks=subtasks)
-        if reclaim and row.abandoned >= self.max_claims:
-            error = (f"abandoned by {row.abandoned} workers (last: {row.last_holder}); "
+        if reclaim and _crashes(row) >= self.max_claims:
+            error = (f"abandoned by {_crashes(row)} workers (last: {row.last_holder}); "
                      f"a sub-task may be killing its worker (out of memory?)")
             self._end(row, ItemState.FAILED, error)
             self.failed_on_claim += 1
@@ -107,6 +121,13 @@ class InMemoryQueue:
         if row is None or row.item.lease_token != lease.token:
             raise LeaseLost(lease.item_id)
         return row
+
+    def came_back(self, lease: Lease) -> None:
+        self._request()
+        with self._lock:
+            row = self._rows.get(lease.item_id)
+            if row is not None:
+                row.returned_leases.add(lease.token)
 
     def renew(self, lease: Lease) -> Lease:
         with self._lock:
@@ -194,7 +215,7 @@ class InMemoryQueue:
             changed = _subtasks_to_todo(row.item, subtasks, clear_attempts)
             row.item = replace(changed, state=ItemState.TODO, lease_token=None, lease_expiry=None,
                                done_date=None, last_error=None)
-            row.abandoned = 0
+            _count_crashes_again(row)
             return True
 
     def revoke(self, item: Item, subtasks: Sequence[str], *, clear_attempts: bool) -> bool:
@@ -226,7 +247,7 @@ class InMemoryQueue:
             row.item = replace(row.item, subtasks=tuple(Subtask(s.key, s.script) for s in row.item.subtasks),
                                state=ItemState.TODO, lease_token=None, lease_expiry=None, done_date=None,
                                last_error=None, logs={}, log_summary={}, earlier_runs=earlier)
-            row.abandoned = 0
+            _count_crashes_again(row)
             row.subtasks_done = 0
             return True
 
@@ -266,7 +287,7 @@ class InMemoryQueue:
     def abandoned(self, item_id: str) -> tuple[int, str | None]:
         """The crash count and the last holder (the real queue stores them as attributes)."""
         row = self._rows[item_id]
-        return row.abandoned, row.last_holder
+        return _crashes(row), row.last_holder
 
     def any_in_state(self, state: ItemState) -> bool:
         self._request()

@@ -6,6 +6,7 @@ fields such as sub-task keys or user text can never change the meaning of an exp
 
 from __future__ import annotations
 
+import builtins
 import string
 from typing import Any
 
@@ -53,7 +54,8 @@ class Expression:
         self._removes.append(self.name(path))
         return self
 
-    def add(self, path: Path, amount: int) -> Expression:
+    def add(self, path: Path, amount: int | frozenset[str] | builtins.set[str]) -> Expression:
+        """Add a number, or add strings to a string set (adding one twice changes nothing)."""
         self._adds.append(f"{self.name(path)} {self.value(amount)}")
         return self
 

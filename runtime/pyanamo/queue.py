@@ -11,13 +11,14 @@ rule is written once. Every request goes through ``_call``, which raises the typ
 
 from __future__ import annotations
 
+import contextlib
 import random
 import secrets
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
@@ -80,6 +81,19 @@ class Candidate:
 
     item_id: str
     reclaim: bool = False
+    lease: str | None = None  # a reclaim's expired lease token, read before the claim
+
+
+def crashes(row: dict[str, Any]) -> int:
+    """Abandoned claims whose holder never came back: what --max-claims counts."""
+    abandoned = set(row.get(Attr.ABANDONED_LEASES, {}).get("SS", ()))
+    returned = set(row.get(Attr.RETURNED_LEASES, {}).get("SS", ()))
+    return int(row.get(Attr.ABANDONED, {}).get("N", "0")) - len(abandoned & returned)
+
+
+def _count_crashes_again(expr: Expression) -> Expression:
+    """An item reset or rerun by hand starts its crash count again."""
+    return expr.set(Attr.ABANDONED, 0).remove(Attr.ABANDONED_LEASES).remove(Attr.RETURNED_LEASES)
 
 
 # -- conditions, each written once ----------------------------------------------------------
@@ -244,6 +258,11 @@ class TaskQueue:
     def _try_claim(self, candidate: Candidate) -> tuple[Item, Lease] | None:
         """Claim one item. For a fresh item the claim also marks Task_0 running, which saves a
         write; if that was the only reason the claim failed, claim it plainly."""
+        if candidate.reclaim:  # which lease is abandoned: rare (a holder left), so one read is cheap
+            row = self._read_row(candidate.item_id)
+            if row is None:
+                return None
+            candidate = replace(candidate, lease=row.get(Attr.LEASE_TOKEN, {}).get("S"))
         now = time.time()
         try:
             return self._claim_once(candidate, now, mark_first=True)
@@ -290,9 +309,12 @@ class TaskQueue:
             .set(Attr.STATE_RANK, expiry_rank(lease.expiry))
             .add(Attr.CLAIMS, 1)
         )
-        if candidate.reclaim:  # the holder left without finishing: count it, and who it was
+        if candidate.reclaim:  # the holder left without finishing: count it, its lease, and who it was
             lease_expired(expr, now).add(Attr.ABANDONED, 1)
             expr.set_from(Attr.LAST_HOLDER, Attr.INSTANCE_ID, UNKNOWN_HOLDER)
+            lease_is(expr, candidate.lease)
+            if candidate.lease is not None:
+                expr.add(Attr.ABANDONED_LEASES, {candidate.lease})
         else:
             is_state(expr, ItemState.TODO)
         if mark_first:
@@ -306,7 +328,7 @@ class TaskQueue:
         except MalformedItem as exc:
             self._end_unrunnable(lease, f"malformed item: {exc.reason}")
             return None
-        abandoned = int(row.get(Attr.ABANDONED, {}).get("N", "0"))
+        abandoned = crashes(row)
         if candidate.reclaim and abandoned >= self.max_claims:
             holder = row.get(Attr.LAST_HOLDER, {}).get("S", UNKNOWN_HOLDER)
             self._end_unrunnable(lease, f"abandoned by {abandoned} workers (last: {holder}); "
@@ -352,6 +374,15 @@ class TaskQueue:
             self._call("update_item", Key=_key(lease.item_id), **expr.request())
         except ConditionFailed as exc:
             raise LeaseLost(lease.item_id) from exc
+
+    def came_back(self, lease: Lease) -> None:
+        """Say that the holder of ``lease`` is alive after losing it (paused, asleep, cut off):
+        if the item was or will be reclaimed as abandoned, that claim is no crash. Idempotent
+        (a set), and harmless if the lease was never reclaimed."""
+        expr = Expression().add(Attr.RETURNED_LEASES, {lease.token})
+        expr.when(f"attribute_exists({{a:{Attr.ITEM_ID}}})")
+        with contextlib.suppress(ConditionFailed, ItemRejected):
+            self._call("update_item", Key=_key(lease.item_id), **expr.request())
 
     def renew(self, lease: Lease) -> Lease:
         """Extend the lease (heartbeat). Raises LeaseLost if the item is no longer ours."""
@@ -456,7 +487,7 @@ class TaskQueue:
         item changed since it was read. The crash count starts again."""
         expr = self._subtasks_to_todo(subtasks, clear_attempts)
         to_todo(expr, item.item_id).remove(Attr.DONE_DATE).remove(Attr.LAST_ERROR)
-        expr.set(Attr.ABANDONED, 0)
+        _count_crashes_again(expr)
         return self._unchanged_update(item, expr)
 
     def revoke(self, item: Item, subtasks: Sequence[str], *, clear_attempts: bool) -> bool:
@@ -489,8 +520,8 @@ class TaskQueue:
             .set(Attr.LOG, {})
             .set(Attr.LOG_SUMMARY, {})
             .set(Attr.SUBTASKS_DONE, 0)
-            .set(Attr.ABANDONED, 0)
         )
+        _count_crashes_again(expr)
         to_todo(expr, item.item_id).remove(Attr.DONE_DATE).remove(Attr.LAST_ERROR)
         return self._unchanged_update(item, expr)
 

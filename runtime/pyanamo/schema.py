@@ -57,6 +57,11 @@ class Attr:
     # item is reclaimed, with the holder that left it; past --max-claims the item fails.
     ABANDONED = "Abandoned_Claims"
     LAST_HOLDER = "Last_Holder"
+    # The lease tokens of those abandoned claims, and the tokens of holders that came back after
+    # losing their lease (a paused worker, a VM paused or asleep, an outage): an abandoned claim
+    # whose holder came back was no crash and does not count against --max-claims.
+    ABANDONED_LEASES = "Abandoned_Leases"
+    RETURNED_LEASES = "Returned_Leases"
     # Which worker process holds (or last held) the item: host and process, so several workers on
     # one host are told apart; InstanceID stays the instance (or host) for the instance index.
     WORKER_ID = "Worker_ID"

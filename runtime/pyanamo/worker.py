@@ -342,6 +342,14 @@ class Worker:
         finally:
             self.keeper.release(held)
             shutil.rmtree(self._item_scratch(item), ignore_errors=True)
+        if held.lost.is_set():  # alive after losing the lease: a pause or an outage, not a crash
+            self._came_back(held)
+
+    def _came_back(self, held: HeldItem) -> None:
+        try:
+            self.queue.came_back(held.lease)
+        except QueueError as exc:  # best effort: the reclaim, if any, then counts as a crash
+            emit("came_back_unrecorded", item=held.item_id, error=str(exc))
 
     def _reject(self, item: Item, held: HeldItem, error: str) -> None:
         held.interrupt_all("stop", grace=0)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue
+from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue, crashes
 from pyanamo.schema import Attr, ItemState, SubtaskStatus
 
 from fakes import InMemoryQueue, item
@@ -40,8 +40,9 @@ def table_of(request, aws_env) -> Table:
     client, table = request.getfixturevalue("client"), request.getfixturevalue("table")
 
     def abandoned(item_id: str) -> tuple[int, str | None]:
+        """The crash count (what --max-claims counts) and the last holder."""
         row = client.get_item(TableName=table, Key={Attr.ITEM_ID: {"S": item_id}})["Item"]
-        return int(row.get(Attr.ABANDONED, {}).get("N", "0")), row.get(Attr.LAST_HOLDER, {}).get("S")
+        return crashes(row), row.get(Attr.LAST_HOLDER, {}).get("S")
 
     return Table(lambda owner, **kw: TaskQueue(client, table, owner=owner, **kw), abandoned)
 
@@ -86,6 +87,28 @@ def test_after_max_claims_abandoned_the_item_fails_naming_the_last_holder(table_
     failed = last.get("a")
     assert failed.state is ItemState.FAILED and failed.lease_token is None
     assert failed.last_error.startswith("abandoned by 3 workers (last: w2)")
+
+
+def test_a_holder_that_comes_back_after_losing_its_lease_is_no_crash(table_of):
+    """Three pauses longer than the lease (a laptop asleep, a paused VM) fail no healthy item:
+    each holder says it came back, before or after its item was reclaimed."""
+    table_of.put(item("a"))
+    holder = table_of.queue("w0", lease_seconds=0.2, max_claims=2)
+    _, lease = holder.claim()
+    for n in range(1, 4):
+        time.sleep(EXPIRED)
+        if n % 2:
+            holder.came_back(lease)  # before the reclaim
+        nxt = table_of.queue(f"w{n}", lease_seconds=0.2, max_claims=2)
+        got = nxt.claim()
+        assert got is not None, f"reclaim {n} failed the item: {nxt.get('a').last_error}"
+        if not n % 2:
+            holder.came_back(lease)  # after it
+        holder, lease = nxt, got[1]
+    assert table_of.abandoned("a")[0] == 0
+    time.sleep(EXPIRED)  # this holder never comes back: a crash, counted
+    assert table_of.queue("w4", lease_seconds=30, max_claims=2).claim() is not None
+    assert table_of.abandoned("a") == (1, "w3")
 
 
 def test_a_release_is_not_an_abandoned_claim_and_keeps_done_subtasks(table_of):
