@@ -334,11 +334,13 @@ def _check_can_run(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .identity import Imds, worker_identity
     from .pricing import worker_placement
+    from .runner import become_subreaper
     from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
     events.configure(quiet=args.quiet)
     _check_can_run(args)
+    become_subreaper()  # the reaper of last resort for a sub-task whose supervisor is killed
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
     _require_table(client, args.table)
     imds = Imds()

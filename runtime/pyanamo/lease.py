@@ -4,6 +4,9 @@ Two threads per worker: the renewer extends every held lease each third of the l
 (a renewal may block on a slow endpoint); the watchdog, which never talks to DynamoDB, kills
 an item's processes at once if its lease is about to expire unrenewed. So a worker cut off from
 the table stops its sub-tasks before another worker may reclaim the item: no two runs overlap.
+A third guard sits outside the worker: each sub-task's supervisor holds the same deadline on its
+own monotonic clock, moved on by each renewal, and kills the sub-task when it passes, so a
+worker that is paused or hung (its threads cannot run) cannot leave a sub-task running either.
 """
 
 from __future__ import annotations
@@ -51,6 +54,13 @@ class HeldItem:
         for process in processes:
             process.interrupt(reason, grace=grace)
 
+    def extend_all(self, seconds: float) -> None:
+        """Move every running sub-task's own deadline (its supervisor's) after a renewal."""
+        with self._lock:
+            processes = list(self._processes)
+        for process in processes:
+            process.extend(seconds)
+
     def abandon(self, reason: str) -> None:
         """Stop everything for this item at once and never write to it again."""
         if not self.lost.is_set():
@@ -97,6 +107,13 @@ class LeaseKeeper:
     def expiring(self, held: HeldItem) -> bool:
         return time.time() >= held.lease.expiry - self.margin
 
+    def deadline(self, held: HeldItem) -> float:
+        """Seconds from now until a sub-task of ``held`` must be dead unless the lease is renewed:
+        when the watchdog would give the item up, a quarter of the lease before it runs out.
+        The supervisor keeps it on its own monotonic clock, so it holds while this worker is
+        paused or hung; the margin covers the kill itself."""
+        return max(0.001, held.lease.expiry - time.time() - self.margin)
+
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.renew_every):
             for held in self.held():
@@ -105,6 +122,7 @@ class LeaseKeeper:
                         continue
                     try:
                         held.lease = self.queue.renew(held.lease)
+                        held.extend_all(self.deadline(held))
                     except LeaseLost:
                         held.abandon("lease_taken")
                     except QueueError as exc:  # outage or throttling: the watchdog decides

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TIMEOUT_EXIT_CODE = 124  # as coreutils' timeout(1)
+SUPERVISOR_LOST_EXIT_CODE = 125  # as timeout(1) when timeout itself fails: the sub-task's own status is unknown
 SIGNAL_EXIT_BASE = 128  # a process ended by signal N exits 128 + N, as a shell reports it
 KILL_GRACE_SECONDS = 5.0
 SUPERVISOR = Path(__file__).with_name("supervise.py")
@@ -44,6 +45,7 @@ class Outcome:
     signal: int | None = None  # the signal that ended the script, if one did
     peak_rss_kb: int = 0
     started_at: float = 0.0  # epoch seconds: when it started and ended (wall_time is monotonic)
+    supervisor_lost: bool = False  # the supervisor was killed: the script's own status is unknown
 
     @property
     def interrupted(self) -> bool:
@@ -55,6 +57,9 @@ class Outcome:
 
     def signal_reason(self) -> str | None:
         """``killed (SIGKILL: out of memory?)`` and the like, for a run a signal ended."""
+        if self.supervisor_lost:
+            return ("its supervisor process was killed (by the sub-task itself, or the OOM killer): "
+                    "the sub-task's exit status is unknown; what it left running was killed")
         if self.signal is None:
             return None
         try:
@@ -63,6 +68,102 @@ class Outcome:
             name = f"signal {self.signal}"
         hint = ": out of memory?" if self.signal == signal.SIGKILL else ""
         return f"killed ({name}{hint})"
+
+
+@dataclass(frozen=True)
+class SupervisorReport:
+    """The supervisor's one-line result (``supervise.py``): the script's wait status, the CPU
+    time and peak memory of its whole tree, and whether the lease deadline killed it."""
+
+    status: int
+    cpu: float
+    peak_rss_kb: int
+    deadline_passed: bool
+
+    @classmethod
+    def from_line(cls, line: bytes) -> SupervisorReport | None:
+        """None if there is no whole line: the supervisor was killed before it wrote one."""
+        try:
+            status, cpu, peak, deadline = line.split()
+            return cls(int(status), float(cpu), int(peak), deadline == b"1")
+        except ValueError:
+            return None
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+_supervisors: set[int] = set()  # this worker's live supervisor processes
+_supervisors_lock = threading.Lock()
+
+
+def become_subreaper() -> bool:
+    """Make this process (the worker) the reaper of last resort: if a supervisor is killed, the
+    processes of its sub-task are re-parented here, where ``kill_orphans`` finds them (Linux)."""
+    if sys.platform != "linux":
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _children(pid: int) -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(parent, []).append(int(entry))
+    return children
+
+
+MARKER = "PYANAMO_SUPERVISED_BY"  # in every sub-task's environment: the worker's process ID
+
+
+def _marked(pid: int) -> bool:
+    """Whether ``pid`` runs a sub-task of this worker (its environment carries the marker)."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return f"{MARKER}={os.getpid()}".encode() in handle.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def kill_orphans() -> int:
+    """Kill and reap what a killed supervisor left: the worker's children (re-parented here, the
+    worker being a subreaper) that run a sub-task of its own and are no live supervisor, and
+    everything under them (frozen first, so nothing forks away). The number of processes killed."""
+    if not os.path.isdir("/proc"):
+        return 0
+    me, killed = os.getpid(), 0
+    for _ in range(100):
+        children = _children(me)
+        with _supervisors_lock:
+            roots = [c for c in children.get(me, []) if c not in _supervisors and _marked(c)]
+        tree, frontier = list(roots), list(roots)
+        while frontier:
+            frontier = [c for p in frontier for c in children.get(p, [])]
+            tree.extend(frontier)
+        if not tree:
+            return killed
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in tree:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        killed += len(tree)
+        for pid in roots:  # re-parented here: the worker must reap them
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+    return killed
 
 
 def safe_name(text: str, limit: int = 80) -> str:
@@ -86,6 +187,7 @@ class SubtaskProcess:
         timeout: float | None = None,
         grace: float = KILL_GRACE_SECONDS,
         user: tuple[int, int] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self.script = script
         self.user = user  # (uid, gid): run the script as this user (the worker is root)
@@ -94,6 +196,8 @@ class SubtaskProcess:
         self.log_folder = log_folder
         self.timeout = timeout
         self.grace = grace
+        self.deadline = deadline  # seconds from its start after which the supervisor kills it
+        self._lease_write = -1  # the pipe through which ``extend`` moves that deadline
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._reason: str | None = None
@@ -113,6 +217,7 @@ class SubtaskProcess:
         started_at = time.time()
         try:
             result_read, result_write = os.pipe()
+            lease_read, self._lease_write = os.pipe()
         except OSError as exc:  # out of file descriptors
             out.close()
             err.close()
@@ -125,16 +230,19 @@ class SubtaskProcess:
                     try:
                         process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
                             [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()),
-                             str(self.grace), str(result_write), self.script,
-                             *([str(self.user[0]), str(self.user[1])] if self.user else [])],
-                            cwd=self.cwd, env=self.env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                            start_new_session=True, pass_fds=(result_write,),
+                             str(self.grace), str(result_write), str(lease_read), repr(self.deadline or 0.0),
+                             self.script, *([str(self.user[0]), str(self.user[1])] if self.user else [])],
+                            cwd=self.cwd, env={**self.env, MARKER: str(os.getpid())}, stdin=subprocess.DEVNULL,
+                            stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write, lease_read),
                         )
                     except OSError as exc:
                         raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
                     self._pid = process.pid
-                os.close(result_write)
-                result_write = -1
+                    with _supervisors_lock:
+                        _supervisors.add(process.pid)
+                for fd in (result_write, lease_read):
+                    os.close(fd)
+                result_write = lease_read = -1
                 timer = None
                 if self.timeout:
                     timer = threading.Timer(self.timeout, self.interrupt, args=("timeout",))
@@ -142,6 +250,8 @@ class SubtaskProcess:
                     timer.start()
                 _, own_status, _ = os.wait4(process.pid, 0)
                 process.returncode = os.waitstatus_to_exitcode(own_status)
+                with _supervisors_lock:
+                    _supervisors.discard(process.pid)
                 self._exited.set()
                 if timer:
                     timer.cancel()
@@ -149,26 +259,45 @@ class SubtaskProcess:
                     result_read = -1
                     report = pipe.read()
         finally:
-            for fd in (result_read, result_write):
+            with self._lock:
+                lease_write, self._lease_write = self._lease_write, -1
+            for fd in (result_read, result_write, lease_read, lease_write):
                 if fd >= 0:
                     os.close(fd)
         wall = time.monotonic() - started
-        try:
-            fields = report.split()
-            status, cpu, peak = int(fields[0]), float(fields[1]), int(fields[2])
-        except (ValueError, IndexError):  # the supervisor itself was killed
-            status, cpu, peak = own_status, 0.0, 0
+        result = SupervisorReport.from_line(report)
+        if result is None:  # the supervisor was killed: its sub-task's processes are re-parented here
+            kill_orphans()
+            with self._lock:
+                reason = self._reason
+            if reason is not None:
+                return Outcome(None, False, 0.0, wall, stdout_path, stderr_path, None, 0, started_at)
+            return Outcome(SUPERVISOR_LOST_EXIT_CODE, False, 0.0, wall, stdout_path, stderr_path, None, 0,
+                           started_at, supervisor_lost=True)
+        status, cpu, peak = result.status, result.cpu, result.peak_rss_kb
         exit_code = os.waitstatus_to_exitcode(status)
         signum = -exit_code if exit_code < 0 else None
         if signum is not None:
             exit_code = SIGNAL_EXIT_BASE + signum
         with self._lock:
+            if result.deadline_passed and self._reason is None:
+                self._reason = "lease_deadline"
             reason = self._reason
         if reason == "timeout":
             return Outcome(TIMEOUT_EXIT_CODE, True, cpu, wall, stdout_path, stderr_path, None, peak, started_at)
         if reason is not None:
             return Outcome(None, False, cpu, wall, stdout_path, stderr_path, signum, peak, started_at)
         return Outcome(exit_code, False, cpu, wall, stdout_path, stderr_path, signum, peak, started_at)
+
+    def extend(self, seconds: float) -> None:
+        """Move the supervisor's deadline to ``seconds`` from now (after a lease renewal)."""
+        with self._lock:
+            if self._lease_write < 0:
+                return
+            try:
+                os.write(self._lease_write, f"{seconds:.3f}\n".encode())
+            except OSError:  # the supervisor is gone (BrokenPipe) or the pipe is full: it ends anyway
+                pass
 
     def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
         """Stop the sub-task and everything it started: SIGTERM, then SIGKILL after the grace

@@ -1,6 +1,7 @@
 """The per-sub-task supervisor: runs ``bash -c SCRIPT`` and makes sure nothing it started outlives it.
 
-Run by the worker as ``python -I -S supervise.py PARENT_PID GRACE RESULT_FD SCRIPT [UID GID]``;
+Run by the worker as
+``python -I -S supervise.py PARENT_PID GRACE RESULT_FD LEASE_FD DEADLINE SCRIPT [UID GID]``;
 the result is written to the pipe RESULT_FD. With UID and GID (a worker run as root with
 ``--run-as USER``) the sub-task runs as that user: the supervisor stays root, so it can still
 kill everything the sub-task starts, and the sub-task holds no privilege at all. It uses the
@@ -16,12 +17,19 @@ killed by SIGKILL (the OOM killer) cannot clean up after itself. On Linux the su
   dies, the supervisor kills the whole tree at once;
 - on SIGTERM (the worker's stop, a timeout) sends SIGTERM to every descendant, and SIGKILL to
   whatever is left after GRACE seconds; on SIGHUP it kills everything at once;
-- when the script exits, kills whatever it left running (freeze, then kill, until none is left).
+- when the script exits, kills whatever it left running (freeze, then kill, until none is left);
+- holds the item's lease deadline on its own monotonic clock: DEADLINE seconds from its start,
+  moved on each time the worker writes a number of seconds to LEASE_FD (after each renewal).
+  When the deadline passes it kills the whole tree at once. So a worker that is paused (SIGSTOP,
+  Ctrl-Z, a VM paused while the supervisor's host runs on), hung or cut off cannot leave its
+  sub-task running beside the next owner's run: the worker sets the deadline a quarter of the
+  lease before the lease runs out, and nobody reclaims before it has run out.
 
-It then writes one line to RESULT_FD, ``STATUS CPU_SECONDS MAXRSS_KB CONTAINED``: the script's wait
-status and the resource usage of the whole tree (``RUSAGE_CHILDREN``: CPU time and the peak
-resident set of its largest process). Plain text, not JSON: importing ``json`` costs more than
-a third of this process's start-up, and it starts once per sub-task.
+It then writes one line to RESULT_FD, ``STATUS CPU_SECONDS MAXRSS_KB DEADLINE_PASSED``: the
+script's wait status, the resource usage of the whole tree (``RUSAGE_CHILDREN``: CPU time and the
+peak resident set of its largest process), and 1 if it killed the tree at the lease deadline.
+Plain text, not JSON: importing ``json`` costs more than a third of this process's start-up, and
+it starts once per sub-task.
 
 On other platforms (no ``prctl``, no ``/proc``) it falls back to the sub-task's process group:
 processes that leave the group, and a SIGKILLed worker's sub-task, are not contained there.
@@ -30,6 +38,7 @@ processes that leave the group, and a SIGKILLed worker's sub-task, are not conta
 import ctypes
 import os
 import resource
+import select
 import sys
 import time
 
@@ -91,13 +100,16 @@ def _signal(pids, sig):
 
 
 class Supervisor:
-    def __init__(self, parent, grace, script, user=None):
+    def __init__(self, parent, grace, script, user=None, lease_fd=-1, deadline=0.0):
         self.parent = parent
         self.grace = grace
         self.script = script
         self.user = user  # (uid, gid) to run the script as, or None
         self.child: int = 0
         self.contained = False
+        self.lease_fd = lease_fd  # the worker writes "SECONDS\n" there after each lease renewal
+        self.deadline = time.monotonic() + deadline if deadline > 0 else None
+        self.deadline_passed = False
 
     def start(self):
         self.contained = _prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc/self")
@@ -150,9 +162,43 @@ class Supervisor:
                 return
             time.sleep(0.01)
 
+    def _wait_script(self):
+        """The script's wait status; meanwhile, read deadline extensions and kill the tree when
+        the deadline passes. A signal (SIGCHLD among them) wakes the wait through a pipe."""
+        if self.deadline is None and self.lease_fd < 0:
+            return os.wait4(self.child, 0)[1]
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        signal.set_wakeup_fd(wake_write)
+        signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+        watched = [wake_read] + ([self.lease_fd] if self.lease_fd >= 0 else [])
+        while True:
+            pid, status, _ = os.wait4(self.child, os.WNOHANG)
+            if pid:
+                return status
+            timeout = None if self.deadline is None else self.deadline - time.monotonic()
+            if timeout is not None and timeout <= 0 and not self.deadline_passed:
+                self.deadline_passed = True
+                self.kill_all()
+                continue
+            ready, _, _ = select.select(watched, [], [], None if self.deadline_passed else timeout)
+            if wake_read in ready:
+                os.read(wake_read, 4096)
+            if self.lease_fd in ready:
+                data = os.read(self.lease_fd, 4096)
+                if not data:  # the worker closed it: no more renewals will come
+                    watched.remove(self.lease_fd)
+                    continue
+                try:
+                    seconds = float(data.split()[-1])
+                except (ValueError, IndexError):
+                    continue
+                if not self.deadline_passed:
+                    self.deadline = time.monotonic() + seconds
+
     def wait(self):
         """Wait for the script, clean up after it, reap everything; return the result."""
-        _, status, _ = os.wait4(self.child, 0)
+        status = self._wait_script()
         self.kill_all()
         while True:  # reap the re-parented leftovers too, so their usage is counted
             try:
@@ -165,20 +211,25 @@ class Supervisor:
             "status": status,
             "cpu": usage.ru_utime + usage.ru_stime,
             "maxrss_kb": usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024,
-            "contained": self.contained,
+            "deadline_passed": self.deadline_passed,
         }
 
 
 def main(argv):
-    parent, grace, result_fd, script = int(argv[1]), float(argv[2]), int(argv[3]), argv[4]
-    user = (int(argv[5]), int(argv[6])) if len(argv) > 6 else None
-    supervisor = Supervisor(parent, grace, script, user)
+    parent, grace, result_fd, lease_fd = int(argv[1]), float(argv[2]), int(argv[3]), int(argv[4])
+    deadline, script = float(argv[5]), argv[6]
+    user = (int(argv[7]), int(argv[8])) if len(argv) > 8 else None
+    for fd in (result_fd, lease_fd):  # the supervisor's own: closed when the script's bash starts
+        if fd >= 0:
+            os.set_inheritable(fd, False)
+    supervisor = Supervisor(parent, grace, script, user, lease_fd, deadline)
     if not supervisor.start():
         return 1
     result = supervisor.wait()
     try:
         with os.fdopen(result_fd, "w") as out:
-            out.write(f"{result['status']} {result['cpu']!r} {result['maxrss_kb']} {int(result['contained'])}\n")
+            out.write(f"{result['status']} {result['cpu']!r} {result['maxrss_kb']} "
+                      f"{int(result['deadline_passed'])}\n")
     except OSError:
         return 1
     return 0

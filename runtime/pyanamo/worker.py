@@ -588,8 +588,8 @@ class Worker:
             "PYANAMO_ITEM_OUTPUTS": str(self._item_outputs(item)),
         }
         user = (self.task_user.uid, self.task_user.gid) if self.task_user else None
-        process = SubtaskProcess(subtask.script, env=env, cwd=self.config.workdir,
-                                 log_folder=folder, timeout=self.config.timeout, user=user)
+        process = SubtaskProcess(subtask.script, env=env, cwd=self.config.workdir, log_folder=folder,
+                                 timeout=self.config.timeout, user=user, deadline=self.keeper.deadline(held))
         held.track(process)
         if self.policy.stopping:
             process.interrupt("stop")
@@ -613,8 +613,8 @@ class Worker:
         if not outcome.succeeded:
             if outcome.timed_out:
                 reason = f"timed out after {self.config.timeout:g}s"
-            elif outcome.signal is not None:
-                reason = str(outcome.signal_reason())
+            elif (killed := outcome.signal_reason()) is not None:
+                reason = killed
             else:
                 reason = last_line(err.tail) or last_line(out.tail) or f"exit code {outcome.exit_code}"
             error_line = f"{key}: {reason}"

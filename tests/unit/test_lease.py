@@ -17,9 +17,13 @@ class Process:
 
     def __init__(self) -> None:
         self.interrupts: list[tuple[str, float | None]] = []
+        self.deadlines: list[float] = []
 
     def interrupt(self, reason: str, grace: float | None = None) -> None:
         self.interrupts.append((reason, grace))
+
+    def extend(self, seconds: float) -> None:
+        self.deadlines.append(seconds)
 
 
 def held_item(lease_seconds: float):
@@ -40,6 +44,8 @@ def test_renewals_keep_the_lease_alive():
     time.sleep(1.0)
     keeper.stop()
     assert held.lease.expiry > first and not held.lost.is_set() and process.interrupts == []
+    # each renewal moves the supervisor's deadline to the watchdog's point: 3/4 of the lease
+    assert process.deadlines and all(0.3 < d <= 0.45 for d in process.deadlines), process.deadlines
     assert queue.get("a").lease_expiry >= round(first, 3)
 
 

@@ -136,3 +136,29 @@ def test_a_log_folder_that_cannot_be_created_is_a_local_failure(tmp_path: Path):
     blocker.write_text("a file, not a folder")
     with pytest.raises(LocalFailure, match="cannot write logs in"):
         SubtaskProcess("true", env=dict(os.environ), cwd=tmp_path, log_folder=blocker / "x").run()
+
+
+def test_the_supervisor_kills_the_tree_when_the_lease_deadline_passes_unextended(tmp_path: Path):
+    """Nothing calls ``interrupt`` (the worker might be paused): the supervisor's own clock does it."""
+    _, outcome = run("sleep 60 & sleep 60; wait", tmp_path, deadline=0.3)
+    assert outcome.interrupted and outcome.exit_code is None
+    assert outcome.wall_time < 30
+
+
+def test_an_extended_deadline_lets_the_subtask_finish(tmp_path: Path):
+    """The script outlives its first deadline (5 s) only if that was extended: it waits for a file
+    the test writes after ``extend``, then runs 6 s more. Extending from another thread, as the
+    lease renewer does, keeps it alive to its end."""
+    go = tmp_path / "go"
+    process = SubtaskProcess(f"while [ ! -e {go} ]; do sleep 0.05; done; sleep 6", env=dict(os.environ),
+                             cwd=tmp_path, log_folder=tmp_path / "logs", deadline=5)
+
+    def extend_then_go() -> None:
+        while process._pid is None:
+            time.sleep(0.01)
+        process.extend(120)
+        go.touch()
+
+    threading.Thread(target=extend_then_go, daemon=True).start()
+    outcome = process.run()
+    assert outcome.exit_code == 0 and not outcome.interrupted
