@@ -25,15 +25,15 @@ browser:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium > /dev/null) || \
 		echo "chromium could not be installed: the report's browser test will be skipped"
 
-# Debian's bwa, samtools and bcftools for the variant-calling example's end-to-end test, and nftables
-# for the test of the fleet's metadata-service firewall; where they cannot be installed those tests
-# are skipped and say why.
+# Debian's bwa, samtools and bcftools for the variant-calling example's end-to-end test, nftables
+# for the test of the fleet's metadata-service firewall, and faketime for the clock-skew fault
+# scenario; where they cannot be installed those tests are skipped and say why.
 test-tools:
 	@command -v bwa > /dev/null && command -v samtools > /dev/null && command -v bcftools > /dev/null && \
-		command -v nft > /dev/null || \
+		command -v nft > /dev/null && command -v faketime > /dev/null || \
 		(DEBIAN_FRONTEND=noninteractive apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install \
-		-y -qq --no-install-recommends bwa samtools bcftools nftables > /dev/null) || \
-		echo "bwa, samtools, bcftools or nftables could not be installed: the tests that need them will be skipped"
+		-y -qq --no-install-recommends bwa samtools bcftools nftables faketime > /dev/null) || \
+		echo "bwa, samtools, bcftools, nftables or faketime could not be installed: the tests that need them will be skipped"
 
 # The fault-injection suite with figures, rendered into docs/reliability.md (SOAK=--soak: long form).
 reliability: $(VENV)/.installed

@@ -61,6 +61,9 @@ class InMemoryQueue:
         self.workers: dict[str, dict[str, Any]] = {}
         self._lock = threading.RLock()
 
+    def now(self) -> float:
+        return self.clock()
+
     def sharing(self, *, owner: str, lease_seconds: float | None = None, max_claims: int | None = None,
                 ) -> InMemoryQueue:
         """Another worker's view of the same table."""

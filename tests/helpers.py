@@ -85,13 +85,13 @@ class Workers:
     processes: list[subprocess.Popen] = field(default_factory=list)
 
     def start(self, table: str, *args: str, name: str | None = None,
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+              env: dict[str, str] | None = None, wrapper: tuple[str, ...] = ()) -> subprocess.Popen:
         name = name or f"w{len(self.processes)}"
         log = open(self.root / f"{name}.log", "wb")
         if "--outputs" not in args:  # never the default pyanamo-outputs/ in the test's folder
             args = ("--outputs", str(self.root / "outputs"), *args)
         process = subprocess.Popen(
-            [sys.executable, "-m", "pyanamo", "worker", table,
+            [*wrapper, sys.executable, "-m", "pyanamo", "worker", table,
              "--log-dir", str(self.root / "logs"), "--workdir", str(self.root), *args],
             env={**os.environ, **self.env, "WORKER_NAME": name, **(env or {})},
             stdout=log,

@@ -4,7 +4,6 @@ taskID, instance, expired leases) serves all three."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,7 +83,7 @@ def _selected(queue: TaskQueue, spec: ResetFilter, verb: str) -> Iterator[Item |
         if item is None:
             if spec.item_ids:
                 yield item_id
-        elif _matches(item, spec, time.time()):
+        elif _matches(item, spec, queue.now()):
             yield item
 
 
@@ -115,7 +114,7 @@ def _cancel_one(queue: TaskQueue, item: Item, dry_run: bool) -> ResetAction:
     if item.state in (ItemState.DONE, ItemState.CANCELLED):
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, already {item.state.value}")
     detail = ""
-    if item.lease_live(time.time()):
+    if item.lease_live(queue.now()):
         detail = f"; its worker on {item.instance_id} stops it at its next lease renewal"
     if dry_run:
         return ResetAction(item.item_id, True, f"would cancel {item.item_id}: {item.state.value} -> cancelled{detail}")
@@ -128,7 +127,7 @@ def _rerun_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
     if item.state is ItemState.TODO:
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
     if item.state is ItemState.LOCKED:
-        holder = "a worker holds it" if item.lease_live(time.time()) else "its lease ran out; reset it instead"
+        holder = "a worker holds it" if item.lease_live(queue.now()) else "its lease ran out; reset it instead"
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, locked ({holder})")
     verb = "would rerun" if dry_run else "rerun"
     message = (f"{verb} {item.item_id}: {item.state.value} -> todo, all {len(item.subtasks)} sub-tasks from the "
@@ -141,7 +140,7 @@ def _rerun_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
 
 
 def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
-    now = time.time()
+    now = queue.now()
     forced = item.item_id in spec.item_ids
     live = item.lease_live(now)
     if live and not forced:

@@ -12,7 +12,6 @@ worker that is paused or hung (its threads cannot run) cannot leave a sub-task r
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterable
 
 from .errors import QueueError
@@ -73,7 +72,8 @@ class LeaseKeeper:
     def __init__(self, queue: TaskQueue, lease_seconds: float) -> None:
         self.queue = queue
         self.renew_every = lease_seconds / 3
-        # Give up this long before expiry: covers the kill itself and modest clock skew.
+        # Give up this long before expiry: covers the kill itself and the uncertainty of the
+        # endpoint's clock (``clock``: under a second once a few answers were seen).
         self.margin = lease_seconds / 4
         self._held: set[HeldItem] = set()
         self._lock = threading.Lock()
@@ -105,14 +105,14 @@ class LeaseKeeper:
             return list(self._held)
 
     def expiring(self, held: HeldItem) -> bool:
-        return time.time() >= held.lease.expiry - self.margin
+        return self.queue.now() >= held.lease.expiry - self.margin
 
     def deadline(self, held: HeldItem) -> float:
         """Seconds from now until a sub-task of ``held`` must be dead unless the lease is renewed:
         when the watchdog would give the item up, a quarter of the lease before it runs out.
         The supervisor keeps it on its own monotonic clock, so it holds while this worker is
         paused or hung; the margin covers the kill itself."""
-        return max(0.001, held.lease.expiry - time.time() - self.margin)
+        return max(0.001, held.lease.expiry - self.queue.now() - self.margin)
 
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.renew_every):

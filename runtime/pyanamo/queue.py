@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .clock import EndpointClock
 from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, translate
 from .events import emit
 from .expressions import Expression
@@ -183,13 +184,28 @@ class TaskQueue:
         self._empty_shard_ttl = min(EMPTY_SHARD_SECONDS, lease_seconds / 4)
         self._lock = threading.Lock()
         self.failed_on_claim = 0  # items this queue failed as it claimed them (malformed, abandoned)
+        self.clock = EndpointClock()  # lease times are on the endpoint's clock, never this machine's
+
+    def now(self) -> float:
+        """The time leases are judged by: the endpoint's (``clock``)."""
+        return self.clock.now()
 
     def _call(self, operation: str, **request: Any) -> dict[str, Any]:
         """One DynamoDB request on this table; boto3's errors come out typed (``errors``)."""
+        sent = time.monotonic()
         try:
-            return getattr(self.client, operation)(TableName=self.table, **request)
+            response: dict[str, Any] = getattr(self.client, operation)(TableName=self.table, **request)
         except BOTO_ERRORS as exc:
+            answer = getattr(exc, "response", None)
+            if isinstance(answer, dict):
+                self._observe(sent, answer)
             raise translate(exc) from exc
+        self._observe(sent, response)
+        return response
+
+    def _observe(self, sent: float, response: dict[str, Any]) -> None:
+        headers = response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+        self.clock.observe(sent, time.monotonic(), headers.get("date"))
 
     # -- claiming -------------------------------------------------------------------------
 
@@ -236,7 +252,7 @@ class TaskQueue:
                 random.shuffle(found)
                 return [Candidate(i) for i in found]
             self._empty_until[shard] = now + self._empty_shard_ttl
-        now_rank = expiry_rank(time.time())
+        now_rank = expiry_rank(self.now())
         for shard in random.sample(shard_keys(ItemState.LOCKED), k=len(shard_keys(ItemState.LOCKED))):
             found = self._query_ids(shard, "<", now_rank, CANDIDATES_PER_QUERY)
             if found:
@@ -263,7 +279,7 @@ class TaskQueue:
             if row is None:
                 return None
             candidate = replace(candidate, lease=row.get(Attr.LEASE_TOKEN, {}).get("S"))
-        now = time.time()
+        now = self.now()
         try:
             return self._claim_once(candidate, now, mark_first=True)
         except ConditionFailed as failure:
@@ -386,7 +402,7 @@ class TaskQueue:
 
     def renew(self, lease: Lease) -> Lease:
         """Extend the lease (heartbeat). Raises LeaseLost if the item is no longer ours."""
-        renewed = Lease(lease.item_id, lease.token, time.time() + self.lease_seconds)
+        renewed = Lease(lease.item_id, lease.token, self.now() + self.lease_seconds)
         self._fenced_update(
             lease,
             Expression()
@@ -477,7 +493,7 @@ class TaskQueue:
         else whether an item was replaced."""
         try:
             response = self._call("put_item", Item=item.new_row(), ReturnValues="ALL_OLD",
-                                  **not_held(Expression(), time.time()).request())
+                                  **not_held(Expression(), self.now()).request())
         except ConditionFailed:
             return None
         return bool(response.get("Attributes"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -78,7 +77,6 @@ class StatusReport:
 
 
 def gather(queue: TaskQueue) -> StatusReport:
-    now = time.time()
     attributes = [Attr.ITEM_ID, Attr.TASK_ID, Attr.INSTANCE_ID, Attr.LEASE_EXPIRY,
                   Attr.SUBTASK_COUNT, Attr.SUBTASKS_DONE, Attr.LAST_ERROR]
     report = StatusReport(
@@ -99,13 +97,13 @@ def gather(queue: TaskQueue) -> StatusReport:
             if state is ItemState.LOCKED:
                 load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
                 load.held += 1
-                if float(data.get(Attr.LEASE_EXPIRY, 0)) < now:
+                if float(data.get(Attr.LEASE_EXPIRY, 0)) < queue.now():  # on the endpoint's clock
                     load.expired += 1
             elif state is ItemState.FAILED:
                 report.failed.append(FailedItem(
                     data[Attr.ITEM_ID], str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
-    _add_cost(report, queue, now)
+    _add_cost(report, queue, queue.now())
     return report
 
 
@@ -243,7 +241,7 @@ class RunningItem:
 def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
     """One entry per locked item: where it runs, which sub-task, since when (state index, then
     BatchGetItem for the locked items only)."""
-    now = time.time() if now is None else now
+    now = queue.now() if now is None else now
     entries = []
     for row in queue.rows_in_state(ItemState.LOCKED):
         try:
