@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -301,6 +301,11 @@ class ImportReport:
     skipped: list[str]
     replaced: int
     busy: list[str] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: the items not reported here were not written
+    total: int = 0  # the items the file holds
+
+
+IN_FLIGHT = 4 * IO_THREADS  # puts submitted ahead: what a Ctrl-C lets finish, never the whole file
 
 
 def write_items(
@@ -314,26 +319,48 @@ def write_items(
     exists, or comes to exist meanwhile (another import), is never overwritten unless
     ``replace``; even then an item a worker holds is left alone (reported as busy).
 
+    Ctrl-C (KeyboardInterrupt) stops it: the puts already sent finish (each writes one whole
+    item), nothing more is sent, and the report says how many were written (``interrupted``).
+    Only a window of IN_FLIGHT puts is queued at a time, so stopping takes one round of puts.
+
     Why not batches: BatchWriteItem carries no conditions. TransactWriteItems does, but moto
     copies the whole table for every transaction (a 100-item transaction took 0.4 s on an empty
     table and 9 s with 400 items in it) and dynalite has none; one conditional put per item
     scales linearly everywhere and costs DynamoDB the same write units."""
-    def write(item: Item) -> tuple[Item, str]:
+    def write(item: Item) -> str:
         if replace:
             outcome = queue.replace_unless_held(item)
-            return item, "busy" if outcome is None else "replaced" if outcome else "new"
-        return item, "new" if queue.put_new(item) else "skipped"
+            return "busy" if outcome is None else "replaced" if outcome else "new"
+        return "new" if queue.put_new(item) else "skipped"
 
-    outcomes: dict[str, list[Item]] = {"new": [], "replaced": [], "skipped": [], "busy": []}
-    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
-        for item, outcome in pool.map(write, items):
-            outcomes[outcome].append(item)
+    outcomes: dict[str, list[int]] = {"new": [], "replaced": [], "skipped": [], "busy": []}
+    pending: dict[Future[str], int] = {}
+
+    def collect(done: Iterable[Future[str]]) -> None:
+        for future in done:
+            outcomes[future.result()].append(pending.pop(future))
             advance(1)
-    written = outcomes["new"] + outcomes["replaced"]
+
+    interrupted = False
+    pool = ThreadPoolExecutor(max_workers=IO_THREADS)
+    try:
+        for index, item in enumerate(items):
+            if len(pending) >= IN_FLIGHT:
+                collect(wait(pending, return_when=FIRST_COMPLETED).done)
+            pending[pool.submit(write, item)] = index
+        collect(wait(pending).done)
+    except KeyboardInterrupt:
+        interrupted = True
+        collect(wait(pending).done)  # the puts already sent: each writes a whole item or nothing
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    written = sorted(outcomes["new"] + outcomes["replaced"])
     return ImportReport(
         imported=len(written),
-        subtasks=sum(len(i.subtasks) for i in written),
-        skipped=[i.item_id for i in outcomes["skipped"]],
+        subtasks=sum(len(items[n].subtasks) for n in written),
+        skipped=[items[n].item_id for n in sorted(outcomes["skipped"])],
         replaced=len(outcomes["replaced"]),
-        busy=[i.item_id for i in outcomes["busy"]],
+        busy=[items[n].item_id for n in sorted(outcomes["busy"])],
+        interrupted=interrupted,
+        total=len(items),
     )
