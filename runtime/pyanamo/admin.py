@@ -9,9 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import UsageError
+from .errors import MalformedItem, UsageError
 from .model import Item
 from .queue import TaskQueue
+from .runs import RunRecord
 from .schema import INSTANCE_INDEX, TASK_INDEX, Attr, ItemState, SubtaskStatus
 
 
@@ -36,6 +37,7 @@ class ResetAction:
     changed: bool
     message: str
     missing: bool = False  # named by ID, but there is no such item
+    malformed: bool = False  # stored in a form PyAnamo cannot read: left as it is, named
 
 
 def _ids(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
@@ -74,12 +76,17 @@ def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
     return True
 
 
-def _selected(queue: TaskQueue, spec: ResetFilter, verb: str) -> Iterator[Item | str]:
-    """The items the selection names, read afresh; a named ID with no item yields the ID."""
+def _selected(queue: TaskQueue, spec: ResetFilter, verb: str) -> Iterator[Item | str | MalformedItem]:
+    """The items the selection names, read afresh; a named ID with no item yields the ID, an
+    item that cannot be read yields why (the others are still handled)."""
     if spec.empty:
         raise UsageError(f"say which items to {verb}: ITEM_ID ..., --state, --task, --instance or --expired")
     for item_id in dict.fromkeys(_candidate_ids(queue, spec)):
-        item = queue.get(item_id)
+        try:
+            item = queue.get(item_id)
+        except MalformedItem as exc:
+            yield exc
+            continue
         if item is None:
             if spec.item_ids:
                 yield item_id
@@ -91,12 +98,19 @@ def _missing(item_id: str) -> ResetAction:
     return ResetAction(item_id, False, f"{item_id}: no such item", missing=True)
 
 
+def _unreadable(item: str | MalformedItem) -> ResetAction:
+    if isinstance(item, str):
+        return _missing(item)
+    return ResetAction(item.item_id, False, f"{item.item_id}: skipped, malformed: {item.reason} "
+                                            f"(import it again with --replace)", malformed=True)
+
+
 def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
     """Put matching items back to todo (``rerun``: finished items from their first sub-task).
     A live lease is only revoked for items named by ID."""
     one = _rerun_one if spec.rerun else _reset_one
     return [
-        _missing(item) if isinstance(item, str) else one(queue, item, spec, dry_run)
+        one(queue, item, spec, dry_run) if isinstance(item, Item) else _unreadable(item)
         for item in _selected(queue, spec, "reset")
     ]
 
@@ -105,7 +119,7 @@ def cancel(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> lis
     """Stop matching items for good: a cancelled item is claimed by no one until it is reset. A
     running item's worker loses its lease at its next renewal and stops the item's processes."""
     return [
-        _missing(item) if isinstance(item, str) else _cancel_one(queue, item, dry_run)
+        _cancel_one(queue, item, dry_run) if isinstance(item, Item) else _unreadable(item)
         for item in _selected(queue, spec, "cancel")
     ]
 
@@ -189,25 +203,27 @@ def format_logs(item: Item, subtask: str | None = None) -> Iterator[str]:
     for s in item.subtasks:
         if subtask is not None and s.key != subtask:
             continue
-        summary: dict[str, Any] = dict(item.log_summary.get(s.key) or {})
+        record = RunRecord.from_map(item.log_summary.get(s.key), s.key)
         facts = [s.status.value, f"attempts {s.attempts}"]
         if s.exit_code is not None:
             facts.append(f"exit {s.exit_code}")
-        if summary:
-            facts.append(f"cpu {float(summary.get('CPU_Time', 0)):.2f}s")
-            facts.append(f"wall {float(summary.get('Wall_Time', 0)):.2f}s")
-            facts.append(f"{int(summary.get('Log_Length', 0))} lines")
-            if summary.get("Timed_Out"):
+        if record is not None:
+            facts.append(f"cpu {record.cpu_time:.2f}s")
+            facts.append(f"wall {record.wall_time:.2f}s")
+            facts.append(f"{record.log_length} lines")
+            if record.timed_out:
                 facts.append("timed out")
         yield f"== {s.key} [{', '.join(facts)}]"
         yield f"   {s.script}"
+        for problem in record.problems if record is not None else ():
+            yield f"   (malformed record: {problem})"
         log = item.logs.get(s.key) or {}
         for stream in ("stdout", "stderr"):
             text = str(log.get(stream) or "")
             if text:
                 yield f"-- {stream} (tail) --"
                 yield text.rstrip("\n")
-        if summary.get("Log_Location"):
-            yield f"full log: {summary['Log_Location']}"
+        if record is not None and record.log_location:
+            yield f"full log: {record.log_location}"
         elif not log:
             yield "(no output recorded yet)"

@@ -454,7 +454,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _steer(args: argparse.Namespace, action: Callable[..., Any], verb: str) -> int:
-    """reset, rerun or cancel the selected items; exit 2 if an item named by ID does not exist."""
+    """reset, rerun or cancel the selected items; exit 2 if an item named by ID does not exist,
+    1 if one could not be read (the others are handled either way)."""
     from .admin import ResetFilter
 
     client = _client(args)
@@ -469,7 +470,7 @@ def _steer(args: argparse.Namespace, action: Callable[..., Any], verb: str) -> i
         print(done.message)
     changed = sum(a.changed for a in actions)
     print(f"{'would ' + verb if args.dry_run else past(verb)} {changed} items")
-    return 2 if any(a.missing for a in actions) else 0
+    return 2 if any(a.missing for a in actions) else 1 if any(a.malformed for a in actions) else 0
 
 
 def past(verb: str) -> str:

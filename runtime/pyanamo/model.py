@@ -13,6 +13,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from .errors import MalformedItem
+from .runs import RunRecord
 from .schema import (
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
@@ -64,6 +65,11 @@ def utc_now_iso() -> str:
 
 def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
+
+
+def _text(value: Any) -> str | None:
+    """An attribute that should be text; anything else is shown as written (never a crash)."""
+    return value if value is None or isinstance(value, str) else str(value)
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -151,6 +157,9 @@ class Item:
             subtasks = tuple(Subtask.from_map(key, scripts[key]) for key in sorted(scripts, key=subtask_order))
             if expiry is not None and not isinstance(expiry, (int, Decimal)):
                 raise ValueError(f"{Attr.LEASE_EXPIRY} is not a number")
+            token = data.get(Attr.LEASE_TOKEN)
+            if token is not None and not isinstance(token, str):
+                raise ValueError(f"{Attr.LEASE_TOKEN} is not text")
         except ValueError as exc:
             raise MalformedItem(item_id, str(exc)) from None
         return cls(
@@ -158,15 +167,15 @@ class Item:
             task_id=str(data.get(Attr.TASK_ID, "")),
             subtasks=subtasks,
             state=ItemState(state),
-            instance_id=data.get(Attr.INSTANCE_ID),
-            lease_token=data.get(Attr.LEASE_TOKEN),
+            instance_id=_text(data.get(Attr.INSTANCE_ID)),
+            lease_token=token,
             lease_expiry=None if expiry is None else float(expiry),
-            lock_date=data.get(Attr.LOCK_DATE),
-            done_date=data.get(Attr.DONE_DATE),
-            last_error=data.get(Attr.LAST_ERROR),
-            logs=_map(data.get(Attr.LOG)),
+            lock_date=_text(data.get(Attr.LOCK_DATE)),
+            done_date=_text(data.get(Attr.DONE_DATE)),
+            last_error=_text(data.get(Attr.LAST_ERROR)),
+            logs={key: value for key, value in _map(data.get(Attr.LOG)).items() if isinstance(value, Mapping)},
             log_summary=_map(data.get(Attr.LOG_SUMMARY)),
-            worker_id=data.get(Attr.WORKER_ID),
+            worker_id=_text(data.get(Attr.WORKER_ID)),
             earlier_runs=tuple(r for r in data.get(Attr.EARLIER_RUNS) or () if isinstance(r, Mapping)),
         )
 
@@ -192,13 +201,12 @@ class Item:
         how it ended, where, and per sub-task its status, exit code, attempts, times and memory."""
         subtasks: dict[str, Any] = {}
         for s in self.subtasks:
-            summary = _map(self.log_summary.get(s.key))
+            run = RunRecord.from_map(self.log_summary.get(s.key), s.key)
             record: dict[str, Any] = {"Status": s.status.value, "Attempts": s.attempts}
             if s.exit_code is not None:
                 record["Exit"] = s.exit_code
-            for name in ("Wall_Time", "CPU_Time", "Peak_RSS_KB"):
-                if name in summary:
-                    record[name] = summary[name]
+            if run is not None and run.ran:
+                record.update(Wall_Time=run.wall_time, CPU_Time=run.cpu_time, Peak_RSS_KB=run.peak_rss_kb)
             subtasks[s.key] = record
         return {
             "State": self.state.value,

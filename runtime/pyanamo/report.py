@@ -23,6 +23,7 @@ from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size,
 from .errors import MalformedItem
 from .model import Item, iso
 from .queue import TaskQueue
+from .runs import RunRecord
 from .schema import Attr, ItemState, SubtaskStatus
 from .status import duration
 
@@ -81,24 +82,25 @@ class SubtaskRun:
 
 
 def runs_of(item: Item) -> Iterator[SubtaskRun]:
-    """One run per sub-task that has a run record (sub-tasks that never ran have none)."""
+    """One run per sub-task that has a run record (sub-tasks that never ran have none); values
+    of the wrong type read as unknown (``runs.RunRecord``)."""
     for s in item.subtasks:
-        record = item.log_summary.get(s.key)
-        if not isinstance(record, Mapping) or "Started" not in record:
+        record = RunRecord.from_map(item.log_summary.get(s.key), s.key)
+        if record is None or not record.ran:
             continue
-        cost = record.get("Cost_USD")
-        exit_code = record.get("ExitCode", s.exit_code)
+        exit_code = record.exit_code if record.exit_code is not None else s.exit_code
         yield SubtaskRun(
-            item=item.item_id, task=item.task_id, subtask=s.key, attempt=int(record.get("Attempt", s.attempts) or 0),
-            status=s.status.value, exit=None if exit_code is None else int(exit_code),
-            instance=str(record.get("InstanceID", item.instance_id or "?")),
-            instance_type=str(record.get("Instance_Type", "?")), worker=str(record.get("Worker_ID", "?")),
-            host=str(record.get("Host", "?")), start=str(record["Started"]), end=str(record.get("Ended", "")),
-            wall_s=round(float(record.get("Wall_Time", 0)), 3), cpu_s=round(float(record.get("CPU_Time", 0)), 3),
-            peak_rss_mb=round(int(record.get("Peak_RSS_KB", 0) or 0) / 1024, 1),
-            output_bytes=int(record.get("Output_Bytes", 0) or 0),
-            cost_usd=None if cost is None else float(cost),
-            earlier_exits=tuple(None if c is None else int(c) for c in record.get("Earlier_Exits") or ()),
+            item=item.item_id, task=item.task_id, subtask=s.key,
+            attempt=record.attempt if record.attempt is not None else s.attempts,
+            status=s.status.value, exit=exit_code,
+            instance=record.instance_id or item.instance_id or "?",
+            instance_type=record.instance_type or "?", worker=record.worker_id or "?",
+            host=record.host or "?", start=str(record.started), end=record.ended or "",
+            wall_s=round(record.wall_time, 3), cpu_s=round(record.cpu_time, 3),
+            peak_rss_mb=round(record.peak_rss_kb / 1024, 1),
+            output_bytes=record.output_bytes,
+            cost_usd=record.cost_usd,
+            earlier_exits=record.earlier_exits,
             command=s.script,
         )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from rich.console import Group
@@ -76,6 +77,15 @@ class StatusReport:
         return data
 
 
+def _number(value: Any, default: float = 0.0) -> float:
+    """A stored number; a malformed one (hand-edited, another tool) reads as ``default``."""
+    return float(value) if isinstance(value, (int, Decimal)) and not isinstance(value, bool) else default
+
+
+def _count(value: Any, default: int) -> int:
+    return int(_number(value, default))
+
+
 def gather(queue: TaskQueue) -> StatusReport:
     attributes = [Attr.ITEM_ID, Attr.TASK_ID, Attr.INSTANCE_ID, Attr.LEASE_EXPIRY,
                   Attr.SUBTASK_COUNT, Attr.SUBTASKS_DONE, Attr.LAST_ERROR]
@@ -91,17 +101,17 @@ def gather(queue: TaskQueue) -> StatusReport:
             data = from_dynamo(row)
             report.items_read += 1
             report.items[state.value] += 1
-            count = int(data.get(Attr.SUBTASK_COUNT, 1))
+            count = _count(data.get(Attr.SUBTASK_COUNT), 1)
             report.subtasks_total += count
-            report.subtasks_done += count if state is ItemState.DONE else int(data.get(Attr.SUBTASKS_DONE, 0))
+            report.subtasks_done += count if state is ItemState.DONE else _count(data.get(Attr.SUBTASKS_DONE), 0)
             if state is ItemState.LOCKED:
                 load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
                 load.held += 1
-                if float(data.get(Attr.LEASE_EXPIRY, 0)) < queue.now():  # on the endpoint's clock
+                if _number(data.get(Attr.LEASE_EXPIRY)) < queue.now():  # on the endpoint's clock
                     load.expired += 1
             elif state is ItemState.FAILED:
                 report.failed.append(FailedItem(
-                    data[Attr.ITEM_ID], str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
+                    str(data[Attr.ITEM_ID]), str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
     _add_cost(report, queue, queue.now())
     return report

@@ -45,9 +45,10 @@ from .runner import (
     safe_name,
     summarize_stream,
 )
+from .runs import MAX_EARLIER_EXITS
 from .sandbox import JobCredentials, TaskUser, subtask_environment
 from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
-from .worker_record import MAX_EARLIER_EXITS, WorkerCounters, WorkerRecord, earlier_exits, run_record
+from .worker_record import WorkerCounters, WorkerRecord, earlier_exits, run_record
 
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
 EXIT_ERROR = 1
@@ -517,7 +518,7 @@ class Worker:
     def _attempts(self, item: Item, held: HeldItem, subtask: Subtask) -> SubtaskResult | None:
         """Run a sub-task until it succeeds or its attempts are used; None if interrupted."""
         attempts = subtask.attempts
-        earlier = earlier_exits(item.log_summary.get(subtask.key), attempts)
+        earlier = earlier_exits(item.log_summary.get(subtask.key), attempts, subtask.key)
         while True:
             try:
                 outcome, location, outdir = self._run_once(item, held, subtask, attempts + 1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,17 +19,18 @@ from .errors import AccessDenied
 from .events import emit
 from .model import iso, utc_now_iso
 from .runner import Outcome
+from .runs import MAX_EARLIER_EXITS, RunRecord
 
-MAX_EARLIER_EXITS = 20  # exit codes of earlier attempts kept per sub-task
 WORKER_RECORD_PREFIX = "pyanamo-worker#"
 
 
-def earlier_exits(summary: Any, attempts: int) -> list[int | None]:
-    """Exit codes of the attempts made before this claim, from the sub-task's stored record."""
-    if not isinstance(summary, Mapping) or attempts <= 0:
+def earlier_exits(summary: Any, attempts: int, key: str = "") -> list[int | None]:
+    """Exit codes of the attempts made before this claim, from the sub-task's stored record
+    (malformed values read as unknown: ``runs.RunRecord``)."""
+    record = RunRecord.from_map(summary, key)
+    if record is None or attempts <= 0:
         return []
-    earlier = [int(c) if c is not None else None for c in summary.get("Earlier_Exits") or []]
-    return [*earlier, summary.get("ExitCode")][-MAX_EARLIER_EXITS:]
+    return record.exits_so_far()
 
 
 def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: int,
@@ -43,7 +43,7 @@ def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: in
         "Host": placement.host,
         "Worker_ID": worker_id,
         "Instance_Type": placement.instance_type,
-        "Earlier_Exits": [int(c) if c is not None else None for c in earlier],
+        "Earlier_Exits": list(earlier[-MAX_EARLIER_EXITS:]),
     }
     if outcome.signal is not None:
         record["Signal"] = outcome.signal

@@ -7,10 +7,10 @@ import time
 
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import TaskQueue
-from pyanamo.schema import ITEM_LIMIT_BYTES, Attr, ItemState
+from pyanamo.schema import ITEM_LIMIT_BYTES, Attr, ItemState, state_shard
 
 from faultkit import Analysis, Figures, executions, measured
-from helpers import put_items
+from helpers import cli, put_items
 
 
 def padded(row: dict, pad: int) -> dict:
@@ -86,3 +86,78 @@ def test_malformed_items_fail_with_the_reason(aws_env, client, table, tmp_path, 
                        Analysis(executions(workers.processes))),
             recovery=f"each failed with its reason, none run as written wrong, no outage reported; "
                      f"{elapsed:.1f} s in all").save()
+
+
+def done_row(item_id: str, **overrides) -> dict:
+    """A finished item as a worker leaves it, with some attributes replaced by raw values."""
+    row = in_state(raw(item_id, TaskScript={"M": {"Task_0": {"M": {
+        "Script": {"S": "true"}, "Status": {"S": "done"}, "Attempts": {"N": "1"}, "ExitCode": {"N": "0"}}}}}),
+        ItemState.DONE)
+    row.update(overrides)
+    return row
+
+
+def in_state(row: dict, state: ItemState) -> dict:
+    """The row with the state and the index keys an item in ``state`` has."""
+    item_id = row[Attr.ITEM_ID]["S"]
+    return {**row, Attr.STATE: {"S": state.value}, Attr.STATE_SHARD: {"S": state_shard(state, item_id)},
+            Attr.STATE_RANK: {"S": "2026-12-03T00:00:00.000Z"}}
+
+
+def test_malformed_stored_records_never_crash_a_worker_or_a_command(aws_env, client, table, tmp_path, workers):
+    """Scenario 28: wrong-typed fields in run records, counters and logs, and an unreadable lease.
+    Before, an `ExitCode` stored as text crashed 3 of 4 workers that claimed its item, status and
+    report showed tracebacks, and `reset --state failed` stopped at the first malformed item after
+    resetting others without saying so."""
+    bad_record = {"M": {"ExitCode": {"S": "oops"}, "Earlier_Exits": {"L": [{"S": "x"}, {"N": "2"}]},
+                        "CPU_Time": {"S": "fast"}, "Started": {"N": "5"}, "Wall_Time": {"BOOL": True},
+                        "Peak_RSS_KB": {"S": "big"}, "Attempt": {"S": "one"}}}
+    rows = [
+        # a retry of a sub-task whose stored record is garbage: the worker must run it
+        raw("retry", TaskScript={"M": {"Task_0": {"M": {"Script": {"S": "echo retry >> ran"},
+                                                         "Status": {"S": "todo"}, "Attempts": {"N": "1"},
+                                                         "ExitCode": {"N": "1"}}}}},
+            Log_Summary={"M": {"Task_0": bad_record}}),
+        done_row("done-bad-record", Log_Summary={"M": {"Task_0": bad_record}},
+                 Log={"M": {"Task_0": {"S": "not a map"}}}, Earlier_Runs={"S": "not a list"}),
+        done_row("done-bad-counts", Subtask_Count={"S": "x"}, Subtasks_Done={"S": "many"},
+                 Log_Summary={"M": {"Task_0": {"S": "not a map"}}}),
+        in_state(raw("failed-bad-lease", Lease_Token={"N": "5"}), ItemState.FAILED),
+        in_state(raw("failed-fine", Last_Error={"N": "7"}), ItemState.FAILED),
+    ]
+    for row in rows:
+        client.put_item(TableName=table, Item=row)
+    worker = workers.start(table, "--lease", "10")
+    assert worker.wait(timeout=60) == 0
+    log = worker.log_path.read_text()
+    assert "Traceback" not in log
+    queue = TaskQueue(client, table)
+    assert queue.get("retry").state is ItemState.DONE
+    assert (tmp_path / "ran").read_text() == "retry\n"
+
+    shown = {
+        "status": cli("status", table, env=aws_env),
+        "status --json": cli("status", table, "--json", env=aws_env),
+        "report --json": cli("report", table, "--json", env=aws_env),
+        "report --html": cli("report", table, "--html", str(tmp_path / "r.html"), "--trace",
+                             str(tmp_path / "trace.tsv"), env=aws_env),
+        "ps": cli("ps", table, env=aws_env),
+        **{f"logs {i}": cli("logs", table, i, env=aws_env) for i in ("retry", "done-bad-record", "done-bad-counts")},
+    }
+    for name, proc in shown.items():
+        assert "Traceback" not in proc.stderr + proc.stdout, name
+        assert proc.returncode in (0, 3), (name, proc.stderr)
+    assert "(malformed record: Log_Summary.Task_0.ExitCode is not a number)" in shown["logs done-bad-record"].stdout
+    assert "(malformed record: Log_Summary.Task_0 is not a map)" in shown["logs done-bad-counts"].stdout
+
+    reset = cli("reset", table, "--state", "failed", env=aws_env)
+    assert reset.returncode == 1, reset.stderr
+    assert "failed-bad-lease: skipped, malformed: Lease_Token is not text" in reset.stdout
+    assert "reset 1 items" in reset.stdout and queue.get("failed-fine").state is ItemState.TODO
+    Figures("28. malformed stored records", runs=1, items=len(rows), subtasks=len(rows), lost=0, overlaps=0,
+            duplicates=0, why={},
+            faults="ExitCode, Earlier_Exits, CPU_Time, Started, Wall_Time, Peak_RSS_KB, Attempt of a run record "
+                   "of the wrong type; counters as text; a log that is not a map; a lease token that is a number",
+            recovery="0 worker crashes; the item with the bad record ran and is done; status, report, ps and "
+                     "logs name the malformed attributes without a traceback; reset skips the unreadable item, "
+                     "names it, resets the rest and exits 1").save()
