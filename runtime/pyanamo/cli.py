@@ -226,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--table", default=None, help=f"the task table (default: ${TABLE_VARIABLE})")
     f.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for the log")
 
+    p = command("repair", "find items whose index keys disagree with their state (dry run), and fix them")
+    p.add_argument("--apply", action="store_true", help="fix them (each only if it is still as read)")
+
     p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1", table=False)
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
     p.add_argument("--engine", choices=["dynalite", "moto"], default="dynalite",
@@ -612,6 +615,34 @@ def cmd_fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repair(args: argparse.Namespace) -> int:
+    """Exit 0 when nothing needs repair or everything found was repaired; 1 when a dry run found
+    items to repair, or some changed while being repaired (run it again)."""
+    from .repair import find_problems
+
+    client = _client(args)
+    _require_table(client, args.table)
+    queue = TaskQueue(client, args.table)
+    found = fixed = 0
+    for problem in find_problems(queue):
+        found += 1
+        if not args.apply:
+            print(printable(f"{problem.item_id}: {problem.why}"))
+        elif queue.fix_index(problem.row):
+            fixed += 1
+            print(printable(f"repaired {problem.item_id}: {problem.why}"))
+        else:
+            print(printable(f"{problem.item_id}: {problem.why}; it changed meanwhile, left as it is"))
+    if not found:
+        print(f"table {args.table}: every item's index keys agree with its state")
+        return 0
+    if not args.apply:
+        print(f"{found} items need repair: run again with --apply to fix them")
+        return 1
+    print(f"repaired {fixed} of {found} items")
+    return 0 if fixed == found else 1
+
+
 def cmd_local(args: argparse.Namespace) -> int:
     from .local import default_data_dir, serve
 
@@ -633,6 +664,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "logs": cmd_logs,
     "outputs": cmd_outputs,
     "fleet": cmd_fleet,
+    "repair": cmd_repair,
     "local": cmd_local,
 }
 

@@ -92,6 +92,28 @@ def crashes(row: dict[str, Any]) -> int:
     return int(row.get(Attr.ABANDONED, {}).get("N", "0")) - len(abandoned & returned)
 
 
+def _lease_missing(row: dict[str, Any]) -> bool:
+    return Attr.LEASE_TOKEN not in row or Attr.LEASE_EXPIRY not in row
+
+
+def index_disagrees(row: dict[str, Any]) -> str | None:
+    """Why an item's state-index keys do not match its state (None if they do, or if its state
+    is not one PyAnamo knows: that item is malformed, not mis-indexed). Such an item is never
+    claimed, or keeps the queue from draining."""
+    stored = row.get(Attr.STATE, {}).get("S")
+    if stored not in {s.value for s in ItemState}:
+        return None
+    shard = row.get(Attr.STATE_SHARD, {}).get("S")
+    if shard is None or Attr.STATE_RANK not in row:
+        return "missing from the state index (no State_Shard or State_Rank)"
+    indexed = shard.split("#", 1)[0]
+    if indexed != stored:
+        return f"lockID is {stored} but it is indexed as {indexed} ({shard})"
+    if stored == ItemState.LOCKED.value and _lease_missing(row):
+        return "locked without a lease (no Lease_Token or Lease_Expiry)"
+    return None
+
+
 def _count_crashes_again(expr: Expression) -> Expression:
     """An item reset or rerun by hand starts its crash count again."""
     return expr.set(Attr.ABANDONED, 0).remove(Attr.ABANDONED_LEASES).remove(Attr.RETURNED_LEASES)
@@ -296,6 +318,9 @@ class TaskQueue:
                 self._fail_unclaimed(old, exc.reason)
                 return None
             wanted = ItemState.LOCKED if candidate.reclaim else ItemState.TODO
+            if index_disagrees(old) is not None:  # it would stay in the wrong index partition for ever
+                self.fix_index(old)
+                return None
             if item.state is not wanted or item.lease_live(now):
                 return None  # taken or finished meanwhile
         try:
@@ -376,6 +401,49 @@ class TaskQueue:
         emit("item_failed", item=item_id, reason=error)
         with self._lock:
             self.failed_on_claim += 1
+
+    def fix_index(self, row: dict[str, Any]) -> bool:
+        """Give an item the state-index keys its state calls for (``index_disagrees``); a lock
+        without a lease goes back to todo (no holder can write to it: every write is fenced by a
+        token it lacks). Only if the item is still as read; False if it changed meanwhile."""
+        item_id = row[Attr.ITEM_ID]["S"]
+        stored = row.get(Attr.STATE, {}).get("S")
+        state = ItemState(stored)
+        expr = Expression()
+        if state is ItemState.LOCKED and _lease_missing(row):
+            to_todo(expr, item_id)
+        else:
+            expr.set(Attr.STATE_SHARD, state_shard(state, item_id))
+            expiry = row.get(Attr.LEASE_EXPIRY, {}).get("N")
+            rank = (secrets.token_hex(8) if state is ItemState.TODO
+                    else expiry_rank(float(expiry)) if state is ItemState.LOCKED and expiry
+                    else row.get(Attr.DONE_DATE, {}).get("S") or utc_now_iso())
+            expr.set(Attr.STATE_RANK, rank)
+        stored_state_is(expr, stored)
+        shard = row.get(Attr.STATE_SHARD, {}).get("S")
+        if shard is None:
+            expr.when(f"attribute_not_exists({{a:{Attr.STATE_SHARD}}})")
+        else:
+            expr.when(f"{{a:{Attr.STATE_SHARD}}} = {{shard}}", shard=shard)
+        lease_is(expr, row.get(Attr.LEASE_TOKEN, {}).get("S"))
+        try:
+            self._call("update_item", Key=_key(item_id), **expr.request())
+        except (ConditionFailed, ItemRejected):
+            return False
+        emit("index_repaired", item=item_id, state=stored, was=shard)
+        return True
+
+    def scan_rows(self, attributes: Sequence[str]) -> Iterator[dict[str, Any]]:
+        """The given attributes of every row of the table (a paginated Scan): for `repair` only,
+        which must find items the index has lost."""
+        names = {f"#p{n}": name for n, name in enumerate(attributes)}
+        pages = self.client.get_paginator("scan").paginate(
+            TableName=self.table, ProjectionExpression=", ".join(names), ExpressionAttributeNames=names)
+        try:
+            for page in pages:
+                yield from page.get("Items", [])
+        except BOTO_ERRORS as exc:
+            raise translate(exc) from exc
 
     def _read_row(self, item_id: str) -> dict[str, Any] | None:
         return self._call("get_item", Key=_key(item_id), ConsistentRead=True).get("Item")

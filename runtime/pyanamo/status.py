@@ -54,6 +54,7 @@ class StatusReport:
     completion_per_hour: float | None = None  # items ended per hour since the first worker started
     cost_to_finish_usd: float | None = None  # at the cost per ended item so far
     boot_failures: int = 0  # instances whose boot failed (``fleet.boot_failed`` records)
+    unleased: int = 0  # locked items without a lease: never reclaimed (``pyanamo repair``)
     warnings: list[str] = field(default_factory=list)  # what workers recorded (a refused permission)
     scaler_paused: str | None = None  # why the backlog scaler does not raise the fleet (failed boots)
     last_boot_failure: str | None = None
@@ -107,6 +108,8 @@ def gather(queue: TaskQueue) -> StatusReport:
             if state is ItemState.LOCKED:
                 load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
                 load.held += 1
+                if Attr.LEASE_EXPIRY not in data:
+                    report.unleased += 1
                 if _number(data.get(Attr.LEASE_EXPIRY)) < queue.now():  # on the endpoint's clock
                     load.expired += 1
             elif state is ItemState.FAILED:
@@ -205,6 +208,9 @@ def render(report: StatusReport) -> Group:
         parts.append(cost_line(report))
     if report.boot_failures:
         parts.append(cell(f"failed boots: {report.boot_failures} (last: {report.last_boot_failure})"))
+    if report.unleased:
+        parts.append(Text(f"{report.unleased} locked items have no lease and can never be reclaimed: "
+                          f"pyanamo repair {report.table} --apply"))
     if report.scaler_paused:
         parts.append(Text(f"the scaler does not raise the fleet: {report.scaler_paused}"))
     for warning in report.warnings:

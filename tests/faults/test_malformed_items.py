@@ -161,3 +161,57 @@ def test_malformed_stored_records_never_crash_a_worker_or_a_command(aws_env, cli
             recovery="0 worker crashes; the item with the bad record ran and is done; status, report, ps and "
                      "logs name the malformed attributes without a traceback; reset skips the unreadable item, "
                      "names it, resets the rest and exits 1").save()
+
+
+def test_items_whose_index_keys_disagree_with_their_state_are_repaired(aws_env, client, table, tmp_path, workers):
+    """Scenario 29: an item indexed under another state than its own, one missing from the index,
+    and a lock without a lease. Before, the first two never ran and the last kept the queue from
+    draining; `repair` finds all three (dry run first), workers heal the ones they meet."""
+    put_items(client, table, [Item(i, "T", (Subtask("Task_0", f"echo {i} >> ran"),))
+                              for i in ("wrong-shard", "no-shard", "no-lease", "fine")])
+    queue = TaskQueue(client, table)
+
+    def edit(item_id: str, expression: str, **values) -> None:
+        extra = {"ExpressionAttributeValues": {f":{k}": {"S": v} for k, v in values.items()}} if values else {}
+        client.update_item(TableName=table, Key={Attr.ITEM_ID: {"S": item_id}}, UpdateExpression=expression,
+                           **extra)
+
+    edit("wrong-shard", "SET State_Shard = :s", s=state_shard(ItemState.DONE, "wrong-shard"))
+    edit("no-shard", "REMOVE State_Shard, State_Rank")
+    edit("no-lease", "SET lockID = :l, State_Shard = :s, State_Rank = :r", l="locked",
+         s=state_shard(ItemState.LOCKED, "no-lease"), r="000000000000001")
+    status = cli("status", table, env={**aws_env, "COLUMNS": "200"})
+    assert f"1 locked items have no lease and can never be reclaimed: pyanamo repair {table} --apply" in status.stdout
+
+    dry = cli("repair", table, env=aws_env)
+    assert dry.returncode == 1, dry.stderr
+    *problems, summary = dry.stdout.splitlines()
+    assert sorted(problems) == [  # in the Scan's order
+        "no-lease: locked without a lease (no Lease_Token or Lease_Expiry)",
+        "no-shard: missing from the state index (no State_Shard or State_Rank)",
+        f"wrong-shard: lockID is todo but it is indexed as done ({state_shard(ItemState.DONE, 'wrong-shard')})",
+    ]
+    assert summary == "3 items need repair: run again with --apply to fix them"
+    applied = cli("repair", table, "--apply", env=aws_env)
+    assert applied.returncode == 0 and applied.stdout.splitlines()[-1] == "repaired 3 of 3 items"
+    assert workers.start(table, "--lease", "10").wait(timeout=60) == 0
+    assert sorted((tmp_path / "ran").read_text().split()) == ["fine", "no-lease", "no-shard", "wrong-shard"]
+    again = cli("repair", table, env=aws_env)
+    assert again.returncode == 0 and "every item's index keys agree with its state" in again.stdout
+    Figures("29. index keys that disagree with the state", runs=1, items=4, subtasks=4, lost=0, overlaps=0,
+            duplicates=0, why={},
+            faults="an item indexed as done while todo, one missing from the index, a lock without a lease",
+            recovery="status names the lock without a lease; repair lists all 3 (dry run, exit 1), fixes "
+                     "them with --apply; every item then ran once").save()
+
+
+def test_a_worker_reindexes_a_finished_item_left_in_the_todo_index_and_drains(aws_env, client, table, workers):
+    """Before, such an item was a todo candidate that no claim could take: the queue never drained."""
+    put_items(client, table, [Item("stale", "T", (Subtask("Task_0", "true"),))])
+    client.update_item(TableName=table, Key={Attr.ITEM_ID: {"S": "stale"}}, UpdateExpression="SET lockID = :d",
+                       ExpressionAttributeValues={":d": {"S": "done"}})
+    worker = workers.start(table, "--lease", "10", "--linger", "1")
+    assert worker.wait(timeout=60) == 0
+    row = client.get_item(TableName=table, Key={Attr.ITEM_ID: {"S": "stale"}})["Item"]
+    assert row[Attr.STATE_SHARD]["S"] == state_shard(ItemState.DONE, "stale")
+    assert '"index_repaired"' in worker.log_path.read_text()
