@@ -21,6 +21,7 @@ from .errors import (
     UsageError,
     translate,
 )
+from .local_secret import ACCESS_KEY, ProofCheck, read_secret
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOCAL_REGION = "us-east-1"
@@ -79,15 +80,23 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
     kwargs: dict[str, Any] = {"config": config}
     if endpoint.url:
         kwargs["endpoint_url"] = endpoint.url
+    check = None
     if _is_local(url):
         if session.region_name is None:
             kwargs["region_name"] = LOCAL_REGION
-        if session.get_credentials() is None:
+        secret = read_secret() if service == "dynamodb" else None
+        if secret is not None:  # the operator's pyanamo local: signed with its secret, proof required
+            kwargs["aws_access_key_id"], kwargs["aws_secret_access_key"] = ACCESS_KEY, secret
+            check = ProofCheck(secret, str(url))
+        elif session.get_credentials() is None:
             kwargs["aws_access_key_id"] = "local"
             kwargs["aws_secret_access_key"] = "local"
     elif session.region_name is None:
         raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
-    return session.client(service, **kwargs)  # type: ignore[call-overload]  # any service by name
+    client = session.client(service, **kwargs)  # type: ignore[call-overload]  # any service by name
+    if check is not None:
+        check.register(client)
+    return client
 
 
 def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10) -> Any:

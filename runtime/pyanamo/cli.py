@@ -239,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep the tables in DIR (dynalite; default: $XDG_DATA_HOME/pyanamo/local, "
                             "that is ~/.local/share/pyanamo/local)")
     where.add_argument("--in-memory", action="store_true", help="keep nothing: the tables go when it stops")
+    p.add_argument("--open", action="store_true",
+                   help="serve requests signed with any key, from any user of this machine (for a test server "
+                        "that other tools share); by default only requests signed with your secret are served")
     return parser
 
 
@@ -649,7 +652,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     if args.engine == "moto" and args.path is not None:
         raise UsageError("--path: moto keeps its tables in memory only (use --engine dynalite)")
     return serve(args.engine, args.port,
-                 None if args.in_memory or args.engine == "moto" else args.path or default_data_dir())
+                 None if args.in_memory or args.engine == "moto" else args.path or default_data_dir(), args.open)
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

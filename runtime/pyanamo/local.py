@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PyAnamoError
+from .local_secret import PROOF_HEADER, bad_signature, ensure_secret, proof, secret_path, signature_of
 
 HOST = "127.0.0.1"
 
@@ -97,19 +98,41 @@ class _UpdateRollback:
             self.table.items[self.key] = self.saved
 
 
-def _serialized(app: Callable[..., Iterable[bytes]]) -> Callable[..., list[bytes]]:
+def _headers(environ: dict[str, Any]) -> dict[str, str]:
+    """A WSGI request's headers by lower-case name."""
+    found = {key[5:].replace("_", "-").lower(): value for key, value in environ.items() if key.startswith("HTTP_")}
+    for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
+        if environ.get(key):
+            found[key.replace("_", "-").lower()] = environ[key]
+    return found
+
+
+def _serialized(app: Callable[..., Iterable[bytes]], secret: str) -> Callable[..., list[bytes]]:
     """A WSGI app that runs ``app`` for one request at a time (atomic conditional writes), and
-    undoes what moto wrote of an update it refused."""
+    undoes what moto wrote of an update it refused. DynamoDB requests must be signed with the
+    operator's ``secret``, and their answers carry its proof (``local_secret``)."""
     lock = threading.Lock()
 
     def serve_one(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = io.BytesIO(body)
         status: list[str] = []
+        headers = _headers(environ)
+        extra: list[tuple[str, str]] = []
+        if secret and headers.get("x-amz-target", "").startswith("DynamoDB_"):
+            why = bad_signature(secret, environ.get("REQUEST_METHOD", ""), environ.get("PATH_INFO", "/") or "/",
+                                environ.get("QUERY_STRING", ""), headers, body)
+            if why is not None:
+                refusal = json.dumps({"__type": "com.amazon.coral.service#InvalidSignatureException",
+                                      "message": why}).encode()
+                start_response("400 Bad Request", [("Content-Type", "application/x-amz-json-1.0"),
+                                                   ("Content-Length", str(len(refusal)))])
+                return [refusal]
+            extra.append((PROOF_HEADER, proof(secret, signature_of(headers["authorization"]))))
 
         def remember(code: str, headers: Any, *rest: Any) -> Any:
             status.append(code)
-            return start_response(code, headers, *rest)
+            return start_response(code, [*headers, *extra], *rest)
 
         with lock:
             rollback = _UpdateRollback(environ, body)
@@ -126,7 +149,7 @@ class MotoEndpoint:
     engine = "moto"
     detail = "in memory"
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, open_to_all: bool = False) -> None:
         try:
             from moto.moto_server.werkzeug_app import (
                 DomainDispatcherApplication,
@@ -139,7 +162,7 @@ class MotoEndpoint:
                 "the local endpoint needs moto: pip install 'pyanamo[local]' (requirements.txt has it)"
             ) from None
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        app = _serialized(DomainDispatcherApplication(create_backend_app))
+        app = _serialized(DomainDispatcherApplication(create_backend_app), "" if open_to_all else ensure_secret())
         listener = socket.socket()  # bound here: werkzeug would print its own message and exit
         try:
             listener.bind((HOST, port))
@@ -253,7 +276,8 @@ class DynaliteEndpoint:
 
     engine = "dynalite"
 
-    def __init__(self, node: str, package: Path, port: int = 0, path: Path | None = None) -> None:
+    def __init__(self, node: str, package: Path, port: int = 0, path: Path | None = None,
+                 open_to_all: bool = False) -> None:
         self.port = port
         self.path = path
         self.url = ""
@@ -263,6 +287,7 @@ class DynaliteEndpoint:
         self._lock = DataDirLock(path) if path is not None else None
         self._process: subprocess.Popen[str] | None = None
         self._stderr: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
+        self._secret = "" if open_to_all else ensure_secret()
 
     def start(self) -> DynaliteEndpoint:
         if self._lock is not None:
@@ -288,6 +313,7 @@ class DynaliteEndpoint:
         self._stderr.clear()
         self._process = subprocess.Popen(  # nosec B603: node and dynalite found above, fixed args
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYANAMO_LOCAL_SECRET": self._secret},  # never in argv: others can read that
             preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         threading.Thread(target=self._keep_stderr, args=(self._process,), daemon=True).start()
         self._wait_ready(self._process)
@@ -369,29 +395,32 @@ def _answers(url: str) -> bool:
 Endpoint = MotoEndpoint | DynaliteEndpoint
 
 
-def open_endpoint(engine: str, port: int, path: Path | None, notice: Callable[[str], None]) -> Endpoint:
-    """The endpoint ``engine`` names, started; dynalite falls back to moto with a notice."""
+def open_endpoint(engine: str, port: int, path: Path | None, notice: Callable[[str], None],
+                  open_to_all: bool = False) -> Endpoint:
+    """The endpoint ``engine`` names, started; dynalite falls back to moto with a notice.
+    ``open_to_all``: serve requests signed with any key (no secret, no proof)."""
     if engine == "dynalite":
         found = find_dynalite()
         if isinstance(found, tuple):
-            return DynaliteEndpoint(*found, port=port, path=path).start()
+            return DynaliteEndpoint(*found, port=port, path=path, open_to_all=open_to_all).start()
         notice(f"{found}; serving moto instead (in memory: tables are lost when it stops)")
-    return MotoEndpoint(port).start()
+    return MotoEndpoint(port, open_to_all).start()
 
 
-def serve(engine: str, port: int, path: Path | None) -> int:
+def serve(engine: str, port: int, path: Path | None, open_to_all: bool = False) -> int:
     """Serve until SIGINT or SIGTERM (exit 0), after printing the line that points the CLI here.
     If dynalite stops on its own, say why in one line; a persistent one is started again (at most
     MAX_RESTARTS times), an in-memory one is not (its tables are gone): exit 1."""
     def notice(line: str) -> None:
         print(f"pyanamo local: {line}", file=sys.stderr, flush=True)
 
-    endpoint = open_endpoint(engine, port, path, notice)
+    endpoint = open_endpoint(engine, port, path, notice, open_to_all)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     print(f"export AWS_ENDPOINT_URL_DYNAMODB={endpoint.url}", flush=True)
-    print(f"# local DynamoDB endpoint ({endpoint.engine}, {endpoint.detail}) on {endpoint.url}; "
+    access = "open to every user of this machine" if open_to_all else f"your requests only ({secret_path()})"
+    print(f"# local DynamoDB endpoint ({endpoint.engine}, {endpoint.detail}) on {endpoint.url}, {access}; "
           f"stops with Ctrl-C", flush=True)
     restarts = 0
     while not stop.wait(0.5):

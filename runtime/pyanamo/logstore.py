@@ -28,6 +28,14 @@ class LogStore:
         self._s3_client = s3_client
         self._s3: Any = None
 
+    def private(self) -> None:
+        """Create the log folder as the operator's alone (0700): sub-tasks' output may be private.
+        An existing folder is left as it is; each execution's own folder is 0700 all the same."""
+        try:
+            self.log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            pass  # reported when the first sub-task cannot write its log (a local failure)
+
     def folder(self, item_id: str, key: str, execution: str) -> Path:
         """One execution's folder (``outputs.attempt_id``: the attempt and its lease): a reclaimed
         attempt runs again under a new lease and never overwrites the first execution's logs."""

@@ -208,9 +208,11 @@ class SubtaskProcess:
         stdout_path = self.log_folder / "stdout"
         stderr_path = self.log_folder / "stderr"
         try:
-            self.log_folder.mkdir(parents=True, exist_ok=True)
-            out = open(stdout_path, "wb")
-            err = open(stderr_path, "wb")
+            self.log_folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # the operator's alone (a sub-task's output may hold what others must not read); the
+            # sub-task writes through the descriptors, whatever user it runs as
+            out = os.fdopen(os.open(stdout_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+            err = os.fdopen(os.open(stderr_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
         except OSError as exc:
             raise LocalFailure(f"cannot write logs in {self.log_folder}: {exc.strerror}") from None
         started = time.monotonic()

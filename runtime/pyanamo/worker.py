@@ -206,6 +206,7 @@ class Worker:
         self.queue = queue
         self.config = config
         self.logs = logs or LogStore(config.log_dir, config.table, config.log_bucket)
+        self.logs.private()
         self.retry = RetryPolicy(config.max_attempts, base_delay=config.retry_delay)
         self.keeper = LeaseKeeper(queue, config.lease)
         self.policy = StopPolicy(config)

@@ -122,7 +122,7 @@ class Deployed:
 @pytest.fixture(scope="module")
 def moto_iam() -> Any:
     """A moto server for this module alone: its IAM is switched on and off here."""
-    yield from _local_endpoint("--engine", "moto")
+    yield from _local_endpoint("--engine", "moto", "--open")  # IAM's keys sign, not pyanamo local's secret
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,9 @@ def environment(url: str, keys: tuple[str, str], calls: Path, **extra: str) -> d
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYANAMO_"))}
     env.update(AWS_ENDPOINT_URL=url, AWS_ACCESS_KEY_ID=keys[0], AWS_SECRET_ACCESS_KEY=keys[1],
                AWS_REGION=REGION, AWS_DEFAULT_REGION=REGION, AWS_MAX_ATTEMPTS="2",
-               PYANAMO_CALLS_FILE=str(calls), PYTHONPATH=f"{HOOKS}{os.pathsep}{env.get('PYTHONPATH', '')}", **extra)
+               PYANAMO_CALLS_FILE=str(calls), PYTHONPATH=f"{HOOKS}{os.pathsep}{env.get('PYTHONPATH', '')}",
+               PYANAMO_LOCAL_SECRET_FILE=str(calls.parent / "no-local-secret"),  # IAM's keys, not pyanamo local's
+               **extra)
     return env
 
 

@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -39,14 +41,14 @@ def user_env(url: str) -> dict[str, str]:
     return {"AWS_ENDPOINT_URL_DYNAMODB": url}  # no credentials, no region: local defaults
 
 
-def import_one(url: str, table: str, tmp_path: Path) -> None:
-    assert cli("create-table", table, env=user_env(url)).returncode == 0
+def import_one(url: str, table: str, tmp_path: Path, env: dict[str, str] | None = None) -> None:
+    assert cli("create-table", table, env={**user_env(url), **(env or {})}).returncode == 0
     tasks = write_task_file(tmp_path / f"{table}.txt", ["a|S|echo a", "b|S|echo b"])
-    assert cli("import", table, str(tasks), env=user_env(url)).returncode == 0
+    assert cli("import", table, str(tasks), env={**user_env(url), **(env or {})}).returncode == 0
 
 
-def total_items(url: str, table: str) -> int:
-    proc = cli("status", table, "--json", env=user_env(url))
+def total_items(url: str, table: str, env: dict[str, str] | None = None) -> int:
+    proc = cli("status", table, "--json", env={**user_env(url), **(env or {})})
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)["total_items"]
 
@@ -211,3 +213,85 @@ def test_a_full_disk_stops_it_with_one_line_and_exit_1(tmp_path: Path, tiny_disk
         assert server.wait(timeout=60) == 1
         assert server.stderr.read() == (f"pyanamo local: dynalite stopped: the disk holding {tiny_disk / 'queue'} is "
                                         f"full (exit 70); free some space and start it again\n")
+
+
+OTHER_USER = r"""
+import json, os, sys, urllib.error, urllib.request
+url, secret, data = sys.argv[1:4]
+found = {}
+for name, auth in (("unsigned", None), ("signed with another key",
+        "AWS4-HMAC-SHA256 Credential=me/20261203/us-east-1/dynamodb/aws4_request, "
+        "SignedHeaders=content-type;host;x-amz-date;x-amz-target, Signature=" + "ab" * 32)):
+    headers = {"X-Amz-Target": "DynamoDB_20120810.Scan", "Content-Type": "application/x-amz-json-1.0",
+               "X-Amz-Date": "20261203T000000Z"}
+    if auth:
+        headers["Authorization"] = auth
+    request = urllib.request.Request(url, data=json.dumps({"TableName": "private"}).encode(), headers=headers)
+    try:
+        found[name] = urllib.request.urlopen(request, timeout=10).status
+    except urllib.error.HTTPError as exc:
+        found[name] = exc.code
+for name, path in (("secret", secret), ("data", data)):
+    try:
+        os.listdir(path) if name == "data" else open(path).read()
+        found[name] = "read"
+    except PermissionError:
+        found[name] = "denied"
+print(json.dumps(found))
+"""
+
+
+def test_another_user_can_neither_use_nor_read_the_endpoint(tmp_path: Path):
+    """Run as `nobody` with the standard library only, as another user of the machine would."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a process as another user (nobody)")
+    tmp_path.chmod(0o755)  # the other user may walk to the folder; the folder itself must stop them
+    secret_file = tmp_path / "config" / "local-secret"
+    env = {"PYANAMO_LOCAL_SECRET_FILE": str(secret_file)}
+    with local("--path", str(tmp_path / "data"), env=env) as (_, url, detail):
+        assert f"your requests only ({secret_file})" in detail
+        (tmp_path / "config").chmod(0o755)  # even where its folder is open, the file is not
+        assert secret_file.stat().st_mode & 0o777 == 0o600
+        import_one(url, "private", tmp_path, env=env)
+        other = subprocess.run(["/usr/bin/python3", "-I", "-c", OTHER_USER, url, str(secret_file),
+                                str(tmp_path / "data")], capture_output=True, text=True, timeout=60,
+                               user=65534, group=65534, env={"PATH": "/usr/bin:/bin"})
+        assert other.returncode == 0, other.stderr
+        assert json.loads(other.stdout) == {"unsigned": 400, "signed with another key": 400,
+                                            "secret": "denied", "data": "denied"}
+        assert total_items(url, "private", env=env) == 2  # the operator is served
+
+
+class _Impostor(BaseHTTPRequestHandler):
+    """What another user could put on the port while the endpoint is down: any answer, no proof."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = json.dumps({"Table": {"TableStatus": "ACTIVE", "TableName": "private"}, "Items": [],
+                           "Count": 0, "ScannedCount": 0}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-amz-json-1.0")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_the_operators_commands_refuse_an_endpoint_that_cannot_prove_it_is_theirs(tmp_path: Path):
+    secret_file = tmp_path / "local-secret"
+    secret_file.write_text("the operator's secret\n")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Impostor)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        env = {**user_env(url), "PYANAMO_LOCAL_SECRET_FILE": str(secret_file)}
+        for command in (["status", "private"], ["worker", "private", "--linger", "0"]):
+            proc = cli(*command, env=env)
+            assert proc.returncode == 1, (command, proc.stderr)
+            assert proc.stderr.endswith(f"the endpoint {url} cannot prove it is your pyanamo local (another program, "
+                                        f"perhaps another user's, holds its port): refusing it\n"), proc.stderr
+            assert "Traceback" not in proc.stderr
+    finally:
+        server.shutdown()

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 from pyanamo.local import free_port
+from pyanamo.local_secret import PROOF_HEADER
 
 from helpers import Run
 
@@ -87,11 +88,14 @@ class FaultProxy:
                     if failure.pop("Item", None) is not None:
                         proxy._count("old_item_stripped")
                     data = json.dumps(failure).encode()
-                self._send(response.status, data, response.getheader("Content-Type", "application/json"))
+                self._send(response.status, data, response.getheader("Content-Type", "application/json"),
+                           response.getheader(PROOF_HEADER))
 
-            def _send(self, status: int, data: bytes, content_type: str) -> None:
+            def _send(self, status: int, data: bytes, content_type: str, proof: str | None = None) -> None:
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
+                if proof is not None:  # the endpoint's proof that it is the operator's (pyanamo.local_secret)
+                    self.send_header(PROOF_HEADER, proof)
                 self.send_header("Content-Length", str(len(data)))
                 self.send_header("Connection", "close")
                 self.end_headers()

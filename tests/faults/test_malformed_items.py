@@ -169,7 +169,6 @@ def test_items_whose_index_keys_disagree_with_their_state_are_repaired(aws_env, 
     draining; `repair` finds all three (dry run first), workers heal the ones they meet."""
     put_items(client, table, [Item(i, "T", (Subtask("Task_0", f"echo {i} >> ran"),))
                               for i in ("wrong-shard", "no-shard", "no-lease", "fine")])
-    queue = TaskQueue(client, table)
 
     def edit(item_id: str, expression: str, **values) -> None:
         extra = {"ExpressionAttributeValues": {f":{k}": {"S": v} for k, v in values.items()}} if values else {}

@@ -162,3 +162,9 @@ def test_an_extended_deadline_lets_the_subtask_finish(tmp_path: Path):
     threading.Thread(target=extend_then_go, daemon=True).start()
     outcome = process.run()
     assert outcome.exit_code == 0 and not outcome.interrupted
+
+
+def test_logs_are_the_operators_alone(tmp_path: Path):
+    _, outcome = run("echo secret output", tmp_path)
+    assert (tmp_path / "logs").stat().st_mode & 0o777 == 0o700
+    assert outcome.stdout.stat().st_mode & 0o777 == 0o600 and outcome.stderr.stat().st_mode & 0o777 == 0o600
