@@ -108,6 +108,52 @@ HARDENING = """
   committed file was downloaded and its sha256 checked. Before, the fleet had no outputs at all:
   results died with the instance.
 
+### Round 4: faults from outside the model (scenarios 20-29)
+
+- **The local endpoint survives its clients** (20): dynalite rethrows the "aborted" error of a
+  request whose client went away and exits; `pyanamo local` now runs it through its own server
+  script, which drops such a request instead. If dynalite stops anyway, `pyanamo local` says why
+  in one line with its last stderr line and exits 1, or restarts it (at most 3 times) when its
+  tables are on disk; a full disk is named and not retried. Before, it exited 0 silently and an
+  in-memory queue was gone after 14-30 SIGKILLed workers.
+- **Each execution has its own log folder** (21): `attempt-K-LEASE/`, so a reclaimed attempt no
+  longer overwrites the first run's log.
+- **Escape sequences never reach the terminal** (22): `logs`, `status` and `ps` print control
+  characters from the table as `\\xNN`.
+- **The crash limit counts crashes, not pauses** (23): a reclaim records the abandoned lease's
+  token, and a holder alive after losing its lease records its token as returned; `--max-claims`
+  counts only abandoned leases whose holder never came back.
+- **A sub-task never outlives its lease** (24): each supervisor holds the lease deadline on its
+  own monotonic clock, moved on by each renewal through a pipe, and kills the sub-task's tree
+  when it passes. The deadline is the watchdog's: a quarter of the lease before the lease runs
+  out (30 s of a 120 s lease), measured from the renewal's answer; nobody may reclaim before the
+  lease has run out on the endpoint's clock, so the quarter lease is the room for the kill itself
+  and for the two clocks' disagreement (under a second, below). A worker paused by SIGSTOP or
+  Ctrl-Z (its supervisors are in their own sessions and run on) can no longer leave its sub-task
+  running beside the next owner's.
+- **Containment survives the supervisor** (25): the worker is the subreaper of last resort; when
+  a supervisor is killed, the worker kills what it left (processes marked with the worker's ID)
+  and records exit 125 "supervisor killed", never the sub-task's own SIGKILL. A cgroup per
+  sub-task (`cgroup.kill`) is not used yet: the subreaper covers processes that stay in the tree,
+  and a process that both leaves the tree and clears its environment can still escape.
+- **Leases are judged on the endpoint's clock** (26): every answer's `Date` header bounds the
+  endpoint's time on the monotonic clock; the bounds, intersected over answers, pin it to under
+  a second, and this machine's wall clock is used only while it lies within them. With clocks
+  ±90 s apart, no live lease was taken and a dead fast worker's item was reclaimed after the
+  lease, not the lease plus 90 s.
+- **Import stops at Ctrl-C** (27): a window of 64 puts is in flight; Ctrl-C lets those finish
+  (each writes a whole item), says how many items were not written and exits 130. The file is
+  still read whole before writing (memory grows with its size; not yet streamed).
+- **Malformed stored data never crashes anything** (28): one tolerant reader of run records
+  (`pyanamo.runs`) names the malformed attributes; `reset` and `cancel` skip an unreadable item,
+  name it, handle the others and exit 1.
+- **Index keys that disagree with the state are repaired** (29): workers re-index such items when
+  a claim meets them, and `pyanamo repair TABLE` finds the rest with a Scan (dry run first).
+- **The local queue is the operator's alone** (`tests/e2e/test_local_endpoint.py`): requests must
+  be signed with a secret in a 0600 file, and every answer proves the endpoint holds it; another
+  user (`nobody`) is refused and can read neither the secret nor the data folder (0700), and an
+  impostor on the port is refused by the operator's CLI and workers.
+
 {fleet}
 ## Security checks
 

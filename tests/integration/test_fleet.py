@@ -9,6 +9,7 @@ import pytest
 from pyanamo import fleet, scaler, status
 from pyanamo.aws import Endpoint, aws_client
 from pyanamo.identity import Imds
+from pyanamo.local_secret import read_secret
 from pyanamo.model import Item, Subtask, iso
 from pyanamo.queue import TaskQueue
 
@@ -84,6 +85,8 @@ def test_handler_reads_its_settings_from_the_environment(client, table, autoscal
     monkeypatch.setenv("TABLE_NAME", table)
     monkeypatch.setenv("GROUP_NAME", group)
     monkeypatch.setenv("ITEMS_PER_INSTANCE", "2")
+    # the Lambda signs with its role's keys: here, the ones `pyanamo local` serves (its secret)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", read_secret())
     assert scaler.handler({}, None)["desired"] == 4
     assert desired(autoscaling, group) == 4
 
