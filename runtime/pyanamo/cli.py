@@ -23,7 +23,7 @@ from typing import Any
 
 from . import __version__, events
 from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url
-from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, UsageError, error_code
+from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, TableMissing, UsageError, error_code, translate
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request, table_name_problem
 from .terminal import printable
@@ -259,6 +259,7 @@ def _resolve_table(args: argparse.Namespace) -> None:
     if ids is not None and args.table is not None and default is not None and args.table != default:
         args.item_ids = [args.table, *ids]
         args.table = None
+        args.maybe_table = args.item_ids[0]  # a table after all if one of that name exists (``_steer``)
     if args.table is None:
         if default is None:
             raise UsageError(f"say which table: pyanamo {args.command} TABLE …, or set {TABLE_VARIABLE}")
@@ -465,6 +466,7 @@ def _steer(args: argparse.Namespace, action: Callable[..., Any], verb: str) -> i
     from .admin import ResetFilter
 
     client = _client(args)
+    _table_or_item(client, args)
     _require_table(client, args.table)
     spec = ResetFilter(
         item_ids=tuple(args.item_ids), state=ItemState(args.state) if args.state else None,
@@ -477,6 +479,27 @@ def _steer(args: argparse.Namespace, action: Callable[..., Any], verb: str) -> i
     changed = sum(a.changed for a in actions)
     print(f"{'would ' + verb if args.dry_run else past(verb)} {changed} items")
     return 2 if any(a.missing for a in actions) else 1 if any(a.malformed for a in actions) else 0
+
+
+def _table_or_item(client: Any, args: argparse.Namespace) -> None:
+    """With $PYANAMO_TABLE set, ``reset hand S01`` may name table ``hand`` or items ``hand`` and
+    ``S01`` of $PYANAMO_TABLE. A first argument that names an existing table is that table; if
+    it is also an item of $PYANAMO_TABLE, refuse (before changing anything) rather than guess."""
+    name = getattr(args, "maybe_table", None)
+    if name is None or table_name_problem(name) is not None:
+        return  # no table could have that name
+    try:
+        client.describe_table(TableName=name)
+    except BOTO_ERRORS as exc:
+        if isinstance(translate(exc), TableMissing):
+            return  # no such table: the item IDs they look like
+        raise
+    if TaskQueue(client, args.table).exists(name):
+        raise UsageError(f"{name!r} is both a table and an item of {args.table} (${TABLE_VARIABLE}): say "
+                         f"`pyanamo {args.command} {name} ITEM_ID …` for the table, or unset ${TABLE_VARIABLE} "
+                         f"and say `pyanamo {args.command} {args.table} {name} …` for the item")
+    args.table = name
+    args.item_ids = args.item_ids[1:]
 
 
 def past(verb: str) -> str:

@@ -631,6 +631,10 @@ class TaskQueue:
 
     # -- reads ----------------------------------------------------------------------------
 
+    def exists(self, item_id: str) -> bool:
+        """Whether an item with this ID is in the table (in any state, readable or not)."""
+        return self._read_row(item_id) is not None
+
     def get(self, item_id: str) -> Item | None:
         row = self._read_row(item_id)
         return Item.from_row(row) if row else None

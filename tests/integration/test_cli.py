@@ -309,6 +309,25 @@ def test_the_table_may_come_from_pyanamo_table(aws_env, table, known_state):
     assert_one_line_error(cli("status", env=aws_env), 2, "say which table", "PYANAMO_TABLE")
 
 
+def test_a_first_argument_that_names_another_table_is_that_table(aws_env, table, known_state, tmp_path: Path):
+    """`reset hand d1` with $PYANAMO_TABLE=my-run: `hand` is a table when one exists. Before, d1 of
+    my-run was reset and `hand: no such item` came after the change."""
+    hand = f"{table}-h"
+    assert cli("create-table", hand, env=aws_env).returncode == 0
+    tasks = write_task_file(tmp_path / "h.txt", ["d1|A|echo other"])
+    assert cli("import", hand, str(tasks), env=aws_env).returncode == 0
+    env = {**aws_env, "PYANAMO_TABLE": table}
+    proc = cli("cancel", hand, "d1", env=env)
+    assert proc.returncode == 0 and "cancelled d1: todo -> cancelled" in proc.stdout, proc.stderr
+    assert "d1: skipped, already done" not in proc.stdout  # my-run's d1 (done) was not touched
+    both = f"{table}-d1"  # a table named like an item of $PYANAMO_TABLE: refused, nothing changed
+    assert cli("create-table", both, env=aws_env).returncode == 0
+    tasks = write_task_file(tmp_path / "b.txt", [f"{both}|A|echo x"])
+    assert cli("import", table, str(tasks), env=aws_env).returncode == 0
+    assert_one_line_error(cli("cancel", both, "t1", env=env), 2, "is both a table and an item")
+    assert json.loads(cli("status", table, "--json", env=aws_env).stdout)["items"]["cancelled"] == 0
+
+
 def test_report_on_a_table_where_nothing_ran_and_bad_paths(aws_env, table, tmp_path: Path):
     cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
     proc = cli("report", table, "--json", "--html", str(tmp_path / "r.html"), "--trace", str(tmp_path / "t.tsv"),
