@@ -12,6 +12,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import shutil
 import signal
 import sys
@@ -19,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__, events
 from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url
@@ -51,6 +52,24 @@ _not_negative = _number(float, lambda v: v >= 0, "must not be negative")
 _SIZE_UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(s|sec|m|min|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400}
+
+
+def _duration(allow_zero: bool = False) -> Callable[[str], float]:
+    """An argparse type: seconds, from ``90``, ``90s``, ``15m``, ``2h``, ``1.5h`` or ``1d``."""
+    def parse(text: str) -> float:
+        found = _DURATION.match(text)
+        if found is None:
+            raise argparse.ArgumentTypeError(f"not a duration (e.g. 90, 90s, 15m, 2h): {text!r}")
+        value = float(found.group(1)) * _DURATION_UNITS[(found.group(2) or "").lower()]
+        if value < 0 or (value == 0 and not allow_zero):
+            raise argparse.ArgumentTypeError(f"must be {'0 or more' if allow_zero else 'greater than 0'}: {text!r}")
+        return value
+
+    return parse
+
+
 def _size(text: str) -> int:
     """A size in bytes: ``5000000``, ``500M``, ``20G`` (decimal units, as S3 and df -H count)."""
     number, unit = text.strip().upper().rstrip("B"), ""
@@ -66,13 +85,32 @@ def _size(text: str) -> int:
 _port = _number(int, lambda v: 0 <= v <= 65535, "must be between 0 and 65535", what="a port number")
 
 
+class _DefaultsOnce(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default, unless its help already says it (or there is none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with defaults shown in help, and a sub-command's own usage (with a "did you
-    mean") for an option it does not know."""
+    mean") for an option or a command it does not know."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _DefaultsOnce)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        wrong = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)$", message)
+        if wrong:
+            choices = re.findall(r"'([^']*)'", wrong.group(2))
+            close = difflib.get_close_matches(wrong.group(1), choices, n=1)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+        super().error(message)
 
     def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:  # type: ignore[override]
         parsed, extras = self.parse_known_args(args, namespace)
@@ -140,18 +178,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("worker", "claim and run items until the queue is drained")
     p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
     p.add_argument("--nests", type=_positive(int), default=1, help="sub-tasks of one item run concurrently")
-    p.add_argument("--wall-time", type=_positive(float), default=None, help="claim nothing new after this many seconds")
-    p.add_argument("--lease", type=_positive(float), default=120.0, help="lease length in seconds (default 120)")
+    p.add_argument("--wall-time", type=_duration(), default=None, metavar="DURATION",
+                   help="claim nothing new after this long (90, 90s, 15m, 2h)")
+    p.add_argument("--lease", type=_duration(), default=120.0, metavar="DURATION",
+                   help="lease length (seconds, or 90s, 5m; default 120)")
     p.add_argument("--max-attempts", type=_positive(int), default=2, help="runs of a failing sub-task (default 2)")
-    p.add_argument("--retry-delay", type=_not_negative, default=1.0,
+    p.add_argument("--retry-delay", type=_duration(allow_zero=True), default=1.0, metavar="DURATION",
                    help="seconds before the first retry of a failed sub-task, doubling after (default 1)")
-    p.add_argument("--timeout", type=_positive(float), default=None, help="kill a sub-task after this many seconds")
-    p.add_argument("--linger", type=_not_negative, default=None,
+    p.add_argument("--timeout", type=_duration(), default=None, metavar="DURATION",
+                   help="kill a sub-task after this long (seconds, or 30m, 2h)")
+    p.add_argument("--linger", type=_duration(allow_zero=True), default=None, metavar="DURATION",
                    help="seconds to wait for other workers' items before exiting (default: twice the lease)")
     p.add_argument("--max-claims", type=_positive(int), default=3,
                    help="fail an item after this many workers left it unfinished (died, lost the lease; "
                         "default 3)")
-    p.add_argument("--outage-limit", type=_positive(float), default=900.0,
+    p.add_argument("--outage-limit", type=_duration(), default=900.0, metavar="DURATION",
                    help="exit 1 after the table has been unreachable this many seconds (default 900)")
     p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
     p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
@@ -172,9 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "where a run stands (exit 3 if any item failed)")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
-    p.add_argument("--watch", type=_positive(float), default=None, metavar="SECONDS",
-                   help="refresh every SECONDS until no item is todo or locked, with the rate and the time to "
-                        "finish (not on a terminal: one line per refresh; an empty table: says so and exits)")
+    p.add_argument("--watch", type=_duration(), nargs="?", const=WATCH_SECONDS, default=None, metavar="DURATION",
+                   help=f"refresh every DURATION (default {WATCH_SECONDS:g} s when given without one) until no "
+                        "item is todo or locked, with the rate and the time to finish (not on a terminal: one "
+                        "line per refresh; an empty table: says so and exits)")
     p.add_argument("--running", action="store_true", help="list the running items instead (as pyanamo ps)")
 
     p = command("ps", "the running items: where, which sub-task, since when")
@@ -246,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TABLE_VARIABLE = "PYANAMO_TABLE"
+WATCH_SECONDS = 10.0  # `status --watch` without a value
 
 
 def _resolve_table(args: argparse.Namespace) -> None:

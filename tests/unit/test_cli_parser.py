@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 import pytest
 
@@ -52,3 +53,36 @@ def test_no_table_and_no_variable_is_a_usage_error(monkeypatch):
     args = build_parser().parse_args(["report"])
     with pytest.raises(UsageError, match="say which table: pyanamo report TABLE …, or set PYANAMO_TABLE"):
         _resolve_table(args)
+
+
+@pytest.mark.parametrize("text, seconds", [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200), ("1.5h", 5400),
+                                           ("1d", 86400), (" 30 min ", 1800)])
+def test_durations_take_the_units_of_the_field(text, seconds):
+    args = build_parser().parse_args(["worker", "t1", "--lease", text, "--timeout", text])
+    assert args.lease == seconds and args.timeout == seconds
+
+
+@pytest.mark.parametrize("text", ["5x", "-1m", "0", "h"])
+def test_a_bad_duration_is_one_line_naming_the_option(text, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["worker", "t1", "--lease", text])
+    assert exit_.value.code == 2 and "argument --lease:" in capsys.readouterr().err
+
+
+def test_watch_without_a_value_refreshes_every_ten_seconds():
+    assert build_parser().parse_args(["status", "t1", "--watch"]).watch == 10
+    assert build_parser().parse_args(["status", "t1", "--watch", "1m"]).watch == 60
+
+
+def test_help_shows_each_default_once():
+    """Before: `(default 120) (default: 120.0)`."""
+    shown = [(name, parser.formatter_class(name)._get_help_string(action) or "")
+             for name, parser in parsers(build_parser()) for action in parser._actions]
+    assert [(name, text) for name, text in shown if len(re.findall(r"[(;] ?default[ :]", text)) > 1] == []
+    assert any("(default: %(default)s)" in text for _, text in shown)  # the ones that did not say it get it
+
+
+def test_a_mistyped_command_gets_a_suggestion(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["staus", "t1"])
+    assert capsys.readouterr().err.rstrip().endswith("(did you mean status?)")
