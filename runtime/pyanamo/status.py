@@ -97,24 +97,29 @@ def gather(queue: TaskQueue) -> StatusReport:
         subtasks_total=0,
         instances={},
     )
+    # The states are read one after another, so an item that changes state meanwhile is seen in
+    # two of them: each item counts once, in the state it was seen in last (the newer reading).
+    latest: dict[str, tuple[ItemState, dict[str, Any]]] = {}
     for state in ItemState:
         for row in queue.index_rows(state, attributes):
             data = from_dynamo(row)
             report.items_read += 1
-            report.items[state.value] += 1
-            count = _count(data.get(Attr.SUBTASK_COUNT), 1)
-            report.subtasks_total += count
-            report.subtasks_done += count if state is ItemState.DONE else _count(data.get(Attr.SUBTASKS_DONE), 0)
-            if state is ItemState.LOCKED:
-                load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
-                load.held += 1
-                if Attr.LEASE_EXPIRY not in data:
-                    report.unleased += 1
-                if _number(data.get(Attr.LEASE_EXPIRY)) < queue.now():  # on the endpoint's clock
-                    load.expired += 1
-            elif state is ItemState.FAILED:
-                report.failed.append(FailedItem(
-                    str(data[Attr.ITEM_ID]), str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
+            latest[str(data.get(Attr.ITEM_ID))] = (state, data)
+    for state, data in latest.values():
+        report.items[state.value] += 1
+        count = _count(data.get(Attr.SUBTASK_COUNT), 1)
+        report.subtasks_total += count
+        report.subtasks_done += count if state is ItemState.DONE else _count(data.get(Attr.SUBTASKS_DONE), 0)
+        if state is ItemState.LOCKED:
+            load = report.instances.setdefault(str(data.get(Attr.INSTANCE_ID, "?")), InstanceLoad())
+            load.held += 1
+            if Attr.LEASE_EXPIRY not in data:
+                report.unleased += 1
+            if _number(data.get(Attr.LEASE_EXPIRY)) < queue.now():  # on the endpoint's clock
+                load.expired += 1
+        elif state is ItemState.FAILED:
+            report.failed.append(FailedItem(
+                str(data[Attr.ITEM_ID]), str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
     _add_cost(report, queue, queue.now())
     return report
