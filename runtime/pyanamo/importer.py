@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -258,7 +259,11 @@ def _parse_row(
         pieces = [a.strip() for a in args.split(nested_delimiter)] if nested_delimiter else [args]
         if any(not a for a in pieces):
             return f"empty argument in TaskArgs {args[:60]!r}"
-        scripts = [with_argument(script, a) for a in pieces]
+        unsupported = unsupported_replacement(script)
+        if unsupported is not None:
+            return (f"TaskScript uses {unsupported}, a GNU parallel replacement string for several columns or "
+                    f"a Perl expression; with TaskArgs only {{}}, {{.}}, {{/}}, {{//}}, {{/.}} and {{#}} are filled")
+        scripts = [with_argument(script, a, n) for n, a in enumerate(pieces, start=1)]
     draft = drafts.get(item_id)
     if draft is None:
         draft = drafts[item_id] = _Draft(task_id=task_id, first_line=number)
@@ -276,12 +281,42 @@ def _parse_row(
     return None
 
 
-def with_argument(script: str, argument: str) -> str:
-    """GNU parallel's convention: every ``{}`` in the script becomes the argument; a script
-    without ``{}`` gets the argument appended after a space."""
-    if "{}" in script:
-        return script.replace("{}", argument)
-    return f"{script} {argument}"
+# GNU parallel's replacement strings for one argument (``{}`` the argument, ``{.}`` without its
+# extension, ``{/}`` its basename, ``{//}`` its folder, ``{/.}`` its basename without extension,
+# ``{#}`` its position among the row's arguments, from 1). Column strings (``{1}``, ``{2.}`` ...) and
+# parallel's Perl expressions have no meaning for one argument: the import refuses them.
+_REPLACEMENT = re.compile(r"\{(|\.|/|//|/\.|#)\}")
+_UNSUPPORTED = re.compile(r"(?<!\$)\{(\d+(?:\.|/|//|/\.)?|%|=[^}]*=)\}")
+
+
+def _replacement(kind: str, argument: str, position: int) -> str:
+    folder, _, base = argument.rpartition("/")
+    if kind == "#":
+        return str(position)
+    if kind == "/":
+        return base
+    if kind == "//":
+        return folder if "/" in argument else "."
+    if kind in (".", "/."):
+        name = argument if kind == "." else base
+        stem, dot, extension = name.rpartition(".")
+        return stem if dot and stem and "/" not in extension else name
+    return argument
+
+
+def unsupported_replacement(script: str) -> str | None:
+    """The first replacement string of GNU parallel that one argument cannot fill, if any."""
+    found = _UNSUPPORTED.search(script)
+    return found.group(0) if found else None
+
+
+def with_argument(script: str, argument: str, position: int = 1) -> str:
+    """GNU parallel's convention: every replacement string (``{}``, ``{.}``, ``{/}``, ``{//}``,
+    ``{/.}``, ``{#}``) in the script becomes what it names of the argument; a script without any
+    gets the argument appended after a space."""
+    if _REPLACEMENT.search(script) is None:
+        return f"{script} {argument}"
+    return _REPLACEMENT.sub(lambda m: _replacement(m.group(1), argument, position), script)
 
 
 def _most_subtasks(draft: _Draft) -> int:

@@ -132,6 +132,24 @@ def test_braces_are_replaced_by_each_argument_and_without_braces_it_is_appended(
     ]
 
 
+def test_gnu_parallels_replacement_strings_are_filled_from_each_argument():
+    items = parse(
+        "itemID|taskID|TaskScript|TaskArgs\n"
+        "S1|S1|samtools sort {} -o out/{/.}.sorted.bam; echo {#} {.} {//} {/} ${1} {1..2}|in/S1.chr1.bam,S1.bam\n",
+        nested_delimiter=",",
+    )
+    assert [s.script for s in items[0].subtasks] == [
+        "samtools sort in/S1.chr1.bam -o out/S1.chr1.sorted.bam; echo 1 in/S1.chr1 in S1.chr1.bam ${1} {1..2}",
+        "samtools sort S1.bam -o out/S1.sorted.bam; echo 2 S1 . S1.bam ${1} {1..2}",
+    ]
+
+
+@pytest.mark.parametrize("placeholder", ["{1}", "{2.}", "{%}", "{= s/x/y/ =}"])
+def test_replacement_strings_one_argument_cannot_fill_are_refused_with_the_line(placeholder):
+    errors = errors_of(f"itemID|taskID|TaskScript|TaskArgs\nS1|S1|echo {placeholder}|a,b\n", nested_delimiter=",")
+    assert len(errors) == 1 and errors[0].startswith(f"tasks.txt:2: TaskScript uses {placeholder}, a GNU parallel")
+
+
 def test_unicode_ids_and_blank_lines():
     items = parse("itemID|taskID|TaskScript\n\n  \nprobe-é✓|sample-β|echo ü\n\n")
     assert items[0].item_id == "probe-é✓"
