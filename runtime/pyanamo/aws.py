@@ -25,6 +25,18 @@ from .local_secret import ACCESS_KEY, ProofCheck, read_secret
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 LOCAL_REGION = "us-east-1"
+NO_REGION = ("no AWS region: set AWS_REGION or pass --region for AWS, or set AWS_ENDPOINT_URL_DYNAMODB for a local "
+             "endpoint (pyanamo local prints the line)")
+
+
+def where(client: Any) -> str:
+    """Where a client's requests go, for the commands that write: a local endpoint, or which AWS
+    region (and profile) — so that a user with an AWS profile never writes to AWS unawares."""
+    url = client.meta.endpoint_url
+    if _is_local(url) or "amazonaws.com" not in url:
+        return f"endpoint {url}"
+    profile = os.environ.get("AWS_PROFILE")
+    return f"AWS region {client.meta.region_name}" + (f" (profile {profile})" if profile else "")
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
             kwargs["aws_access_key_id"] = "local"
             kwargs["aws_secret_access_key"] = "local"
     elif session.region_name is None:
-        raise PyAnamoError("no AWS region: set AWS_REGION or pass --region")
+        raise PyAnamoError(NO_REGION)
     client = session.client(service, **kwargs)  # type: ignore[call-overload]  # any service by name
     if check is not None:
         check.register(client)
@@ -108,9 +120,10 @@ def describe(exc: BaseException, table: str | None = None) -> PyAnamoError | Non
     is neither. The typed errors come from the queue's ``translate``; this never matches text."""
     original = exc.__cause__ if isinstance(exc, QueueError) and exc.__cause__ is not None else exc
     if isinstance(original, botocore.exceptions.NoCredentialsError):
-        return PyAnamoError("no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID")
+        return PyAnamoError("no AWS credentials found: set AWS_PROFILE or AWS_ACCESS_KEY_ID for AWS, or "
+                            "AWS_ENDPOINT_URL_DYNAMODB for a local endpoint (pyanamo local prints the line)")
     if isinstance(original, botocore.exceptions.NoRegionError):
-        return PyAnamoError("no AWS region: set AWS_REGION or pass --region")
+        return PyAnamoError(NO_REGION)
     if isinstance(original, botocore.exceptions.EndpointConnectionError):
         return PyAnamoError(f"cannot reach the DynamoDB endpoint {original.kwargs.get('endpoint_url')}")
     if isinstance(original, BOTO_ERRORS):

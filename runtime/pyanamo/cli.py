@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__, events
-from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url
+from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url, where
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, TableMissing, UsageError, error_code, translate
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request, table_name_problem
@@ -325,12 +325,12 @@ def cmd_create_table(args: argparse.Namespace) -> int:
     client = _client(args)
     try:
         client.create_table(**create_table_request(args.table))
-        print(f"creating table {args.table} …", file=sys.stderr)
+        print(f"creating table {args.table} in {where(client)} …", file=sys.stderr)
     except BOTO_ERRORS as exc:
         if error_code(exc) != "ResourceInUseException":  # it exists already: fine, wait for it
             raise
     client.get_waiter("table_exists").wait(TableName=args.table, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
-    print(f"table {args.table} is active")
+    print(f"table {args.table} is active ({where(client)})")
     return 0
 
 
@@ -363,7 +363,7 @@ def cmd_import(args: argparse.Namespace) -> int:
               f"(reset them by ID, then import again): {shown}")
     if report.replaced:
         print(f"replaced {report.replaced} existing items")
-    print(f"imported {report.imported} items ({report.subtasks} sub-tasks)")
+    print(f"imported {report.imported} items ({report.subtasks} sub-tasks) into {args.table} at {where(client)}")
     if report.interrupted:
         print(f"pyanamo: interrupted: {report.total - report.imported - len(report.skipped) - len(report.busy)} "
               f"of the file's {report.total} items were not written (each item is written whole or not at "

@@ -44,7 +44,8 @@ def test_import_bundles_and_reports(aws_env, client, table, tmp_path: Path):
         header="itemID|taskID|TaskScript|TaskArgs")
     proc = cli("import", table, str(path), "--nested-delimiter", ",", env=aws_env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == "imported 3 items (4 sub-tasks)"
+    assert proc.stdout.strip() == (f"imported 3 items (4 sub-tasks) into {table} at endpoint "
+                                   f"{aws_env['AWS_ENDPOINT_URL_DYNAMODB']}")
     queue = TaskQueue(client, table)
     assert [s.script for s in queue.get("s1").subtasks] == ["call.sh s1 chr1", "call.sh s1 chr2"]
 

@@ -86,3 +86,19 @@ def test_a_mistyped_command_gets_a_suggestion(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["staus", "t1"])
     assert capsys.readouterr().err.rstrip().endswith("(did you mean status?)")
+
+
+def test_writing_commands_say_whether_they_write_to_aws_or_to_an_endpoint(monkeypatch):
+    """A user with an AWS profile who forgot AWS_ENDPOINT_URL_DYNAMODB is told it is AWS."""
+    import boto3
+
+    from pyanamo.aws import where
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    aws = boto3.session.Session(aws_access_key_id="x", aws_secret_access_key="y").client(
+        "dynamodb", region_name="eu-west-2")
+    local = boto3.client("dynamodb", region_name="us-east-1", endpoint_url="http://127.0.0.1:8000",
+                         aws_access_key_id="x", aws_secret_access_key="y")
+    monkeypatch.setenv("AWS_PROFILE", "lab")  # named by where() as the user set it
+    assert where(aws) == "AWS region eu-west-2 (profile lab)"
+    assert where(local) == "endpoint http://127.0.0.1:8000"
