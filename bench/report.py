@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pyanamo.lease import CANCEL_CHECK_SECONDS
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -249,7 +251,10 @@ def main() -> None:
     say("")
     rate = data["import"][0]["items_per_second"] if data else None
     say(BEYOND.format(import_rate=f"{rate:,}" if rate else "?",
-                      import_minutes=round(1_000_000 / rate / 60) if rate else "?"))
+                      import_minutes=round(1_000_000 / rate / 60) if rate else "?",
+                      cancel_every=f"{CANCEL_CHECK_SECONDS:g}",
+                      cancel_rate=f"{1 / CANCEL_CHECK_SECONDS:g}",
+                      cancel_fleet=f"{1000 / CANCEL_CHECK_SECONDS:,.0f}"))
     print("\n".join(out))
 
 
@@ -279,6 +284,15 @@ split between the `todo#`, `locked#` and `done#` partitions — about an eighth 
 Heartbeats add little: 1,000 held items renewed every third of a 300 s lease is 10 renewals/s
 (20 writes/s over 16 partitions). Tasks of minutes rather than seconds (the real workload)
 divide all of this by 60 or more.
+
+**Cancels take seconds, for one small read per worker.** Each worker looks for its items being
+cancelled every {cancel_every} s (`lease.CANCEL_CHECK_SECONDS`): one Query of the instance index
+for the locked items its instance holds ({cancel_rate} requests/s per worker, whatever the number
+of items it holds: at `--items 4`, a quarter of that per running item), reading index keys only
+(a fraction of a read unit); a held item missing from the answer costs one consistent GetItem of
+two attributes (the index may lag a fresh claim by a moment). 1,000 workers make {cancel_fleet}
+such Queries a second. This is the request count the code makes by construction, not a measured
+figure; fault scenario 30 measures the stop time (docs/reliability.md).
 
 **Claims do not read the backlog.** A claim queries one shard from a random rank, `Limit 8`,
 and tries those candidates: the read is 8 index entries (about 1 KB, half a read unit) whatever

@@ -125,6 +125,18 @@ class InMemoryQueue:
             raise LeaseLost(lease.item_id)
         return row
 
+    def held_here(self) -> set[str]:
+        self._request()
+        with self._lock:
+            return {i for i, row in self._rows.items()
+                    if row.item.state is ItemState.LOCKED and row.item.instance_id == self.owner}
+
+    def still_held(self, lease: Lease) -> bool:
+        self._request()
+        with self._lock:
+            row = self._rows.get(lease.item_id)
+            return row is not None and row.item.state is ItemState.LOCKED and row.item.lease_token == lease.token
+
     def came_back(self, lease: Lease) -> None:
         self._request()
         with self._lock:

@@ -117,7 +117,8 @@ def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list
 
 def cancel(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
     """Stop matching items for good: a cancelled item is claimed by no one until it is reset. A
-    running item's worker loses its lease at its next renewal and stops the item's processes."""
+    running item's worker notices within seconds (``lease.CANCEL_CHECK_SECONDS``) and stops the
+    item's processes."""
     return [
         _cancel_one(queue, item, dry_run) if isinstance(item, Item) else _unreadable(item)
         for item in _selected(queue, spec, "cancel")
@@ -129,7 +130,7 @@ def _cancel_one(queue: TaskQueue, item: Item, dry_run: bool) -> ResetAction:
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, already {item.state.value}")
     detail = ""
     if item.lease_live(queue.now()):
-        detail = f"; its worker on {item.instance_id} stops it at its next lease renewal"
+        detail = f"; its worker on {item.instance_id} stops it within seconds"
     if dry_run:
         return ResetAction(item.item_id, True, f"would cancel {item.item_id}: {item.state.value} -> cancelled{detail}")
     if not queue.cancel(item):

@@ -28,6 +28,7 @@ from .expressions import Expression
 from .model import Item, Subtask, from_dynamo, to_dynamo, utc_now_iso
 from .schema import (
     EARLIER_RUNS_KEPT,
+    INSTANCE_INDEX,
     STATE_INDEX,
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
@@ -630,6 +631,21 @@ class TaskQueue:
         return True
 
     # -- reads ----------------------------------------------------------------------------
+
+    def held_here(self) -> set[str]:
+        """The IDs of the locked items this instance holds, by the instance index (which may
+        lag a fresh claim by a moment: ``still_held`` settles a doubt)."""
+        rows = self.query_index(INSTANCE_INDEX.name, (Attr.INSTANCE_ID, self.owner),
+                                (Attr.STATE, ItemState.LOCKED.value))
+        return {row[Attr.ITEM_ID]["S"] for row in rows}
+
+    def still_held(self, lease: Lease) -> bool:
+        """Whether ``lease`` is still the item's (a consistent read of two attributes)."""
+        row = self._call("get_item", Key=_key(lease.item_id), ConsistentRead=True,
+                         ProjectionExpression="#s, #t",
+                         ExpressionAttributeNames={"#s": Attr.STATE, "#t": Attr.LEASE_TOKEN}).get("Item")
+        return (row is not None and row.get(Attr.STATE, {}).get("S") == ItemState.LOCKED.value
+                and row.get(Attr.LEASE_TOKEN, {}).get("S") == lease.token)
 
     def exists(self, item_id: str) -> bool:
         """Whether an item with this ID is in the table (in any state, readable or not)."""

@@ -113,7 +113,7 @@ def test_cancel_stops_queued_running_and_failed_items_but_not_done_ones():
     plan = cancel(queue, ResetFilter(item_ids=("t1", "l1", "f1", "d1", "nope")), dry_run=True)
     assert [a.message for a in plan] == [
         "would cancel t1: todo -> cancelled",
-        "would cancel l1: locked -> cancelled; its worker on w stops it at its next lease renewal",
+        "would cancel l1: locked -> cancelled; its worker on w stops it within seconds",
         "would cancel f1: failed -> cancelled",
         "d1: skipped, already done",
         "nope: no such item",
