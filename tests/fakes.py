@@ -219,6 +219,10 @@ class InMemoryQueue:
             old = self._rows.get(item.item_id)
             if old is not None and old.item.lease_live(self.clock()):
                 return None
+            if old is not None:  # the run it replaces goes to Earlier_Runs, as a rerun's does
+                ran = old.item.state is not ItemState.TODO or bool(old.item.log_summary)
+                earlier = (*old.item.earlier_runs, *((old.item.run_record(),) if ran else ()))
+                item = replace(item, earlier_runs=earlier[-EARLIER_RUNS_KEPT:])
             self._rows[item.item_id] = _Row(item)
             return old is not None
 

@@ -115,6 +115,25 @@ def index_disagrees(row: dict[str, Any]) -> str | None:
     return None
 
 
+def _earlier_runs_with(row: dict[str, Any]) -> list[Any]:
+    """The item's earlier runs plus the run it has now (if it ran), for an item replaced by an
+    import; an item that cannot be read keeps no record."""
+    try:
+        item = Item.from_row(row)
+    except MalformedItem:
+        return []
+    ran = item.state is not ItemState.TODO or bool(item.log_summary)
+    return [*item.earlier_runs, item.run_record()][-EARLIER_RUNS_KEPT:] if ran else list(item.earlier_runs)
+
+
+def not_held_now(row: dict[str, Any], now: float) -> bool:
+    """Whether no worker holds the item of ``row`` (not locked, or its lease ran out)."""
+    if row.get(Attr.STATE, {}).get("S") != ItemState.LOCKED.value:
+        return True
+    expiry = row.get(Attr.LEASE_EXPIRY, {}).get("N")
+    return expiry is not None and float(expiry) < now
+
+
 def _count_crashes_again(expr: Expression) -> Expression:
     """An item reset or rerun by hand starts its crash count again."""
     return expr.set(Attr.ABANDONED, 0).remove(Attr.ABANDONED_LEASES).remove(Attr.RETURNED_LEASES)
@@ -560,12 +579,27 @@ class TaskQueue:
         """Import ``item`` over an existing one, unless a worker holds that one now (it would go
         on running the old sub-tasks while another worker claims the new ones): None if held,
         else whether an item was replaced."""
-        try:
-            response = self._call("put_item", Item=item.new_row(), ReturnValues="ALL_OLD",
-                                  **not_held(Expression(), self.now()).request())
-        except ConditionFailed:
-            return None
-        return bool(response.get("Attributes"))
+        for _ in range(3):  # the old item changed between the read and the put: read it again
+            old = self._read_row(item.item_id)
+            row = item.new_row()
+            expr = not_held(Expression(), self.now())
+            if old is not None:
+                # as `reset --rerun` does, the run it replaces is kept in Earlier_Runs (a fixed script
+                # imported again must not make the failure it fixed vanish from the report)
+                earlier = _earlier_runs_with(old)
+                if earlier:
+                    row[Attr.EARLIER_RUNS] = to_dynamo(earlier)
+                stored_state_is(expr, old.get(Attr.STATE, {}).get("S"))
+                lease_is(expr, old.get(Attr.LEASE_TOKEN, {}).get("S"))
+            try:
+                response = self._call("put_item", Item=row, ReturnValues="ALL_OLD", **expr.request())
+            except ConditionFailed:
+                now_row = self._read_row(item.item_id)
+                if now_row is None or not_held_now(now_row, self.now()):
+                    continue  # it changed between the read and the put, and nobody holds it
+                return None
+            return bool(response.get("Attributes"))
+        return None
 
     def reset(self, item: Item, subtasks: Sequence[str], *, clear_attempts: bool) -> bool:
         """Put an item no worker holds back to todo, with ``subtasks`` set to todo; False if the

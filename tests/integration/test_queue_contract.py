@@ -162,6 +162,22 @@ def test_imports_never_overwrite_and_replace_never_touches_a_held_item(table_of)
     assert q.get("a").subtasks[0].script == "echo first"
 
 
+def test_an_import_that_replaces_a_failed_item_keeps_its_run_in_earlier_runs(table_of):
+    """A fixed script imported again must not make the failure it fixed vanish from the report."""
+    table_of.put(item("a", "exit 3"))
+    q = table_of.queue("w", lease_seconds=30)
+    _, lease = q.claim()
+    q.record(lease, SubtaskResult("Task_0", SubtaskStatus.FAILED, 1, 3, {"stdout": "", "stderr": "boom\n"},
+                                  {"ExitCode": 3}, "Task_0: boom"), final=ItemState.FAILED)
+    assert q.replace_unless_held(item("a", "echo fixed")) is True
+    fixed = q.get("a")
+    assert fixed.state is ItemState.TODO and fixed.subtasks[0].script == "echo fixed"
+    (earlier,) = fixed.earlier_runs
+    assert earlier["State"] == "failed" and earlier["Subtasks"]["Task_0"]["Exit"] == 3
+    assert q.replace_unless_held(item("a", "echo fixed again")) is True  # never ran: nothing more kept
+    assert len(q.get("a").earlier_runs) == 1
+
+
 def test_finishing_ends_the_item_and_clears_its_lease(table_of):
     table_of.put(item("ok", "echo 1"), item("bad", "echo 1", "exit 3"))
     q = table_of.queue("w", lease_seconds=30)
