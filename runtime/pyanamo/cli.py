@@ -164,6 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dry-run", action="store_true", help="show what would change, change nothing")
 
     command("create-table", "create the task table (idempotent; waits until it is active)")
+    command("tables", "list the tables on the endpoint (or in the AWS region)", table=False)
+    p = command("drop-table", "delete a table and every item in it (asks first; --yes does not)")
+    p.add_argument("--yes", action="store_true", help="do not ask (needed where there is no terminal to ask on)")
 
     p = command("import", "import items from a task file")
     p.add_argument("file", type=Path, help="the task file; - reads standard input")
@@ -174,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split TaskArgs on this; each argument becomes one sub-task ({} in TaskScript is "
                         "replaced by it, else it is appended)")
     p.add_argument("--replace", action="store_true", help="overwrite items whose itemID exists")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file and print each sub-task's command as it would run (item, sub-task, "
+                        "command, tab-separated); write nothing")
 
     p = command("worker", "claim and run items until the queue is drained")
     p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
@@ -334,6 +340,32 @@ def cmd_create_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tables(args: argparse.Namespace) -> int:
+    client = _client(args)
+    names = [n for page in client.get_paginator("list_tables").paginate() for n in page.get("TableNames", [])]
+    for name in names:
+        print(name)
+    if not names:
+        print(f"no tables in {where(client)}", file=sys.stderr)
+    return 0
+
+
+def cmd_drop_table(args: argparse.Namespace) -> int:
+    client = _client(args)
+    _require_table(client, args.table)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UsageError(f"drop-table deletes every item of {args.table}: pass --yes to do it without a terminal")
+        answer = input(f"delete table {args.table} and every item in it, in {where(client)}? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted", file=sys.stderr)
+            return 1
+    client.delete_table(TableName=args.table)
+    client.get_waiter("table_not_exists").wait(TableName=args.table, WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    print(f"deleted table {args.table} ({where(client)})")
+    return 0
+
+
 def _require_table(client: Any, table: str) -> None:
     client.describe_table(TableName=table)
 
@@ -344,6 +376,13 @@ def cmd_import(args: argparse.Namespace) -> int:
     from .importer import IO_THREADS, parse_delimiter, parse_task_file, write_items
 
     items = parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter)
+    if args.dry_run:
+        for item in items:
+            for subtask in item.subtasks:
+                print(printable(f"{item.item_id}\t{subtask.key}\t{subtask.script}"))
+        print(f"would import {len(items)} items ({sum(len(i.subtasks) for i in items)} sub-tasks); "
+              f"nothing was written", file=sys.stderr)
+        return 0
     client = _client(args, pool=IO_THREADS + 2)
     _require_table(client, args.table)
     queue = TaskQueue(client, args.table)
@@ -723,6 +762,8 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "create-table": cmd_create_table,
+    "tables": cmd_tables,
+    "drop-table": cmd_drop_table,
     "import": cmd_import,
     "worker": cmd_worker,
     "status": cmd_status,

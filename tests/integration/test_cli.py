@@ -341,3 +341,24 @@ def test_report_on_a_table_where_nothing_ran_and_bad_paths(aws_env, table, tmp_p
     assert_one_line_error(cli("report", table, "--html", str(tmp_path / "no" / "r.html"), env=aws_env), 2,
                           "no such folder")
     assert not (tmp_path / "no").exists()
+
+
+def test_tables_lists_and_drop_table_deletes_only_when_told(aws_env, client, table, tmp_path: Path):
+    listed = cli("tables", env=aws_env)
+    assert listed.returncode == 0 and table in listed.stdout.splitlines()
+    assert_one_line_error(cli("drop-table", table, env=aws_env), 2, "pass --yes")  # no terminal to ask on
+    assert table in cli("tables", env=aws_env).stdout.splitlines()
+    dropped = cli("drop-table", table, "--yes", env=aws_env)
+    assert dropped.returncode == 0 and dropped.stdout.startswith(f"deleted table {table} (endpoint http")
+    assert table not in cli("tables", env=aws_env).stdout.splitlines()
+
+
+def test_import_dry_run_prints_the_commands_as_they_would_run_and_writes_nothing(aws_env, client, table,
+                                                                                  tmp_path: Path):
+    path = write_task_file(tmp_path / "t.txt", ["s1|s1|call.sh {/.}|in/a.bam,in/b.bam"],
+                           header="itemID|taskID|TaskScript|TaskArgs")
+    proc = cli("import", table, str(path), "--nested-delimiter", ",", "--dry-run", env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["s1\tTask_0\tcall.sh a", "s1\tTask_1\tcall.sh b"]
+    assert proc.stderr == "would import 1 items (2 sub-tasks); nothing was written\n"
+    assert json.loads(cli("status", table, "--json", env=aws_env).stdout)["total_items"] == 0
