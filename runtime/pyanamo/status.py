@@ -150,11 +150,13 @@ def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
 
 
 def cost_line(report: StatusReport) -> str:
-    cost = "unknown" if report.cost_usd is None else f"${report.cost_usd:,.4f}"
-    finish = "-" if report.cost_to_finish_usd is None else f"about ${report.cost_to_finish_usd:,.4f}"
-    rate = "-" if report.completion_per_hour is None else f"{report.completion_per_hour:g} items/hour"
-    return (f"workers: {report.workers}, {report.instance_hours:.4g} instance-hours, cost so far {cost}; "
-            f"completion {rate}; to finish: {finish}")
+    """Workers, instance-hours and cost: priced only where a price is known (EC2's, or the
+    worker's --price-per-hour); elsewhere "not priced", never a cost of $0."""
+    priced = bool(report.cost_usd)
+    cost = f"cost so far ${report.cost_usd:,.4f}" if priced else "not priced"
+    finish = f"; about ${report.cost_to_finish_usd:,.4f} to finish" \
+        if priced and report.cost_to_finish_usd is not None and not report.finished else ""
+    return f"workers: {report.workers}, {report.instance_hours:.4g} instance-hours, {cost}{finish}"
 
 
 class RateWindow:
@@ -179,11 +181,22 @@ class RateWindow:
         report.eta_s = round(remaining / per_second, 1) if per_second > 0 else None
 
 
-def progress_line(report: StatusReport) -> str:
-    rate = "-" if report.rate_per_min is None else f"{report.rate_per_min:g} items/min"
-    eta = "done" if report.finished else "unknown (nothing finished lately)" if report.eta_s is None \
-        else duration(report.eta_s)
-    return f"rate: {rate}; to finish: {eta}"
+def progress_line(report: StatusReport) -> str | None:
+    """One rate and one time to finish: over the last minutes of a watch, or else since the
+    first worker started (None before anything is known)."""
+    if report.total == 0:
+        return None
+    if report.rate_per_min is not None:
+        rate, eta, since = report.rate_per_min, report.eta_s, "last 5 min"
+    elif report.completion_per_hour:
+        rate, since = round(report.completion_per_hour / 60, 2), "since the first worker started"
+        eta = round((report.total - report.ended) / (report.completion_per_hour / 3600), 1)
+    elif report.finished:
+        return "rate: -; to finish: done"
+    else:
+        return None
+    left = "done" if report.finished else "unknown (nothing finished lately)" if eta is None else duration(eta)
+    return f"rate: {rate:g} items/min ({since}); to finish: {left}"
 
 
 def plain_line(report: StatusReport, now: float) -> str:
@@ -191,7 +204,7 @@ def plain_line(report: StatusReport, now: float) -> str:
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     counts = " ".join(f"{state} {count}" for state, count in report.items.items())
     return (f"{stamp} {counts} | {report.ended}/{report.total} items ended, sub-tasks "
-            f"{report.subtasks_done}/{report.subtasks_total} done | {progress_line(report)}")
+            f"{report.subtasks_done}/{report.subtasks_total} done | {progress_line(report) or 'rate: -'}")
 
 
 def render(report: StatusReport) -> Group:
@@ -207,8 +220,9 @@ def render(report: StatusReport) -> Group:
         f" ({100 * report.subtasks_done / report.subtasks_total:.1f}%)" if report.subtasks_total else ""
     )
     parts: list[Any] = [items, f"sub-tasks done: {report.subtasks_done}/{report.subtasks_total}{done_share}"]
-    if report.rate_per_min is not None:
-        parts.append(progress_line(report))
+    progress = progress_line(report)
+    if progress is not None:
+        parts.append(progress)
     if report.workers:
         parts.append(cost_line(report))
     if report.boot_failures:

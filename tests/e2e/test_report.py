@@ -76,7 +76,9 @@ def test_status_shows_the_cost_so_far(aws_env, table, finished_run):
     assert report["workers"] == 2 and report["cost_usd"] > 0 and report["cost_to_finish_usd"] == 0
     assert report["completion_per_hour"] > 0
     text = cli("status", table, env={**aws_env, "COLUMNS": "200"}).stdout
-    assert "workers: 2," in text and "cost so far $" in text and "items/hour" in text
+    assert "workers: 2," in text and "cost so far $" in text
+    assert text.count("to finish") == 1 and text.count("items/min") == 1  # one rate, one time to finish
+    assert "(since the first worker started); to finish: done" in text
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -23,6 +23,7 @@ def test_user_text_is_rendered_as_data(aws_env, client, table, tmp_path, workers
     status = cli("status", table, env={**aws_env, "COLUMNS": "160"})
     assert status.returncode == 3 and status.stderr == "", status.stderr
     assert "Task_0: [red]not red[/red]" in status.stdout and "Task_0: [/bold]" in status.stdout
+    assert "not priced" in status.stdout and "$0" not in status.stdout  # off EC2, no --price-per-hour
     head = subprocess.run(f"{sys.executable} -m pyanamo logs {table} many | head -n 2; echo \"${{PIPESTATUS[0]}}\"",
                           shell=True, executable="/bin/bash", capture_output=True, text=True,
                           env={**aws_env, "PATH": "/usr/bin:/bin"})
