@@ -263,7 +263,8 @@ class InMemoryQueue:
             if row is None:
                 return False
             earlier = (*row.item.earlier_runs, row.item.run_record())[-EARLIER_RUNS_KEPT:]
-            row.item = replace(row.item, subtasks=tuple(Subtask(s.key, s.script) for s in row.item.subtasks),
+            row.item = replace(row.item, subtasks=tuple(Subtask(s.key, s.script, label=s.label)
+                                                                  for s in row.item.subtasks),
                                state=ItemState.TODO, lease_token=None, lease_expiry=None, done_date=None,
                                last_error=None, logs={}, log_summary={}, earlier_runs=earlier)
             _count_crashes_again(row)

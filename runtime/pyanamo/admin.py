@@ -196,13 +196,13 @@ def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
 
 
 def format_logs(item: Item, subtask: str | None = None) -> Iterator[str]:
-    keys = [s.key for s in item.subtasks]
-    if subtask is not None and subtask not in keys:
-        raise UsageError(f"item {item.item_id!r} has no sub-task {subtask!r} (it has {', '.join(keys)})")
+    if subtask is not None and not any(subtask in (s.key, s.label) for s in item.subtasks):
+        names = ", ".join(s.name for s in item.subtasks)
+        raise UsageError(f"item {item.item_id!r} has no sub-task {subtask!r} (it has {names})")
     yield f"item {item.item_id} (task {item.task_id}): {item.state.value}" + (
         f", held by {item.instance_id}" if item.instance_id else "")
     for s in item.subtasks:
-        if subtask is not None and s.key != subtask:
+        if subtask is not None and subtask not in (s.key, s.label):
             continue
         record = RunRecord.from_map(item.log_summary.get(s.key), s.key)
         facts = [s.status.value, f"attempts {s.attempts}"]
@@ -214,7 +214,7 @@ def format_logs(item: Item, subtask: str | None = None) -> Iterator[str]:
             facts.append(f"{record.log_length} lines")
             if record.timed_out:
                 facts.append("timed out")
-        yield f"== {s.key} [{', '.join(facts)}]"
+        yield f"== {s.name} [{', '.join(facts)}]"
         yield f"   {s.script}"
         for problem in record.problems if record is not None else ():
             yield f"   (malformed record: {problem})"

@@ -253,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("logs", "print the stored log tails of an item")
     p.add_argument("item_id", metavar="ITEM_ID", help="the item whose logs to print")
-    p.add_argument("--subtask", default=None, metavar="KEY", help="only this sub-task (e.g. Task_0)")
+    p.add_argument("--subtask", default=None, metavar="KEY",
+                   help="only this sub-task: its key (Task_0) or the TaskArgs argument that made it (chr2)")
 
     p = command("fleet", "the worker fleet of a deployed stack", table=False)
     fleet = p.add_subparsers(dest="fleet_command", required=True, metavar="ACTION")

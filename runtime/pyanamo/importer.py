@@ -58,6 +58,7 @@ class _Draft:
     task_id: str
     first_line: int
     scripts: list[str] = field(default_factory=list)
+    labels: list[str | None] = field(default_factory=list)  # the TaskArgs argument of each, if any
     lines: dict[str, int] = field(default_factory=dict)
     size: int = 0
 
@@ -130,7 +131,8 @@ def parse_task_bytes(
         Item(
             item_id=item_id,
             task_id=draft.task_id,
-            subtasks=tuple(Subtask(subtask_key(n), s) for n, s in enumerate(draft.scripts)),
+            subtasks=tuple(Subtask(subtask_key(n), s, label=label)
+                           for n, (s, label) in enumerate(zip(draft.scripts, draft.labels, strict=True))),
         )
         for item_id, draft in drafts.items()
     ]
@@ -254,7 +256,8 @@ def _parse_row(
         return f"empty TaskScript for item {item_id!r}"
     if any(ord(c) < 32 and c not in "\t\n" for c in script):
         return f"TaskScript of item {item_id!r} contains a control character"
-    scripts = [script]
+    scripts: list[str] = [script]
+    labels: list[str | None] = [None]
     if args:
         pieces = [a.strip() for a in args.split(nested_delimiter)] if nested_delimiter else [args]
         if any(not a for a in pieces):
@@ -264,6 +267,7 @@ def _parse_row(
             return (f"TaskScript uses {unsupported}, a GNU parallel replacement string for several columns or "
                     f"a Perl expression; with TaskArgs only {{}}, {{.}}, {{/}}, {{//}}, {{/.}} and {{#}} are filled")
         scripts = [with_argument(script, a, n) for n, a in enumerate(pieces, start=1)]
+        labels = list(pieces)
     draft = drafts.get(item_id)
     if draft is None:
         draft = drafts[item_id] = _Draft(task_id=task_id, first_line=number)
@@ -272,12 +276,13 @@ def _parse_row(
             f"item {item_id!r} has taskID {draft.task_id!r} on line {draft.first_line} "
             f"but {task_id!r} here"
         )
-    for s in scripts:
+    for s, argument in zip(scripts, labels, strict=True):
         if s in draft.lines:
             return f"duplicate sub-task in item {item_id!r} (same script as line {draft.lines[s]})"
         draft.lines[s] = number
         draft.scripts.append(s)
-        draft.size += len(s.encode("utf-8"))
+        draft.labels.append(argument)
+        draft.size += len(s.encode("utf-8")) + len((argument or "").encode("utf-8"))
     return None
 
 

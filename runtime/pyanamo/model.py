@@ -17,6 +17,7 @@ from .runs import RunRecord
 from .schema import (
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
+    SUBTASK_LABEL,
     SUBTASK_OUTPUTS,
     SUBTASK_SCRIPT,
     SUBTASK_STATUS,
@@ -84,6 +85,12 @@ class Subtask:
     attempts: int = 0
     exit_code: int | None = None
     outputs: Mapping[str, Any] | None = None  # the committed attempt's manifest (pyanamo.outputs)
+    label: str | None = None  # the TaskArgs argument that made it, if one did
+
+    @property
+    def name(self) -> str:
+        """``Task_2 (chr2)`` for a sub-task made from an argument, else its key."""
+        return f"{self.key} ({self.label})" if self.label else self.key
 
     @classmethod
     def from_map(cls, key: str, value: Any) -> Subtask:
@@ -105,6 +112,7 @@ class Subtask:
             attempts=_int(value.get(SUBTASK_ATTEMPTS)),
             exit_code=None if exit_code is None else _int(exit_code),
             outputs=outputs if isinstance(outputs, Mapping) else None,
+            label=label if isinstance(label := value.get(SUBTASK_LABEL), str) and label else None,
         )
 
     def to_map(self) -> dict[str, Any]:
@@ -117,6 +125,8 @@ class Subtask:
             value[SUBTASK_EXIT_CODE] = self.exit_code
         if self.outputs is not None:
             value[SUBTASK_OUTPUTS] = dict(self.outputs)
+        if self.label:
+            value[SUBTASK_LABEL] = self.label
         return value
 
 

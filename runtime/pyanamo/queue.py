@@ -630,7 +630,7 @@ class TaskQueue:
         """Run an item no worker holds again from its first sub-task. The record of the run it
         had (when it ended, where, each sub-task's exit code, times and memory) is kept in
         ``Earlier_Runs`` (the last few) and its log tails are cleared."""
-        fresh = {s.key: Subtask(s.key, s.script).to_map() for s in item.subtasks}
+        fresh = {s.key: Subtask(s.key, s.script, label=s.label).to_map() for s in item.subtasks}
         earlier = [*item.earlier_runs, item.run_record()][-EARLIER_RUNS_KEPT:]
         expr = (
             Expression()

@@ -27,7 +27,7 @@ from .runs import RunRecord
 from .schema import Attr, ItemState, SubtaskStatus
 from .status import duration
 
-TRACE_COLUMNS = ("item", "task", "subtask", "attempt", "status", "exit", "instance", "instance_type", "worker",
+TRACE_COLUMNS = ("item", "task", "subtask", "label", "attempt", "status", "exit", "instance", "instance_type", "worker",
                  "host", "start", "end", "wall_s", "cpu_s", "peak_rss_mb", "output_bytes", "cost_usd", "earlier_exits",
                  "command")
 TOP = 10  # rows in the slowest and most memory-hungry lists
@@ -58,6 +58,11 @@ class SubtaskRun:
     cost_usd: float | None
     earlier_exits: tuple[int | None, ...]
     command: str
+    label: str = ""  # the TaskArgs argument that made the sub-task (chr2), if one did
+
+    @property
+    def name(self) -> str:
+        return f"{self.subtask} ({self.label})" if self.label else self.subtask
 
     @property
     def started(self) -> float:
@@ -102,6 +107,7 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
             cost_usd=record.cost_usd,
             earlier_exits=record.earlier_exits,
             command=s.script,
+            label=s.label or "",
         )
 
 
@@ -140,7 +146,8 @@ class RunReport:
     def groups(self, by: str) -> dict[str, list[SubtaskRun]]:
         grouped: dict[str, list[SubtaskRun]] = defaultdict(list)
         for run in self.runs:
-            grouped[run.subtask if by == "subtask" else run.program].append(run)
+            # sub-tasks made from arguments group by argument (chr2 of every sample), others by key
+            grouped[(run.label or run.subtask) if by == "subtask" else run.program].append(run)
         return dict(sorted(grouped.items()))
 
     def sizing(self) -> dict[str, object]:
@@ -278,7 +285,7 @@ def _bar_of(run: SubtaskRun, y: float, t0: float, scale: float) -> str:
     x = LABEL_WIDTH + (run.started - t0) * scale
     width = max(1.5, (run.ended - run.started) * scale)
     colour = COLOURS.get(run.status, "#6d4c41")
-    tip = (f"{run.item} {run.subtask} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
+    tip = (f"{run.item} {run.name} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
            f"{run.peak_rss_mb} MB, wrote {run.output_bytes:,} bytes, {run.command[:120]}")
     return (f'<rect class="run {_e(run.status)}" x="{x:.1f}" y="{y + 2}" width="{width:.1f}" '
             f'height="{LANE_HEIGHT - 4}" fill="{colour}" data-item="{_e(run.item)}" '
@@ -337,7 +344,7 @@ def render_html(report: RunReport) -> str:
     run_columns = ["item", "sub-task", "status", "exit", "worker", "wall", "CPU", "peak MB", "cost", "command"]
 
     def run_rows(runs: list[SubtaskRun]) -> list[list[object]]:
-        return [[r.item, r.subtask, r.status, r.exit, r.worker, _seconds(r.wall_s), _seconds(r.cpu_s),
+        return [[r.item, r.name, r.status, r.exit, r.worker, _seconds(r.wall_s), _seconds(r.cpu_s),
                  r.peak_rss_mb, _money(r.cost_usd), r.command[:100]] for r in runs]
 
     legend = " ".join(f'<span class="key" style="background:{c}"></span>{_e(s)}' for s, c in COLOURS.items())

@@ -81,6 +81,7 @@ SUBTASK_EXIT_CODE = "ExitCode"
 # The committed outputs of a done sub-task (``pyanamo.outputs.Manifest``): written in the same
 # fenced write as its result, so only the attempt that held the lease is ever named.
 SUBTASK_OUTPUTS = "Outputs"
+SUBTASK_LABEL = "Label"  # the TaskArgs argument that made the sub-task (chr2): a name users know it by
 
 
 @dataclass(frozen=True)

@@ -290,7 +290,7 @@ def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
         entries.append(RunningItem(
             item_id=item.item_id, task_id=item.task_id, instance=item.instance_id or "?",
             worker=item.worker_id or item.instance_id or "?",
-            subtask=current.key if current else "-", script=current.script if current else "",
+            subtask=current.name if current else "-", script=current.script if current else "",
             claimed=item.lock_date or "?", elapsed_s=None if claimed is None else round(now - claimed, 1),
             lease_left_s=None if item.lease_expiry is None else round(item.lease_expiry - now, 1),
         ))

@@ -25,4 +25,4 @@ def test_demo_script_runs_the_bundled_workload(tmp_path: Path):
     report = (REPO / "demo-run" / "report.html").read_text()
     assert report.count('<rect class="run done"') == 18
     trace = (REPO / "demo-run" / "trace.tsv").read_text().splitlines()
-    assert len(trace) == 19 and trace[0].startswith("item\ttask\tsubtask\tattempt")
+    assert len(trace) == 19 and trace[0].startswith("item\ttask\tsubtask\tlabel\tattempt")

@@ -337,7 +337,7 @@ def test_report_on_a_table_where_nothing_ran_and_bad_paths(aws_env, table, tmp_p
     summary = json.loads(proc.stdout)
     assert summary["items"]["todo"] == 1 and summary["subtask_runs"] == 0 and summary["cost_usd"] is None
     assert "No sub-task has run yet." in (tmp_path / "r.html").read_text()
-    assert (tmp_path / "t.tsv").read_text().startswith("item\ttask\tsubtask\tattempt\tstatus\texit\t")
+    assert (tmp_path / "t.tsv").read_text().startswith("item\ttask\tsubtask\tlabel\tattempt\tstatus\texit\t")
     assert_one_line_error(cli("report", table, "--html", str(tmp_path / "no" / "r.html"), env=aws_env), 2,
                           "no such folder")
     assert not (tmp_path / "no").exists()
@@ -362,3 +362,17 @@ def test_import_dry_run_prints_the_commands_as_they_would_run_and_writes_nothing
     assert proc.stdout.splitlines() == ["s1\tTask_0\tcall.sh a", "s1\tTask_1\tcall.sh b"]
     assert proc.stderr == "would import 1 items (2 sub-tasks); nothing was written\n"
     assert json.loads(cli("status", table, "--json", env=aws_env).stdout)["total_items"] == 0
+
+
+def test_a_subtask_made_from_an_argument_is_known_by_it(aws_env, client, table, tmp_path: Path):
+    """`logs S03 --subtask chr2`, as users of per-chromosome bundles say it."""
+    path = write_task_file(tmp_path / "t.txt", ["S03|S03|call.sh S03 {}|chr1,chr2"],
+                           header="itemID|taskID|TaskScript|TaskArgs")
+    assert cli("import", table, str(path), "--nested-delimiter", ",", env=aws_env).returncode == 0
+    item = TaskQueue(client, table).get("S03")
+    assert [(s.key, s.label) for s in item.subtasks] == [("Task_0", "chr1"), ("Task_1", "chr2")]
+    logs = cli("logs", table, "S03", "--subtask", "chr2", env=aws_env)
+    assert logs.returncode == 0 and "== Task_1 (chr2) [todo, attempts 0]" in logs.stdout
+    assert "Task_0" not in logs.stdout
+    assert_one_line_error(cli("logs", table, "S03", "--subtask", "chr9", env=aws_env), 2,
+                          "has no sub-task 'chr9' (it has Task_0 (chr1), Task_1 (chr2))")

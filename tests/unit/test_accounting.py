@@ -18,9 +18,9 @@ from pyanamo.accounting import (
     subtask_cost,
 )
 from pyanamo.model import Item, Subtask
-from pyanamo.report import RunReport, runs_of, timeline_svg
+from pyanamo.report import TRACE_COLUMNS, RunReport, runs_of, timeline_svg
 from pyanamo.runner import Outcome
-from pyanamo.schema import SubtaskStatus
+from pyanamo.schema import ItemState, SubtaskStatus
 from pyanamo.worker_record import earlier_exits, run_record
 
 
@@ -123,3 +123,11 @@ def test_runs_come_from_records_and_overlapping_runs_of_one_worker_get_rows_of_t
     assert svg.count('<rect class="run ') == 3 and svg.count('<g class="lane"') == 1
     # Task_0 (0–10 s) and Task_1 (5–20 s) overlap: two rows; b's run (12–13 s) fits the first row.
     assert 'y="2"' in svg and f'y="{2 + 18}"' in svg and svg.count(f'y="{2 + 36}"') == 0
+
+
+def test_a_run_of_a_subtask_made_from_an_argument_carries_its_label_into_the_trace():
+    item = Item("S03", "S03", (Subtask("Task_0", "call.sh chr2", SubtaskStatus.DONE, 1, 0, label="chr2"),),
+                state=ItemState.DONE, log_summary={"Task_0": {"Started": "2026-12-03T00:00:00.000Z", "ExitCode": 0}})
+    (run,) = runs_of(item)
+    row = dict(zip(TRACE_COLUMNS, run.trace_row(), strict=True))
+    assert (row["subtask"], row["label"]) == ("Task_0", "chr2") and run.name == "Task_0 (chr2)"
