@@ -113,5 +113,6 @@ def test_a_killed_supervisors_subtask_is_killed_and_never_recorded_as_its_own_si
         assert "its supervisor process was killed" in item.last_error and "out of memory" not in item.last_error
     Figures("25. the supervisor SIGKILLed", runs=1, items=2, subtasks=2, lost=0, overlaps=0, duplicates=0,
             why={}, faults="a sub-task's supervisor SIGKILLed from outside; a sub-task that kills its own parent",
-            recovery=f"the orphaned sub-task killed {spans[0][1] - killed_at:.2f} s later by the worker "
-                     f"(subreaper); both recorded as exit 125 'supervisor killed', not as SIGKILL").save()
+            recovery=f"the orphaned sub-task killed by the worker (subreaper): its last tick "
+                     f"{max(0.0, spans[0][1] - killed_at):.2f} s after the kill (a tick every {TICK} s); both "
+                     f"recorded as exit 125 'supervisor killed', not as SIGKILL").save()
