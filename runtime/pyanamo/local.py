@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import ctypes
 import errno
 import fcntl
 import io
@@ -45,6 +44,7 @@ from typing import Any
 
 from .errors import PyAnamoError
 from .local_secret import PROOF_HEADER, bad_signature, ensure_secret, proof, secret_path, signature_of
+from .supervise import PR_SET_PDEATHSIG, prctl
 
 HOST = "127.0.0.1"
 
@@ -257,12 +257,9 @@ class DataDirLock:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # elsewhere: the child outlives a killed parent; stop() still ends it
+    """In the child before exec: get SIGTERM when the parent dies, even by SIGKILL (Linux;
+    elsewhere the child outlives a killed parent, and stop() still ends it)."""
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 SERVER_SCRIPT = Path(__file__).with_name("dynalite_server.js")

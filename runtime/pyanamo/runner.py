@@ -20,6 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .supervise import PR_SET_CHILD_SUBREAPER, children_by_parent, descendants, prctl
+
 TIMEOUT_EXIT_CODE = 124  # as coreutils' timeout(1)
 SUPERVISOR_LOST_EXIT_CODE = 125  # as timeout(1) when timeout itself fails: the sub-task's own status is unknown
 SIGNAL_EXIT_BASE = 128  # a process ended by signal N exits 128 + N, as a shell reports it
@@ -90,7 +92,6 @@ class SupervisorReport:
             return None
 
 
-_PR_SET_CHILD_SUBREAPER = 36
 _supervisors: set[int] = set()  # this worker's live supervisor processes
 _supervisors_lock = threading.Lock()
 
@@ -98,28 +99,7 @@ _supervisors_lock = threading.Lock()
 def become_subreaper() -> bool:
     """Make this process (the worker) the reaper of last resort: if a supervisor is killed, the
     processes of its sub-task are re-parented here, where ``kill_orphans`` finds them (Linux)."""
-    if sys.platform != "linux":
-        return False
-    try:
-        import ctypes
-
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def _children(pid: int) -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                parent = int(handle.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(parent, []).append(int(entry))
-    return children
+    return sys.platform == "linux" and bool(prctl(PR_SET_CHILD_SUBREAPER, 1))
 
 
 MARKER = "PYANAMO_SUPERVISED_BY"  # in every sub-task's environment: the worker's process ID
@@ -142,13 +122,10 @@ def kill_orphans() -> int:
         return 0
     me, killed = os.getpid(), 0
     for _ in range(100):
-        children = _children(me)
+        children = children_by_parent(zombies=True)  # a zombie root must still be reaped here
         with _supervisors_lock:
             roots = [c for c in children.get(me, []) if c not in _supervisors and _marked(c)]
-        tree, frontier = list(roots), list(roots)
-        while frontier:
-            frontier = [c for p in frontier for c in children.get(p, [])]
-            tree.extend(frontier)
+        tree = [*roots, *(d for root in roots for d in descendants(root, children))]
         if not tree:
             return killed
         for sig in (signal.SIGSTOP, signal.SIGKILL):
@@ -217,10 +194,14 @@ class SubtaskProcess:
             raise LocalFailure(f"cannot write logs in {self.log_folder}: {exc.strerror}") from None
         started = time.monotonic()
         started_at = time.time()
+        result_read = result_write = -1
         try:
             result_read, result_write = os.pipe()
             lease_read, self._lease_write = os.pipe()
         except OSError as exc:  # out of file descriptors
+            for fd in (result_read, result_write):
+                if fd >= 0:
+                    os.close(fd)
             out.close()
             err.close()
             raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None

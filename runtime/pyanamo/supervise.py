@@ -51,7 +51,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def _prctl(option, value):
+def prctl(option, value):
+    """Linux's prctl(2); False where it is missing or refused. (The worker uses it too.)"""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         return libc.prctl(option, value, 0, 0, 0) == 0
@@ -59,13 +60,14 @@ def _prctl(option, value):
         return False
 
 
-def descendants(root):
-    """Live descendants of ``root`` (from /proc), excluding zombies."""
+def children_by_parent(zombies=False):
+    """Every process's children, by parent (from /proc; empty where there is none). Zombies
+    only if asked: a reaper must still wait for them. (The worker uses it too.)"""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return []
+        return children
     for name in entries:
         if not name.isdigit():
             continue
@@ -74,8 +76,14 @@ def descendants(root):
                 fields = handle.read().rsplit(b")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != b"Z":
+        if zombies or fields[0] != b"Z":
             children.setdefault(int(fields[1]), []).append(int(name))
+    return children
+
+
+def descendants(root, children=None):
+    """Live descendants of ``root`` (from /proc, or the ``children_by_parent`` map given)."""
+    children = children_by_parent() if children is None else children
     found, frontier = [], [root]
     while frontier:
         frontier = [c for p in frontier for c in children.get(p, [])]
@@ -112,8 +120,8 @@ class Supervisor:
         self.deadline_passed = False
 
     def start(self):
-        self.contained = _prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc/self")
-        _prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
+        self.contained = prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc/self")
+        prctl(PR_SET_PDEATHSIG, signal.SIGHUP)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGHUP, self._on_kill)
         signal.signal(signal.SIGALRM, self._on_kill)
