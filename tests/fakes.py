@@ -18,7 +18,7 @@ from typing import Any
 from pyanamo.errors import QueueError
 from pyanamo.model import Item, Subtask, to_dynamo, utc_now_iso
 from pyanamo.queue import DEFAULT_MAX_CLAIMS, UNKNOWN_HOLDER, Lease, LeaseLost, SubtaskResult
-from pyanamo.schema import EARLIER_RUNS_KEPT, Attr, ItemState, SubtaskStatus
+from pyanamo.schema import Attr, ItemState, SubtaskStatus
 
 
 @dataclass
@@ -220,9 +220,7 @@ class InMemoryQueue:
             if old is not None and old.item.lease_live(self.clock()):
                 return None
             if old is not None:  # the run it replaces goes to Earlier_Runs, as a rerun's does
-                ran = old.item.state is not ItemState.TODO or bool(old.item.log_summary)
-                earlier = (*old.item.earlier_runs, *((old.item.run_record(),) if ran else ()))
-                item = replace(item, earlier_runs=earlier[-EARLIER_RUNS_KEPT:])
+                item = replace(item, earlier_runs=old.item.runs_with_this_one())
             self._rows[item.item_id] = _Row(item)
             return old is not None
 
@@ -262,7 +260,7 @@ class InMemoryQueue:
             row = self._unchanged(item)
             if row is None:
                 return False
-            earlier = (*row.item.earlier_runs, row.item.run_record())[-EARLIER_RUNS_KEPT:]
+            earlier = row.item.runs_with_this_one()
             row.item = replace(row.item, subtasks=tuple(Subtask(s.key, s.script, label=s.label)
                                                                   for s in row.item.subtasks),
                                state=ItemState.TODO, lease_token=None, lease_expiry=None, done_date=None,

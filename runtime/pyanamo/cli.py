@@ -405,9 +405,9 @@ def cmd_import(args: argparse.Namespace) -> int:
         print(f"replaced {report.replaced} existing items")
     print(f"imported {report.imported} items ({report.subtasks} sub-tasks) into {args.table} at {where(client)}")
     if report.interrupted:
-        print(f"pyanamo: interrupted: {report.total - report.imported - len(report.skipped) - len(report.busy)} "
-              f"of the file's {report.total} items were not written (each item is written whole or not at "
-              f"all; import the file again to add them: existing items are skipped)", file=sys.stderr)
+        print(f"pyanamo: interrupted: {report.not_written} of the file's {report.total} items were not written "
+              f"(each item is written whole or not at all; import the file again to add them: existing items "
+              f"are skipped)", file=sys.stderr)
         return 130
     return 0
 

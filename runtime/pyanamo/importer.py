@@ -344,6 +344,11 @@ class ImportReport:
     interrupted: bool = False  # Ctrl-C: the items not reported here were not written
     total: int = 0  # the items the file holds
 
+    @property
+    def not_written(self) -> int:
+        """Items of the file neither written nor found there (a Ctrl-C stopped the import)."""
+        return self.total - self.imported - len(self.skipped) - len(self.busy)
+
 
 IN_FLIGHT = 4 * IO_THREADS  # puts submitted ahead: what a Ctrl-C lets finish, never the whole file
 

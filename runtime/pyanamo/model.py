@@ -15,6 +15,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from .errors import MalformedItem
 from .runs import RunRecord
 from .schema import (
+    EARLIER_RUNS_KEPT,
     SUBTASK_ATTEMPTS,
     SUBTASK_EXIT_CODE,
     SUBTASK_LABEL,
@@ -224,6 +225,12 @@ class Item:
             "InstanceID": self.instance_id or "",
             "Subtasks": subtasks,
         }
+
+    def runs_with_this_one(self) -> tuple[Mapping[str, Any], ...]:
+        """``Earlier_Runs`` for when this item runs again (a rerun, or an import that replaces
+        it): the earlier runs and, if it ran, the run it has now; the last EARLIER_RUNS_KEPT."""
+        ran = self.state is not ItemState.TODO or bool(self.log_summary)
+        return (*self.earlier_runs, *((self.run_record(),) if ran else ()))[-EARLIER_RUNS_KEPT:]
 
     def lease_live(self, now: float) -> bool:
         """Whether a worker holds this item now (locked, lease not yet run out)."""

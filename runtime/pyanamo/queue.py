@@ -27,7 +27,6 @@ from .events import emit
 from .expressions import Expression
 from .model import Item, Subtask, from_dynamo, to_dynamo, utc_now_iso
 from .schema import (
-    EARLIER_RUNS_KEPT,
     INSTANCE_INDEX,
     STATE_INDEX,
     SUBTASK_ATTEMPTS,
@@ -115,15 +114,13 @@ def index_disagrees(row: dict[str, Any]) -> str | None:
     return None
 
 
-def _earlier_runs_with(row: dict[str, Any]) -> list[Any]:
-    """The item's earlier runs plus the run it has now (if it ran), for an item replaced by an
-    import; an item that cannot be read keeps no record."""
+def _earlier_runs_with(row: dict[str, Any]) -> tuple[Any, ...]:
+    """``Item.runs_with_this_one`` of an item replaced by an import; an item that cannot be read
+    keeps no record."""
     try:
-        item = Item.from_row(row)
+        return Item.from_row(row).runs_with_this_one()
     except MalformedItem:
-        return []
-    ran = item.state is not ItemState.TODO or bool(item.log_summary)
-    return [*item.earlier_runs, item.run_record()][-EARLIER_RUNS_KEPT:] if ran else list(item.earlier_runs)
+        return ()
 
 
 def not_held_now(row: dict[str, Any], now: float) -> bool:
@@ -588,7 +585,7 @@ class TaskQueue:
                 # imported again must not make the failure it fixed vanish from the report)
                 earlier = _earlier_runs_with(old)
                 if earlier:
-                    row[Attr.EARLIER_RUNS] = to_dynamo(earlier)
+                    row[Attr.EARLIER_RUNS] = to_dynamo(list(earlier))
                 stored_state_is(expr, old.get(Attr.STATE, {}).get("S"))
                 lease_is(expr, old.get(Attr.LEASE_TOKEN, {}).get("S"))
             try:
@@ -631,7 +628,7 @@ class TaskQueue:
         had (when it ended, where, each sub-task's exit code, times and memory) is kept in
         ``Earlier_Runs`` (the last few) and its log tails are cleared."""
         fresh = {s.key: Subtask(s.key, s.script, label=s.label).to_map() for s in item.subtasks}
-        earlier = [*item.earlier_runs, item.run_record()][-EARLIER_RUNS_KEPT:]
+        earlier = list(item.runs_with_this_one())  # a rerun item has ended: its run is kept
         expr = (
             Expression()
             .set(Attr.TASK_SCRIPT, fresh)

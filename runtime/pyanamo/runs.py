@@ -111,7 +111,7 @@ class RunRecord:
         if not isinstance(value, Mapping):
             return cls(problems=(f"{where} is not a map",))
         read = _Reader(value, where)
-        record = cls(
+        return cls(
             exit_code=read.integer("ExitCode"),
             attempt=read.integer("Attempt"),
             cpu_time=read.number("CPU_Time") or 0.0,
@@ -129,8 +129,8 @@ class RunRecord:
             cost_usd=read.number("Cost_USD"),
             output_bytes=read.integer("Output_Bytes") or 0,
             earlier_exits=read.exits("Earlier_Exits"),
+            problems=tuple(read.problems),  # last: the reads above fill it
         )
-        return cls(**{**record.__dict__, "problems": tuple(read.problems)})
 
     @property
     def ran(self) -> bool:

@@ -105,6 +105,7 @@ def gather(queue: TaskQueue) -> StatusReport:
             data = from_dynamo(row)
             report.items_read += 1
             latest[str(data.get(Attr.ITEM_ID))] = (state, data)
+    now = queue.now()  # on the endpoint's clock, known from the reads above
     for state, data in latest.values():
         report.items[state.value] += 1
         count = _count(data.get(Attr.SUBTASK_COUNT), 1)
@@ -115,13 +116,13 @@ def gather(queue: TaskQueue) -> StatusReport:
             load.held += 1
             if Attr.LEASE_EXPIRY not in data:
                 report.unleased += 1
-            if _number(data.get(Attr.LEASE_EXPIRY)) < queue.now():  # on the endpoint's clock
+            if _number(data.get(Attr.LEASE_EXPIRY)) < now:
                 load.expired += 1
         elif state is ItemState.FAILED:
             report.failed.append(FailedItem(
                 str(data[Attr.ITEM_ID]), str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
-    _add_cost(report, queue, queue.now())
+    _add_cost(report, queue, now)
     return report
 
 
