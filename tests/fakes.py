@@ -23,7 +23,7 @@ from pyanamo.schema import Attr, ItemState, SubtaskStatus
 
 @dataclass
 class _Row:
-    item: Item
+    stored: Item
     abandoned: int = 0
     abandoned_leases: set[str] = field(default_factory=set)
     returned_leases: set[str] = field(default_factory=set)
@@ -31,6 +31,15 @@ class _Row:
     claims: int = 0
     subtasks_done: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def item(self) -> Item:
+        return self.stored
+
+    @item.setter
+    def item(self, changed: Item) -> None:
+        """Every change but a renewal (which sets ``stored``) is a new version, as in TaskQueue."""
+        self.stored = replace(changed, version=self.stored.version + 1)
 
 
 def _crashes(row: _Row) -> int:
@@ -148,7 +157,7 @@ class InMemoryQueue:
         with self._lock:
             row = self._held(lease)
             renewed = Lease(lease.item_id, lease.token, self.clock() + self.lease_seconds)
-            row.item = replace(row.item, lease_expiry=round(renewed.expiry, 3))
+            row.stored = replace(row.item, lease_expiry=round(renewed.expiry, 3))
             return renewed
 
     def mark_running(self, lease: Lease, keys: list[str]) -> None:
@@ -220,7 +229,7 @@ class InMemoryQueue:
             if old is not None and old.item.lease_live(self.clock()):
                 return None
             if old is not None:  # the run it replaces goes to Earlier_Runs, as a rerun's does
-                item = replace(item, earlier_runs=old.item.runs_with_this_one())
+                item = replace(item, earlier_runs=old.item.runs_with_this_one(), version=old.item.version + 1)
             self._rows[item.item_id] = _Row(item)
             return old is not None
 
@@ -272,7 +281,8 @@ class InMemoryQueue:
     def _unchanged(self, item: Item) -> _Row | None:
         self._request()
         row = self._rows.get(item.item_id)
-        if row is None or row.item.state is not item.state or row.item.lease_token != item.lease_token:
+        if (row is None or row.item.version != item.version or row.item.state is not item.state
+                or row.item.lease_token != item.lease_token):
             return None
         return row
 

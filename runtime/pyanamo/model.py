@@ -149,6 +149,7 @@ class Item:
     log_summary: Mapping[str, Any] = field(default_factory=dict)
     worker_id: str | None = None
     earlier_runs: tuple[Mapping[str, Any], ...] = ()
+    version: int = 0  # ``Attr.VERSION``; 0: never changed since it was imported
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Item:
@@ -188,6 +189,7 @@ class Item:
             log_summary=_map(data.get(Attr.LOG_SUMMARY)),
             worker_id=_text(data.get(Attr.WORKER_ID)),
             earlier_runs=tuple(r for r in data.get(Attr.EARLIER_RUNS) or () if isinstance(r, Mapping)),
+            version=_int(data.get(Attr.VERSION)),
         )
 
     def new_row(self) -> dict[str, Any]:

@@ -163,6 +163,18 @@ def not_held(expr: Expression, now: float) -> Expression:
         locked=ItemState.LOCKED.value, now=round(now, 3))
 
 
+def version_is(expr: Expression, version: int) -> Expression:
+    """Nobody changed the item since it was read at ``version`` (0: never changed)."""
+    if version == 0:
+        return expr.when(f"attribute_not_exists({{a:{Attr.VERSION}}})")
+    return expr.when(f"{{a:{Attr.VERSION}}} = {{version}}", version=version)
+
+
+def changes(expr: Expression) -> Expression:
+    """Mark ``expr`` as a change to what the item is: its version goes up by one."""
+    return expr.add(Attr.VERSION, 1)
+
+
 def subtask_is(expr: Expression, key: str, status: SubtaskStatus) -> Expression:
     path = ".".join((Attr.TASK_SCRIPT, key, SUBTASK_STATUS))
     return expr.when(f"{{a:{path}}} = {{status}}", status=status.value)
@@ -367,6 +379,7 @@ class TaskQueue:
             .set(Attr.STATE_RANK, expiry_rank(lease.expiry))
             .add(Attr.CLAIMS, 1)
         )
+        changes(expr)
         if candidate.reclaim:  # the holder left without finishing: count it, its lease, and who it was
             lease_expired(expr, now).add(Attr.ABANDONED, 1)
             expr.set_from(Attr.LAST_HOLDER, Attr.INSTANCE_ID, UNKNOWN_HOLDER)
@@ -408,7 +421,7 @@ class TaskQueue:
         """Fail a malformed item that cannot even be claimed, if it is still as it was read."""
         item_id = row[Attr.ITEM_ID]["S"]
         error = f"malformed item: {reason}"
-        expr = to_final(Expression().set(Attr.LAST_ERROR, error), item_id, ItemState.FAILED)
+        expr = changes(to_final(Expression().set(Attr.LAST_ERROR, error), item_id, ItemState.FAILED))
         stored_state_is(expr, row.get(Attr.STATE, {}).get("S"))
         lease_is(expr, row.get(Attr.LEASE_TOKEN, {}).get("S"))
         try:
@@ -428,7 +441,7 @@ class TaskQueue:
         state = ItemState(stored)
         expr = Expression()
         if state is ItemState.LOCKED and _lease_missing(row):
-            to_todo(expr, item_id)
+            changes(to_todo(expr, item_id))
         else:
             expr.set(Attr.STATE_SHARD, state_shard(state, item_id))
             expiry = row.get(Attr.LEASE_EXPIRY, {}).get("N")
@@ -467,10 +480,13 @@ class TaskQueue:
 
     # -- writes under a lease -------------------------------------------------------------
 
-    def _fenced_update(self, lease: Lease, expr: Expression) -> None:
+    def _fenced_update(self, lease: Lease, expr: Expression, *, renewal: bool = False) -> None:
         """An update that applies only while ``lease`` is the item's lease; else LeaseLost.
+        Every such write but a renewal changes the item's version (``version_is``).
         ItemRejected passes through: the write is invalid and retrying cannot help."""
         lease_is(expr, lease.token)
+        if not renewal:
+            changes(expr)
         try:
             self._call("update_item", Key=_key(lease.item_id), **expr.request())
         except ConditionFailed as exc:
@@ -493,6 +509,7 @@ class TaskQueue:
             Expression()
             .set(Attr.LEASE_EXPIRY, round(renewed.expiry, 3))
             .set(Attr.STATE_RANK, expiry_rank(renewed.expiry)),
+            renewal=True,
         )
         return renewed
 
@@ -586,6 +603,9 @@ class TaskQueue:
                 earlier = _earlier_runs_with(old)
                 if earlier:
                     row[Attr.EARLIER_RUNS] = to_dynamo(list(earlier))
+                # a newer version than any the replaced item had: an admin command that read the
+                # old one cannot apply its change to the new one
+                row[Attr.VERSION] = to_dynamo(int(old.get(Attr.VERSION, {}).get("N", "0")) + 1)
                 stored_state_is(expr, old.get(Attr.STATE, {}).get("S"))
                 lease_is(expr, old.get(Attr.LEASE_TOKEN, {}).get("S"))
             try:
@@ -653,8 +673,9 @@ class TaskQueue:
 
     def _unchanged_update(self, item: Item, expr: Expression) -> bool:
         """Apply ``expr`` only if nobody changed the item since it was read (a worker claiming
-        or finishing it)."""
-        lease_is(is_state(expr, item.state), item.lease_token)
+        it, finishing a sub-task or ending it): the version it was read at, and its state and
+        lease as a second guard."""
+        lease_is(is_state(changes(version_is(expr, item.version)), item.state), item.lease_token)
         try:
             self._call("update_item", Key=_key(item.item_id), **expr.request())
         except ConditionFailed:

@@ -28,7 +28,7 @@ import boto3
 from .accounting import parse_time
 from .fleet import boot_breaker, describe_group, is_boot_failure
 from .queue import TaskQueue
-from .schema import STATE_INDEX, Attr, ItemState, expiry_rank, shard_keys
+from .schema import CLAIMABLE_STATES, STATE_INDEX, Attr, ItemState, expiry_rank, shard_keys
 
 
 def count_backlog(client: Any, table: str, enough: int | None = None, now: float | None = None) -> int:
@@ -37,8 +37,9 @@ def count_backlog(client: Any, table: str, enough: int | None = None, now: float
     total = 0
     paginator = client.get_paginator("query")
     expired_before = expiry_rank(time.time() if now is None else now)
-    shards: list[tuple[str, str | None]] = [(s, None) for s in shard_keys(ItemState.TODO)]
-    shards += [(s, expired_before) for s in shard_keys(ItemState.LOCKED)]
+    # a claimable locked item is one whose lease has expired: its rank on the index is its expiry
+    shards = [(s, expired_before if state is ItemState.LOCKED else None)
+              for state in CLAIMABLE_STATES for s in shard_keys(state)]
     for shard, before in shards:
         condition = "#s = :s" if before is None else "#s = :s AND #r < :r"
         names = {"#s": Attr.STATE_SHARD, **({"#r": Attr.STATE_RANK} if before else {})}

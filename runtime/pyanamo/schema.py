@@ -22,6 +22,43 @@ class ItemState(str, enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"  # by `pyanamo cancel`: claimable by no one until reset
 
+    @property
+    def live(self) -> bool:
+        """Will run (again) without anyone's help: a queue with a live item is not drained."""
+        return self in LIVE_STATES
+
+    @property
+    def ended(self) -> bool:
+        """Will not run again unless someone resets it."""
+        return not self.live
+
+    @property
+    def claimable(self) -> bool:
+        """A claim may take it (a locked item only once its lease has expired)."""
+        return self in CLAIMABLE_STATES
+
+
+# The item's lifecycle in one place: status, the backlog scaler, the worker's drain check and the
+# admin commands read these instead of listing states themselves. A new state is added here and
+# in the code that moves items into it (ARCHITECTURE.md draws the diagram).
+LIVE_STATES: tuple[ItemState, ...] = (ItemState.TODO, ItemState.LOCKED)
+CLAIMABLE_STATES: tuple[ItemState, ...] = (ItemState.TODO, ItemState.LOCKED)
+ENDED_STATES: tuple[ItemState, ...] = (ItemState.DONE, ItemState.FAILED, ItemState.CANCELLED)
+# Who moves an item from one state to another (``queue.TaskQueue`` makes every such write).
+TRANSITIONS: dict[tuple[ItemState, ItemState], str] = {
+    (ItemState.TODO, ItemState.LOCKED): "a worker's claim",
+    (ItemState.LOCKED, ItemState.LOCKED): "a worker's claim of an expired lease (a reclaim)",
+    (ItemState.LOCKED, ItemState.DONE): "the lease holder: every sub-task done",
+    (ItemState.LOCKED, ItemState.FAILED): "the lease holder: a sub-task failed for good; a claim: the crash limit",
+    (ItemState.LOCKED, ItemState.TODO): "the lease holder giving it back (stopping), or reset --expired",
+    (ItemState.TODO, ItemState.FAILED): "a claim that finds the item malformed",
+    (ItemState.FAILED, ItemState.TODO): "reset",
+    (ItemState.DONE, ItemState.TODO): "reset --rerun",
+    (ItemState.CANCELLED, ItemState.TODO): "reset",
+    (ItemState.TODO, ItemState.CANCELLED): "cancel",
+    (ItemState.LOCKED, ItemState.CANCELLED): "cancel (the holder stops within seconds)",
+}
+
 
 class SubtaskStatus(str, enum.Enum):
     """The status of one sub-task, stored in ``TaskScript.<key>.Status``."""
@@ -67,6 +104,9 @@ class Attr:
     WORKER_ID = "Worker_ID"
     # Records of earlier runs of an item that `reset --rerun` ran again (the newest last).
     EARLIER_RUNS = "Earlier_Runs"
+    # One more on every write that changes what an item is (claims, results, ends, admin
+    # commands; not lease renewals): an admin write applies only to the version it read.
+    VERSION = "Version"
     # State-index keys (see STATE_INDEX below).
     STATE_SHARD = "State_Shard"
     STATE_RANK = "State_Rank"

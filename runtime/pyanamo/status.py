@@ -18,7 +18,7 @@ from .errors import MalformedItem
 from .fleet import BOOT_FAILED, boot_breaker
 from .model import Item, from_dynamo
 from .queue import TaskQueue
-from .schema import Attr, ItemState, SubtaskStatus
+from .schema import ENDED_STATES, LIVE_STATES, Attr, ItemState, SubtaskStatus
 from .terminal import cell
 
 MAX_FAILED_SHOWN = 20
@@ -66,11 +66,11 @@ class StatusReport:
     @property
     def ended(self) -> int:
         """Items that will not run again by themselves: done, failed or cancelled."""
-        return self.total - self.items[ItemState.TODO.value] - self.items[ItemState.LOCKED.value]
+        return sum(self.items[s.value] for s in ENDED_STATES)
 
     @property
     def finished(self) -> bool:
-        return self.items[ItemState.TODO.value] == 0 and self.items[ItemState.LOCKED.value] == 0
+        return not any(self.items[s.value] for s in LIVE_STATES)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

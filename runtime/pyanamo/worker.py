@@ -47,7 +47,7 @@ from .runner import (
 )
 from .runs import MAX_EARLIER_EXITS
 from .sandbox import JobCredentials, TaskUser, subtask_environment
-from .schema import MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
+from .schema import LIVE_STATES, MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
 from .worker_record import WorkerCounters, WorkerRecord, earlier_exits, run_record
 
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
@@ -325,8 +325,8 @@ class Worker:
             self.policy.event.wait(self.policy.local_backoff())  # 0 unless sub-tasks cannot start here
 
     def _drained(self) -> bool:
-        """No todo and no locked item left at all."""
-        return not (self.queue.any_in_state(ItemState.LOCKED) or self.queue.any_in_state(ItemState.TODO))
+        """No live item (todo or locked) left at all."""
+        return not any(self.queue.any_in_state(state) for state in LIVE_STATES)
 
     # -- one item -------------------------------------------------------------------------
 

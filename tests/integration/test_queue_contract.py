@@ -151,6 +151,27 @@ def test_a_reset_or_revocation_of_an_item_that_changed_meanwhile_does_nothing(ta
     assert q.get("a").state is ItemState.LOCKED
 
 
+def test_an_admin_write_never_undoes_a_result_the_holder_wrote_after_the_read(table_of):
+    """The race a (state, lease) check left open: `reset --subtasks` reads a locked item with
+    Task_0 running, its holder then records Task_0 done under the same lease; the revocation
+    must not set Task_0 back to todo. A renewal in between changes nothing of the item."""
+    table_of.put(item("a", "echo 1", "echo 2"))
+    holder = table_of.queue("w", lease_seconds=30)
+    _, lease = holder.claim()
+    admin = table_of.queue("admin")
+    read = admin.get("a")
+    lease = holder.renew(lease)
+    assert admin.get("a").version == read.version  # a renewal is no change
+    holder.record(lease, done("Task_0"), next_running="Task_1")
+    assert not admin.revoke(read, ["Task_0"], clear_attempts=True)
+    assert not admin.reset(read, ["Task_0"], clear_attempts=True)
+    assert not admin.cancel(read)
+    now = admin.get("a")
+    assert now.subtasks[0].status is SubtaskStatus.DONE and now.lease_token == lease.token
+    assert admin.revoke(now, ["Task_1"], clear_attempts=False)  # read afresh, it applies
+    assert admin.get("a").version == now.version + 1
+
+
 def test_imports_never_overwrite_and_replace_never_touches_a_held_item(table_of):
     q = table_of.queue("w", lease_seconds=30)
     assert q.put_new(item("a", "echo first"))
