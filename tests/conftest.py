@@ -45,7 +45,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f"--engines: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ENGINES)})")
     if metafunc.definition.get_closest_marker("moto_only"):
         engines = ["moto"]
-    elif not metafunc.config.getoption("--full-matrix") and not _on_every_engine(metafunc):
+    elif not metafunc.config.getoption("--full-matrix") and (
+            metafunc.definition.get_closest_marker("one_engine") or not _on_every_engine(metafunc)):
         engines = engines[:1]
     metafunc.parametrize("engine", engines, scope="session")
 

@@ -1,11 +1,11 @@
-"""The `pyanamo` commands as a user runs them: real subprocesses against the moto server."""
+"""The `pyanamo` commands as a user runs them, against a real endpoint. Their output does not
+depend on the engine (the queue's requests are proven on both in the contract and queue tests), so
+they run on the first engine only, in this process (``helpers.cli``); the ones that watch and
+refresh run as real subprocesses."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +15,9 @@ from pyanamo.local import free_port
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
 from pyanamo.schema import ItemState, SubtaskStatus
 
-from helpers import cli, cli_after_first_line, write_task_file
+from helpers import cli, cli_after_first_line, cli_in_process, write_task_file
+
+pytestmark = pytest.mark.one_engine
 
 
 def count_items(client, table: str) -> int:
@@ -89,9 +91,8 @@ def test_existing_items_are_left_untouched_unless_replace(aws_env, client, table
 
 
 def test_import_reads_standard_input(aws_env, client, table):
-    proc = subprocess.run([sys.executable, "-m", "pyanamo", "import", table, "-"],
-                          input="itemID|taskID|TaskScript\na|A|echo a | wc -c\n",
-                          env={**os.environ, **aws_env}, capture_output=True, text=True, timeout=60)
+    proc = cli_in_process("import", table, "-", stdin=b"itemID|taskID|TaskScript\na|A|echo a | wc -c\n",
+                          env=aws_env)
     assert proc.returncode == 0 and "imported 1 items" in proc.stdout, proc.stderr
     assert TaskQueue(client, table).get("a").subtasks[0].script == "echo a | wc -c"
 
