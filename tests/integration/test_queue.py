@@ -10,7 +10,7 @@ import pytest
 
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
-from pyanamo.queue import Candidate, LeaseLost, SubtaskResult, TaskQueue
+from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
 from pyanamo.schema import (
     INDEXES,
     STATE_INDEX,
@@ -44,15 +44,6 @@ def test_created_table_matches_the_definition(client, table):
     assert set(indexes[STATE_INDEX.name]["Projection"]["NonKeyAttributes"]) == set(STATE_INDEX.projection)
 
 
-def test_claim_locks_the_item_and_records_the_lease(queue, client, table):
-    put_items(client, table, [item("a", "echo 1", "echo 2")])
-    claimed = queue.claim()
-    assert claimed is not None
-    got, lease = claimed
-    assert got.item_id == "a" and got.state is ItemState.LOCKED
-    assert got.instance_id == "test-owner" and got.lease_token == lease.token
-    assert [s.script for s in got.subtasks] == ["echo 1", "echo 2"]
-    assert queue.claim() is None  # nothing else claimable
 
 
 def test_exactly_one_of_many_racing_claimers_wins(aws_env, client, table):
@@ -93,32 +84,6 @@ def test_concurrent_claimers_never_share_an_item(aws_env, client, table):
     assert len(counts) == 120 and set(counts.values()) == {1}
 
 
-def test_fencing_a_worker_whose_lease_was_taken_over_cannot_write(client, table):
-    put_items(client, table, [item("a", "echo 1", "echo 2")])
-    old = TaskQueue(client, table, owner="old", lease_seconds=0.2)
-    new = TaskQueue(client, table, owner="new", lease_seconds=30)
-    _, old_lease = old.claim()
-    time.sleep(0.3)  # the old lease expires (its worker hung)
-    reclaimed = new.claim()
-    assert reclaimed is not None and reclaimed[0].instance_id == "new"
-    new_lease = reclaimed[1]
-    for write in (
-        lambda: old.renew(old_lease),
-        lambda: old.mark_running(old_lease, ["Task_0"]),
-        lambda: old.record(old_lease, result("Task_0"), final=ItemState.DONE),
-        lambda: old.release(old_lease, ["Task_0"]),
-        lambda: old.finish(old_lease, ItemState.FAILED, "x"),
-    ):
-        with pytest.raises(LeaseLost):
-            write()
-    current = new.get("a")
-    assert current.state is ItemState.LOCKED and current.lease_token == new_lease.token
-    # Only the new owner's claim shows: its first sub-task running, nothing from the old owner.
-    assert [s.status for s in current.subtasks] == [SubtaskStatus.RUNNING, SubtaskStatus.TODO]
-    # ... and the new owner's writes go through.
-    new.record(new_lease, result("Task_0"))
-    new.record(new_lease, result("Task_1"), final=ItemState.DONE)
-    assert new.get("a").state is ItemState.DONE
 
 
 def test_live_leases_are_not_reclaimed_and_renewal_keeps_them(client, table):
@@ -134,16 +99,6 @@ def test_live_leases_are_not_reclaimed_and_renewal_keeps_them(client, table):
     assert other.claim() is not None
 
 
-def test_release_keeps_done_subtasks_and_requeues_the_item(queue, client, table):
-    put_items(client, table, [item("a", "echo 1", "echo 2", "echo 3")])
-    _, lease = queue.claim()
-    queue.record(lease, result("Task_0"), next_running="Task_1")
-    queue.release(lease, ["Task_1"])
-    back = queue.get("a")
-    assert back.state is ItemState.TODO and back.lease_token is None
-    assert [s.status for s in back.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.TODO, SubtaskStatus.TODO]
-    again, _ = queue.claim()
-    assert [s.key for s in again.pending] == ["Task_1", "Task_2"]
 
 
 def test_done_sets_done_date_and_leaves_the_claimable_index(queue, client, table):
@@ -179,16 +134,6 @@ def test_a_fresh_claim_marks_the_first_subtask_running_in_the_same_write(queue, 
     assert calls["UpdateItem"] == 1 and set(calls) == {"Query", "UpdateItem"}
 
 
-def test_a_reclaimed_item_keeps_its_done_first_subtask(client, table):
-    put_items(client, table, [item("a", "echo 1", "echo 2")])
-    first = TaskQueue(client, table, owner="first", lease_seconds=0.2)
-    _, lease = first.claim()
-    first.record(lease, result("Task_0"), next_running="Task_1")
-    time.sleep(0.3)  # the first worker died
-    second = TaskQueue(client, table, owner="second", lease_seconds=30)
-    got, _ = second.claim()
-    assert got.instance_id == "second"
-    assert [s.status for s in got.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.RUNNING]
 
 
 def test_a_lost_race_costs_one_request_where_the_endpoint_returns_the_old_item(client, table, engine):
@@ -263,40 +208,10 @@ def test_a_claim_tries_a_bounded_number_of_candidates(client, table, monkeypatch
     assert len(tried) == queue_module.CLAIM_TRIES
 
 
-def test_reclaims_count_abandoned_claims_and_fail_the_item_at_the_limit(client, table):
-    put_items(client, table, [item("a")])
-    for n in range(3):
-        q = TaskQueue(client, table, owner=f"w{n}", lease_seconds=0.2, max_claims=3)
-        assert q.claim() is not None  # then "dies"
-        time.sleep(0.3)
-    last = TaskQueue(client, table, owner="w3", lease_seconds=30, max_claims=3)
-    assert last.claim() is None and last.failed_on_claim == 1
-    failed = last.get("a")
-    assert failed.state is ItemState.FAILED
-    assert failed.last_error.startswith("abandoned by 3 workers (last: w2)")
 
 
-def test_a_released_item_is_not_counted_as_abandoned(client, table):
-    put_items(client, table, [item("a")])
-    q = TaskQueue(client, table, owner="w", lease_seconds=30, max_claims=1)
-    _, lease = q.claim()
-    q.release(lease, ["Task_0"])
-    assert q.claim() is not None  # a todo claim: the release was not an abandonment
 
 
-def test_reset_restarts_the_crash_count_and_a_revocation_is_not_counted(client, table):
-    put_items(client, table, [item("a")])
-    dead = TaskQueue(client, table, owner="dead", lease_seconds=0.2, max_claims=2)
-    dead.claim()
-    time.sleep(0.3)
-    holder = TaskQueue(client, table, owner="holder", lease_seconds=0.5, max_claims=2)
-    got, _ = holder.claim()  # abandoned: 1
-    assert holder.revoke(got, [], clear_attempts=False)
-    time.sleep(0.6)
-    again = TaskQueue(client, table, owner="after", lease_seconds=30, max_claims=2)
-    assert again.claim() is not None  # 1 - 1 (revoked) + 1 = 1 abandoned: under the limit
-    row = client.get_item(TableName=table, Key={"itemID": {"S": "a"}})["Item"]
-    assert row["Abandoned_Claims"]["N"] == "1"
 
 
 def test_put_new_never_overwrites_and_exactly_one_of_racing_imports_wins(client, table):

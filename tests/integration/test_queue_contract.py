@@ -71,7 +71,8 @@ def test_a_reclaimed_item_fences_out_its_old_holder_and_counts_the_abandoned_cla
     got, _ = new.claim()
     assert got.instance_id == "new" and got.subtasks[0].status is SubtaskStatus.DONE
     assert table_of.abandoned("a") == (1, "old")
-    for write in (lambda: old.renew(old_lease), lambda: old.record(old_lease, done("Task_1")),
+    for write in (lambda: old.renew(old_lease), lambda: old.mark_running(old_lease, ["Task_1"]),
+                  lambda: old.record(old_lease, done("Task_1")),
                   lambda: old.finish(old_lease, ItemState.DONE), lambda: old.release(old_lease, ["Task_1"])):
         with pytest.raises(LeaseLost):
             write()

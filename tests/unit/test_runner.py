@@ -41,13 +41,32 @@ def test_cpu_time_counts_the_whole_process_tree(tmp_path: Path):
     assert outcome.cpu_time >= 0.5, outcome.cpu_time
 
 
+# A background job that says it started (its PID in ``started``) before the script goes on, so a
+# test of its killing cannot pass because it never ran.
+BACKGROUND_JOB = "(echo $BASHPID > started; exec sleep 60) & while [ ! -s started ]; do sleep 0.01; done"
+
+
+def gone(pid: int, within: float = 10) -> bool:
+    """Whether process ``pid`` is dead (gone, or a zombie awaiting its reaper) within ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def test_timeout_kills_the_whole_process_group(tmp_path: Path):
-    marker = tmp_path / "survivor"
-    _, outcome = run(f"(sleep 3; touch {marker}) & sleep 30", tmp_path, timeout=0.5)
+    _, outcome = run(f"{BACKGROUND_JOB}; sleep 60", tmp_path, timeout=3)
     assert outcome.timed_out and outcome.exit_code == TIMEOUT_EXIT_CODE
-    assert outcome.wall_time < 5
-    time.sleep(3.5)
-    assert not marker.exists(), "a background child outlived the timeout"
+    assert outcome.wall_time < 30
+    started = tmp_path / "started"
+    assert started.exists(), "the background job never started: nothing was proven"
+    assert gone(int(started.read_text())), "a background child outlived the timeout"
 
 
 def test_interrupt_from_another_thread_stops_the_group(tmp_path: Path):
@@ -70,11 +89,11 @@ def test_interrupt_before_start_runs_nothing(tmp_path: Path):
 
 
 def test_leftover_background_processes_are_killed_after_exit(tmp_path: Path):
-    marker = tmp_path / "late"
-    _, outcome = run(f"(sleep 1; touch {marker}) & exit 0", tmp_path)
+    _, outcome = run(f"{BACKGROUND_JOB}; exit 0", tmp_path)
     assert outcome.exit_code == 0
-    time.sleep(1.5)
-    assert not marker.exists()
+    started = tmp_path / "started"
+    assert started.exists(), "the background job never started: nothing was proven"
+    assert gone(int(started.read_text())), "a background job outlived its sub-task"
 
 
 def test_summary_of_huge_and_invalid_output(tmp_path: Path):
