@@ -178,7 +178,7 @@ class InMemoryQueue:
                 replace(s, status=SubtaskStatus.RUNNING) if s.key == next_running else s
                 for s in item.subtasks)
             logs = {**item.logs, result.key: result.log}
-            summary = {**item.log_summary, result.key: result.summary}
+            summary = {**item.log_summary, result.key: result.record.to_map()}
             last_error = item.last_error
             if result.status is SubtaskStatus.DONE:
                 row.subtasks_done += 1

@@ -26,6 +26,7 @@ from .errors import BOTO_ERRORS, ConditionFailed, ItemRejected, MalformedItem, t
 from .events import emit
 from .expressions import Expression
 from .model import Item, Subtask, from_dynamo, to_dynamo, utc_now_iso
+from .runs import RunRecord
 from .schema import (
     INSTANCE_INDEX,
     STATE_INDEX,
@@ -71,7 +72,7 @@ class SubtaskResult:
     attempts: int
     exit_code: int | None
     log: dict[str, str]
-    summary: dict[str, Any]
+    record: RunRecord  # stored in Log_Summary.<key>
     error_line: str | None = None
     outputs: dict[str, Any] | None = None  # the manifest of a done attempt's staged outputs
 
@@ -571,7 +572,7 @@ class TaskQueue:
         if result.exit_code is not None:
             expr.set((*base, SUBTASK_EXIT_CODE), result.exit_code)
         expr.set((Attr.LOG, result.key), result.log)
-        expr.set((Attr.LOG_SUMMARY, result.key), result.summary)
+        expr.set((Attr.LOG_SUMMARY, result.key), result.record.to_map())
         if result.outputs is not None:
             expr.set((*base, SUBTASK_OUTPUTS), result.outputs)
         if result.status is SubtaskStatus.DONE:

@@ -103,7 +103,7 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
             host=record.host or "?", start=str(record.started), end=record.ended or "",
             wall_s=round(record.wall_time, 3), cpu_s=round(record.cpu_time, 3),
             peak_rss_mb=round(record.peak_rss_kb / 1024, 1),
-            output_bytes=record.output_bytes,
+            output_bytes=record.output_bytes or 0,
             cost_usd=record.cost_usd,
             earlier_exits=record.earlier_exits,
             command=s.script,

@@ -1,7 +1,7 @@
-"""A sub-task's run record (``Log_Summary.<key>``), read in one place and tolerantly.
+"""A sub-task's run record (``Log_Summary.<key>``): defined, written and read in one place.
 
-The worker writes the record (``Worker._result`` and ``worker_record.run_record``); the worker's
-next attempt, the report, ``logs`` and the item's ``Earlier_Runs`` read it. Anyone who can write
+The worker fills the record (``worker_record.run_record``); the worker's next attempt, the
+report, ``logs`` and the item's ``Earlier_Runs`` read it. Anyone who can write
 the table can also write garbage into it, so every field is parsed here: a value of the wrong type
 becomes the field's default, and the record says which attributes were malformed
 (``problems``), so each reader can name them and go on instead of failing.
@@ -81,15 +81,21 @@ class _Reader:
 
 @dataclass(frozen=True)
 class RunRecord:
-    """The last run of one sub-task, as stored; ``problems`` names the malformed attributes."""
+    """One run of one sub-task, as stored in ``Log_Summary.<key>``: the one definition of the
+    record. The worker fills it (``worker_record.run_record``), ``to_map`` stores it, ``from_map``
+    reads it back for the worker's next attempt, the report and its trace, ``logs`` and
+    ``Earlier_Runs``. A new field is a line in ``FIELDS`` and an attribute here, plus the place
+    that fills it. ``problems`` names the malformed attributes of a record read back."""
 
     exit_code: int | None = None
     attempt: int | None = None
     cpu_time: float = 0.0
     wall_time: float = 0.0
-    log_length: int = 0
+    log_length: int = 0  # lines of stdout and stderr
+    log_bytes: int = 0
     peak_rss_kb: int = 0
     timed_out: bool = False
+    signal: int | None = None  # the signal that ended it, if one did
     log_location: str = ""
     started: str | None = None
     ended: str | None = None
@@ -97,8 +103,9 @@ class RunRecord:
     instance_type: str | None = None
     host: str | None = None
     worker_id: str | None = None
-    cost_usd: float | None = None
-    output_bytes: int = 0
+    cost_usd: float | None = None  # its share of the instance's price (None: price unknown)
+    output_files: int | None = None  # committed outputs (None: it committed none)
+    output_bytes: int | None = None
     earlier_exits: tuple[int | None, ...] = ()
     problems: tuple[str, ...] = ()
 
@@ -111,26 +118,17 @@ class RunRecord:
         if not isinstance(value, Mapping):
             return cls(problems=(f"{where} is not a map",))
         read = _Reader(value, where)
-        return cls(
-            exit_code=read.integer("ExitCode"),
-            attempt=read.integer("Attempt"),
-            cpu_time=read.number("CPU_Time") or 0.0,
-            wall_time=read.number("Wall_Time") or 0.0,
-            log_length=read.integer("Log_Length") or 0,
-            peak_rss_kb=read.integer("Peak_RSS_KB") or 0,
-            timed_out=read.flag("Timed_Out"),
-            log_location=read.text("Log_Location") or "",
-            started=read.text("Started"),
-            ended=read.text("Ended"),
-            instance_id=read.text("InstanceID"),
-            instance_type=read.text("Instance_Type"),
-            host=read.text("Host"),
-            worker_id=read.text("Worker_ID"),
-            cost_usd=read.number("Cost_USD"),
-            output_bytes=read.integer("Output_Bytes") or 0,
-            earlier_exits=read.exits("Earlier_Exits"),
-            problems=tuple(read.problems),  # last: the reads above fill it
-        )
+        found = {name: getattr(read, kind)(stored) for name, stored, kind in FIELDS}
+        return cls(**{name: v for name, v in found.items() if v is not None}, problems=tuple(read.problems))
+
+    def to_map(self) -> dict[str, Any]:
+        """The stored form (fields without a value are left out)."""
+        stored: dict[str, Any] = {}
+        for name, attribute, _ in FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                stored[attribute] = list(value) if isinstance(value, tuple) else value
+        return stored
 
     @property
     def ran(self) -> bool:
@@ -142,6 +140,31 @@ class RunRecord:
         """The exit codes of this run and the ones before it, oldest first (at most
         MAX_EARLIER_EXITS): what the next attempt stores as its ``Earlier_Exits``."""
         return [*self.earlier_exits, self.exit_code][-MAX_EARLIER_EXITS:]
+
+
+# (attribute, stored name, how it is read): the stored names are a public contract (users query them)
+FIELDS: tuple[tuple[str, str, str], ...] = (
+    ("exit_code", "ExitCode", "integer"),
+    ("attempt", "Attempt", "integer"),
+    ("cpu_time", "CPU_Time", "number"),
+    ("wall_time", "Wall_Time", "number"),
+    ("log_length", "Log_Length", "integer"),
+    ("log_bytes", "Bytes", "integer"),
+    ("peak_rss_kb", "Peak_RSS_KB", "integer"),
+    ("timed_out", "Timed_Out", "flag"),
+    ("signal", "Signal", "integer"),
+    ("log_location", "Log_Location", "text"),
+    ("started", "Started", "text"),
+    ("ended", "Ended", "text"),
+    ("instance_id", "InstanceID", "text"),
+    ("instance_type", "Instance_Type", "text"),
+    ("host", "Host", "text"),
+    ("worker_id", "Worker_ID", "text"),
+    ("cost_usd", "Cost_USD", "number"),
+    ("output_files", "Output_Files", "integer"),
+    ("output_bytes", "Output_Bytes", "integer"),
+    ("earlier_exits", "Earlier_Exits", "exits"),
+)
 
 
 def run_records(log_summary: Mapping[str, Any], keys: list[str]) -> dict[str, RunRecord]:

@@ -560,8 +560,8 @@ class Worker:
             emit("outputs_failed", item=item.item_id, subtask=result.key, error=str(exc))
             return replace(result, status=SubtaskStatus.FAILED, error_line=f"{result.key}: {exc}"[:300])
         self._staged[(item.item_id, result.key)] = (manifest, outdir)
-        summary = {**result.summary, "Output_Files": len(manifest.files), "Output_Bytes": manifest.size}
-        return replace(result, outputs=stored, summary=summary)
+        record = replace(result.record, output_files=len(manifest.files), output_bytes=manifest.size)
+        return replace(result, outputs=stored, record=record)
 
     def _outdir(self, item: Item, subtask: Subtask, attempt: str) -> Path:
         """A fresh, empty folder for one attempt's outputs (``$PYANAMO_OUTDIR``)."""
@@ -620,28 +620,19 @@ class Worker:
             else:
                 reason = last_line(err.tail) or last_line(out.tail) or f"exit code {outcome.exit_code}"
             error_line = f"{key}: {reason}"
-        summary = {
-            "Log_Length": out.lines + err.lines,
-            "Bytes": out.size + err.size,
-            "CPU_Time": round(outcome.cpu_time, 3),
-            "Wall_Time": round(outcome.wall_time, 3),
-            "ExitCode": outcome.exit_code,
-            "Timed_Out": outcome.timed_out,
-            "Peak_RSS_KB": outcome.peak_rss_kb,
-            "Attempt": attempts,
-            "Log_Location": location,
-            **run_record(outcome, self.placement, self.queue.worker_id, self.config.slots, earlier),
-        }
+        record = run_record(outcome, self.placement, self.queue.worker_id, self.config.slots, earlier,
+                            attempt=attempts, log_location=location, log_lines=out.lines + err.lines,
+                            log_bytes=out.size + err.size)
         with self._count_lock:
             self.busy_seconds += outcome.wall_time
         emit("subtask_finished", item=item.item_id, subtask=key, exit_code=outcome.exit_code,
-             cpu=summary["CPU_Time"], wall=summary["Wall_Time"])
+             cpu=record.cpu_time, wall=record.wall_time)
         return SubtaskResult(
             key=key,
             status=status,
             attempts=attempts,
             exit_code=outcome.exit_code,
             log={"stdout": out.tail, "stderr": err.tail},
-            summary=summary,
+            record=record,
             error_line=error_line,
         )

@@ -34,23 +34,31 @@ def earlier_exits(summary: Any, attempts: int, key: str = "") -> list[int | None
 
 
 def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: int,
-               earlier: list[int | None]) -> dict[str, Any]:
-    """Where and when one run of a sub-task ran, how it ended, and its share of the price."""
-    record: dict[str, Any] = {
-        "Started": iso(outcome.started_at),
-        "Ended": iso(outcome.started_at + outcome.wall_time),
-        "InstanceID": placement.instance_id,
-        "Host": placement.host,
-        "Worker_ID": worker_id,
-        "Instance_Type": placement.instance_type,
-        "Earlier_Exits": list(earlier[-MAX_EARLIER_EXITS:]),
-    }
-    if outcome.signal is not None:
-        record["Signal"] = outcome.signal
+               earlier: list[int | None], *, attempt: int | None = None, log_location: str = "",
+               log_lines: int = 0, log_bytes: int = 0) -> RunRecord:
+    """One run of a sub-task: how it ended, what it used, where and when it ran, and its share
+    of the instance's price."""
     cost = subtask_cost(placement.price_per_hour, outcome.wall_time, slots)
-    if cost is not None:
-        record["Cost_USD"] = round(cost, 8)
-    return record
+    return RunRecord(
+        exit_code=outcome.exit_code,
+        attempt=attempt,
+        cpu_time=round(outcome.cpu_time, 3),
+        wall_time=round(outcome.wall_time, 3),
+        log_length=log_lines,
+        log_bytes=log_bytes,
+        peak_rss_kb=outcome.peak_rss_kb,
+        timed_out=outcome.timed_out,
+        signal=outcome.signal,
+        log_location=log_location,
+        started=iso(outcome.started_at),
+        ended=iso(outcome.started_at + outcome.wall_time),
+        instance_id=placement.instance_id,
+        instance_type=placement.instance_type,
+        host=placement.host,
+        worker_id=worker_id,
+        cost_usd=None if cost is None else round(cost, 8),
+        earlier_exits=tuple(earlier[-MAX_EARLIER_EXITS:]),
+    )
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
 from pyanamo.runner import KILL_GRACE_SECONDS
+from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
 
 from faultkit import Analysis, FaultProxy, Figures, executions, interruptions, measured
@@ -27,7 +28,8 @@ def given_back(client, table: str, item_ids: list[str]) -> None:
     queue = TaskQueue(client, table, owner="earlier", lease_seconds=30)
     for item_id in item_ids:
         _, lease = queue._try_claim(Candidate(item_id))
-        queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {}))
+        queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""},
+                                          RunRecord()))
         queue.release(lease, ["Task_1"])
 
 

@@ -13,6 +13,7 @@ import pytest
 
 from pyanamo.local import free_port
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
+from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
 
 from helpers import cli, cli_after_first_line, cli_in_process, write_task_file
@@ -143,8 +144,8 @@ def known_state(aws_env, client, table, tmp_path: Path) -> TaskQueue:
 
     def ok(key: str, text: str = "") -> SubtaskResult:
         return SubtaskResult(key, SubtaskStatus.DONE, 1, 0, {"stdout": text, "stderr": ""},
-                             {"ExitCode": 0, "CPU_Time": 0.5, "Wall_Time": 1.0, "Log_Length": 1,
-                              "Log_Location": "/logs/x"})
+                             RunRecord(exit_code=0, cpu_time=0.5, wall_time=1.0, log_length=1,
+                                       log_location="/logs/x"))
 
     q, lease = claim("d1", "i-done", 60)
     q.record(lease, ok("Task_0", "hello d1\n"))
@@ -153,7 +154,7 @@ def known_state(aws_env, client, table, tmp_path: Path) -> TaskQueue:
     q.record(lease, ok("Task_0"))
     q.record(lease, SubtaskResult("Task_1", SubtaskStatus.FAILED, 2, 7,
                                   {"stdout": "", "stderr": "boom\nsegfault at chr7\n"},
-                                  {"ExitCode": 7}, error_line="Task_1: segfault at chr7"),
+                                  RunRecord(exit_code=7), error_line="Task_1: segfault at chr7"),
              final=ItemState.FAILED)
     claim("l1", "i-live", 600)
     q, lease = claim("x1", "i-dead", 0.5)
@@ -253,7 +254,7 @@ def test_status_watch_returns_once_the_run_is_finished(aws_env, client, table, t
     cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true"])), env=aws_env)
     queue = TaskQueue(client, table, owner="w", lease_seconds=30)
     item, lease = queue.claim()
-    result = SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})
+    result = SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, RunRecord(exit_code=0))
     # The item ends only after the watch has printed its first refresh (no timer to outrun).
     proc = cli_after_first_line("status", table, "--watch", "0.3", env=aws_env, timeout=30,
                                 then=lambda: queue.record(lease, result, final=ItemState.DONE))

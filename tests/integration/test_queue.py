@@ -11,6 +11,7 @@ import pytest
 from pyanamo.aws import Endpoint, dynamodb_client
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
+from pyanamo.runs import RunRecord
 from pyanamo.schema import (
     INDEXES,
     STATE_INDEX,
@@ -28,7 +29,7 @@ def item(item_id: str, *scripts: str, task: str = "T") -> Item:
 
 
 def result(key: str, status=SubtaskStatus.DONE) -> SubtaskResult:
-    return SubtaskResult(key, status, 1, 0, {"stdout": "", "stderr": ""}, {"ExitCode": 0})
+    return SubtaskResult(key, status, 1, 0, {"stdout": "", "stderr": ""}, RunRecord(exit_code=0))
 
 
 def test_created_table_matches_the_definition(client, table):

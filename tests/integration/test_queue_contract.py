@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue, crashes
+from pyanamo.runs import RunRecord
 from pyanamo.schema import Attr, ItemState, SubtaskStatus
 
 from fakes import InMemoryQueue, item
@@ -48,7 +49,7 @@ def table_of(request, aws_env) -> Table:
 
 
 def done(key: str) -> SubtaskResult:
-    return SubtaskResult(key, SubtaskStatus.DONE, 1, 0, {"stdout": "ok\n", "stderr": ""}, {"ExitCode": 0})
+    return SubtaskResult(key, SubtaskStatus.DONE, 1, 0, {"stdout": "ok\n", "stderr": ""}, RunRecord(exit_code=0))
 
 
 def test_a_claim_locks_the_item_marks_its_first_subtask_and_is_exclusive(table_of):
@@ -190,7 +191,7 @@ def test_an_import_that_replaces_a_failed_item_keeps_its_run_in_earlier_runs(tab
     q = table_of.queue("w", lease_seconds=30)
     _, lease = q.claim()
     q.record(lease, SubtaskResult("Task_0", SubtaskStatus.FAILED, 1, 3, {"stdout": "", "stderr": "boom\n"},
-                                  {"ExitCode": 3}, "Task_0: boom"), final=ItemState.FAILED)
+                                  RunRecord(exit_code=3), "Task_0: boom"), final=ItemState.FAILED)
     assert q.replace_unless_held(item("a", "echo fixed")) is True
     fixed = q.get("a")
     assert fixed.state is ItemState.TODO and fixed.subtasks[0].script == "echo fixed"

@@ -20,6 +20,7 @@ from pyanamo.accounting import (
 from pyanamo.model import Item, Subtask
 from pyanamo.report import TRACE_COLUMNS, RunReport, runs_of, timeline_svg
 from pyanamo.runner import Outcome
+from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
 from pyanamo.worker_record import earlier_exits, run_record
 
@@ -83,14 +84,18 @@ def outcome(exit_code: int | None = 0, wall: float = 10.0, signal: int | None = 
 
 def test_a_run_record_says_where_when_and_its_share_of_the_price():
     placement = Placement("i-0abc", "ip-10-0-0-1", "m7i.large", "spot", "us-east-1a", 0.36, "spot-price-history")
-    record = run_record(outcome(wall=100.0), placement, "ip-10-0-0-1:42", slots=2, earlier=[1, None])
-    assert record == {
+    record = run_record(outcome(wall=100.0), placement, "ip-10-0-0-1:42", slots=2, earlier=[1, None],
+                        attempt=2, log_location="/logs/a", log_lines=3, log_bytes=40)
+    assert record.to_map() == {
+        "ExitCode": 0, "Attempt": 2, "CPU_Time": 4.0, "Wall_Time": 100.0, "Log_Length": 3, "Bytes": 40,
+        "Peak_RSS_KB": 204_800, "Timed_Out": False, "Log_Location": "/logs/a",
         "Started": "2027-01-15T08:00:00.000Z", "Ended": "2027-01-15T08:01:40.000Z", "InstanceID": "i-0abc",
         "Host": "ip-10-0-0-1", "Worker_ID": "ip-10-0-0-1:42", "Instance_Type": "m7i.large",
         "Earlier_Exits": [1, None], "Cost_USD": pytest.approx(0.36 * 100 / 3600 / 2),
     }
-    assert run_record(outcome(137, signal=9), Placement("x", "h"), "h:1", 1, [])["Signal"] == 9
-    assert "Cost_USD" not in run_record(outcome(), Placement("x", "h"), "h:1", 1, [])  # unknown price
+    assert RunRecord.from_map(record.to_map(), "Task_0") == record  # what is stored reads back the same
+    assert run_record(outcome(137, signal=9), Placement("x", "h"), "h:1", 1, []).to_map()["Signal"] == 9
+    assert "Cost_USD" not in run_record(outcome(), Placement("x", "h"), "h:1", 1, []).to_map()  # unknown price
 
 
 def test_earlier_attempts_are_kept_by_their_exit_codes():

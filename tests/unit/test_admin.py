@@ -7,6 +7,7 @@ import pytest
 from pyanamo.admin import ResetFilter, cancel, reset
 from pyanamo.errors import UsageError
 from pyanamo.queue import SubtaskResult
+from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
 
 from fakes import InMemoryQueue, item, put
@@ -19,8 +20,8 @@ def table(queue: InMemoryQueue | None = None) -> InMemoryQueue:
     for _ in range(3):
         got, lease = queue.claim()
         if got.item_id == "f1":
-            queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {}, {}))
-            queue.record(lease, SubtaskResult("Task_1", SubtaskStatus.FAILED, 2, 7, {}, {}, "Task_1: boom"),
+            queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {}, RunRecord()))
+            queue.record(lease, SubtaskResult("Task_1", SubtaskStatus.FAILED, 2, 7, {}, RunRecord(), "Task_1: boom"),
                          final=ItemState.FAILED)
         elif got.item_id == "t1":
             queue.release(lease, ["Task_0"])

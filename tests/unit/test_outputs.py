@@ -23,6 +23,7 @@ from pyanamo.outputs import (
     scan,
 )
 from pyanamo.queue import LeaseLost, SubtaskResult
+from pyanamo.runs import RunRecord
 from pyanamo.sandbox import TaskUser
 from pyanamo.schema import SUBTASK_MANIFEST_BYTES, ItemState, SubtaskStatus
 from pyanamo.worker import Worker, WorkerConfig
@@ -122,7 +123,7 @@ def test_a_new_owner_fetches_committed_outputs_of_earlier_subtasks(tmp_path: Pat
     queue = InMemoryQueue(owner="w")
     put(queue, item("S2", "true", 'cp "$PYANAMO_ITEM_OUTPUTS/Task_0/S2.bam" "$PYANAMO_OUTDIR/copy.bam"'))
     _, lease = queue.claim()
-    queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, {},
+    queue.record(lease, SubtaskResult("Task_0", SubtaskStatus.DONE, 1, 0, {"stdout": "", "stderr": ""}, RunRecord(),
                                       outputs=stored))
     queue.release(lease, [])
     assert run_worker(queue, tmp_path) == 0
