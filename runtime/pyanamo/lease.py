@@ -16,8 +16,8 @@ from collections.abc import Iterable
 
 from .errors import QueueError
 from .events import emit
+from .launcher import RunningSubtask
 from .queue import Lease, LeaseLost, TaskQueue
-from .runner import SubtaskProcess
 
 
 class HeldItem:
@@ -30,20 +30,20 @@ class HeldItem:
         # release) is done, which would fail and read as a lost lease.
         self.write_lock = threading.Lock()
         self.closed = False
-        self._processes: set[SubtaskProcess] = set()
+        self._processes: set[RunningSubtask] = set()
         self._lock = threading.Lock()
 
     @property
     def item_id(self) -> str:
         return self.lease.item_id
 
-    def track(self, process: SubtaskProcess) -> None:
+    def track(self, process: RunningSubtask) -> None:
         with self._lock:
             self._processes.add(process)
         if self.lost.is_set():
             process.interrupt("lease_lost", grace=0)
 
-    def untrack(self, process: SubtaskProcess) -> None:
+    def untrack(self, process: RunningSubtask) -> None:
         with self._lock:
             self._processes.discard(process)
 

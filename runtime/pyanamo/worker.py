@@ -30,6 +30,7 @@ from .accounting import Placement, local_placement
 from .aws import Endpoint, aws_client
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
+from .launcher import Launch, Launcher, SupervisedLauncher
 from .lease import HeldItem, LeaseKeeper
 from .logstore import LogStore
 from .model import Item, Subtask
@@ -40,7 +41,6 @@ from .runner import (
     SIGNAL_EXIT_BASE,
     LocalFailure,
     Outcome,
-    SubtaskProcess,
     last_line,
     safe_name,
     summarize_stream,
@@ -202,8 +202,10 @@ class StopPolicy:
 
 
 class Worker:
-    def __init__(self, queue: TaskQueue, config: WorkerConfig, logs: LogStore | None = None) -> None:
+    def __init__(self, queue: TaskQueue, config: WorkerConfig, logs: LogStore | None = None,
+                 launcher: Launcher | None = None) -> None:
         self.queue = queue
+        self.launcher: Launcher = launcher or SupervisedLauncher()
         self.config = config
         self.logs = logs or LogStore(config.log_dir, config.table, config.log_bucket)
         self.logs.private()
@@ -590,8 +592,9 @@ class Worker:
             "PYANAMO_ITEM_OUTPUTS": str(self._item_outputs(item)),
         }
         user = (self.task_user.uid, self.task_user.gid) if self.task_user else None
-        process = SubtaskProcess(subtask.script, env=env, cwd=self.config.workdir, log_folder=folder,
-                                 timeout=self.config.timeout, user=user, deadline=self.keeper.deadline(held))
+        process = self.launcher.launch(Launch(subtask.script, env=env, cwd=self.config.workdir, log_folder=folder,
+                                              timeout=self.config.timeout, user=user,
+                                              deadline=self.keeper.deadline(held)))
         held.track(process)
         if self.policy.stopping:
             process.interrupt("stop")

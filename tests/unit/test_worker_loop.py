@@ -100,3 +100,51 @@ def test_items_of_several_subtasks_run_all_of_them_once(tmp_path: Path, nests: i
     put(queue, *[item(f"i{n}", *[f"echo {n}-{k} >> {tmp_path}/ran" for k in range(3)]) for n in range(4)])
     assert worker(queue, tmp_path, items=2, nests=nests).run() == EXIT_DRAINED
     assert sorted((tmp_path / "ran").read_text().split()) == sorted(f"{n}-{k}" for n in range(4) for k in range(3))
+
+
+class _RecordingLauncher:
+    """A launcher that runs nothing: it answers each launch with exit 0 and keeps what it was asked."""
+
+    def __init__(self) -> None:
+        self.launches: list = []
+
+    def launch(self, launch):
+        self.launches.append(launch)
+        launch.log_folder.mkdir(parents=True, exist_ok=True)
+        for stream in ("stdout", "stderr"):
+            (launch.log_folder / stream).write_text(f"{stream} of {launch.env['PYANAMO_SUBTASK']}\n")
+        return _Finished(launch)
+
+
+class _Finished:
+    def __init__(self, launch) -> None:
+        self.launch = launch
+
+    def run(self):
+        from pyanamo.runner import Outcome
+
+        folder = self.launch.log_folder
+        return Outcome(0, False, 0.5, 1.0, folder / "stdout", folder / "stderr", started_at=time.time())
+
+    def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
+        pass
+
+    def extend(self, seconds: float) -> None:
+        pass
+
+
+def test_sub_tasks_start_through_the_launcher_the_worker_is_given(tmp_path: Path):
+    """The Launcher seam: the worker says what runs (script, environment, limits); the launcher
+    how. A launcher that runs nothing still ends the item done, with its outcomes recorded."""
+    queue = InMemoryQueue(owner="w")
+    put(queue, item("s1", "never run 1", "never run 2"))
+    launcher = _RecordingLauncher()
+    run = Worker(queue, WorkerConfig(table="memory", workdir=tmp_path, log_dir=tmp_path / "logs", lease=10.0,
+                                     timeout=30.0), launcher=launcher)
+    assert run.run() == EXIT_DRAINED
+    assert [launch.script for launch in launcher.launches] == ["never run 1", "never run 2"]
+    first = launcher.launches[0]
+    assert first.env["PYANAMO_ITEM_ID"] == "s1" and first.timeout == 30.0 and first.deadline is not None
+    done = queue.get("s1")
+    assert done.state is ItemState.DONE and done.logs["Task_1"]["stdout"] == "stdout of Task_1\n"
+    assert done.log_summary["Task_0"]["CPU_Time"] == 0.5

@@ -1,0 +1,61 @@
+"""The seam through which a worker starts a sub-task.
+
+The worker decides *what* runs (the script, its environment, its folder, its limits); a launcher
+decides *how*: today a supervisor process per sub-task (``runner.SubtaskProcess``), which holds
+the lease deadline and kills the sub-task's whole tree. A pre-forked supervisor pool or a
+container launcher is another ``Launcher``; the worker, the lease keeper and the tests do not
+change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .runner import Outcome, SubtaskProcess
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to run and within which limits."""
+
+    script: str
+    env: Mapping[str, str]
+    cwd: Path
+    log_folder: Path  # its stdout and stderr go there
+    timeout: float | None = None  # seconds of wall time; then it is killed (exit 124)
+    user: tuple[int, int] | None = None  # (uid, gid) to run as
+    deadline: float | None = None  # seconds after which it is killed unless ``extend``ed (the lease)
+
+
+class RunningSubtask(Protocol):
+    """One started sub-task. ``interrupt`` and ``extend`` may be called from any thread."""
+
+    def run(self) -> Outcome:
+        """Run it to its end; ``runner.LocalFailure`` if it cannot be started here."""
+        ...
+
+    def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
+        """Stop it (TERM, then KILL after ``grace`` seconds, default ``KILL_GRACE_SECONDS``);
+        before ``run``, it never starts."""
+        ...
+
+    def extend(self, seconds: float) -> None:
+        """Move its deadline to ``seconds`` from now (the lease was renewed)."""
+        ...
+
+
+class Launcher(Protocol):
+    def launch(self, launch: Launch) -> RunningSubtask:
+        """A sub-task ready to ``run`` (nothing has started yet)."""
+        ...
+
+
+class SupervisedLauncher:
+    """A supervisor process per sub-task (``runner.SubtaskProcess``): the default."""
+
+    def launch(self, launch: Launch) -> RunningSubtask:
+        return SubtaskProcess(launch.script, env=launch.env, cwd=launch.cwd, log_folder=launch.log_folder,
+                              timeout=launch.timeout, user=launch.user, deadline=launch.deadline)
