@@ -22,7 +22,8 @@ from common import PYANAMO, RESULTS, LocalServer, save, show, write_task_file
 
 def measure(server: LocalServer, folder: Path, backlog: int, claims: int) -> dict:
     from pyanamo.aws import Endpoint, dynamodb_client
-    from pyanamo.queue import SubtaskResult, TaskQueue
+    from pyanamo.gateway import SubtaskResult
+    from pyanamo.queue import TaskQueue
     from pyanamo.schema import ItemState, SubtaskStatus
     from pyanamo.stats import RequestStats
 

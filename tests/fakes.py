@@ -16,8 +16,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pyanamo.errors import QueueError
+from pyanamo.gateway import Lease, LeaseLost, SubtaskResult
 from pyanamo.model import Item, Subtask, to_dynamo, utc_now_iso
-from pyanamo.queue import DEFAULT_MAX_CLAIMS, UNKNOWN_HOLDER, Lease, LeaseLost, SubtaskResult
+from pyanamo.queue import DEFAULT_MAX_CLAIMS, UNKNOWN_HOLDER
 from pyanamo.schema import Attr, ItemState, SubtaskStatus
 
 
@@ -292,6 +293,11 @@ class InMemoryQueue:
         self._request()
         with self._lock:
             self.workers[key] = dict(values)
+
+    def upsert_worker_record(self, key: str, values: dict[str, Any]) -> None:
+        self._request()
+        with self._lock:
+            self.workers.setdefault(key, {}).update(values)
 
     def update_worker_record(self, key: str, values: dict[str, Any]) -> None:
         self._request()

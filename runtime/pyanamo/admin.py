@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import MalformedItem, UsageError
 from .model import Item
-from .queue import TaskQueue
+from .ports import ItemAdmin
 from .runs import RunRecord
 from .schema import INSTANCE_INDEX, TASK_INDEX, Attr, ItemState, SubtaskStatus
 
@@ -50,7 +50,7 @@ def _instance_state(spec: ResetFilter) -> ItemState:
     return spec.state or (ItemState.DONE if spec.rerun else ItemState.LOCKED)
 
 
-def _candidate_ids(queue: TaskQueue, spec: ResetFilter) -> Iterable[str]:
+def _candidate_ids(queue: ItemAdmin, spec: ResetFilter) -> Iterable[str]:
     if spec.item_ids:
         return spec.item_ids
     if spec.instance_id:
@@ -76,7 +76,7 @@ def _matches(item: Item, spec: ResetFilter, now: float) -> bool:
     return True
 
 
-def _selected(queue: TaskQueue, spec: ResetFilter, verb: str) -> Iterator[Item | str | MalformedItem]:
+def _selected(queue: ItemAdmin, spec: ResetFilter, verb: str) -> Iterator[Item | str | MalformedItem]:
     """The items the selection names, read afresh; a named ID with no item yields the ID, an
     item that cannot be read yields why (the others are still handled)."""
     if spec.empty:
@@ -105,7 +105,7 @@ def _unreadable(item: str | MalformedItem) -> ResetAction:
                                             f"(import it again with --replace)", malformed=True)
 
 
-def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
+def reset(queue: ItemAdmin, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
     """Put matching items back to todo (``rerun``: finished items from their first sub-task).
     A live lease is only revoked for items named by ID."""
     one = _rerun_one if spec.rerun else _reset_one
@@ -115,7 +115,7 @@ def reset(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list
     ]
 
 
-def cancel(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
+def cancel(queue: ItemAdmin, spec: ResetFilter, *, dry_run: bool = False) -> list[ResetAction]:
     """Stop matching items for good: a cancelled item is claimed by no one until it is reset. A
     running item's worker notices within seconds (``lease.CANCEL_CHECK_SECONDS``) and stops the
     item's processes."""
@@ -125,7 +125,7 @@ def cancel(queue: TaskQueue, spec: ResetFilter, *, dry_run: bool = False) -> lis
     ]
 
 
-def _cancel_one(queue: TaskQueue, item: Item, dry_run: bool) -> ResetAction:
+def _cancel_one(queue: ItemAdmin, item: Item, dry_run: bool) -> ResetAction:
     if item.state in (ItemState.DONE, ItemState.CANCELLED):
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, already {item.state.value}")
     detail = ""
@@ -138,7 +138,7 @@ def _cancel_one(queue: TaskQueue, item: Item, dry_run: bool) -> ResetAction:
     return ResetAction(item.item_id, True, f"cancelled {item.item_id}: {item.state.value} -> cancelled{detail}")
 
 
-def _rerun_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+def _rerun_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
     if item.state is ItemState.TODO:
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
     if item.state is ItemState.LOCKED:
@@ -154,7 +154,7 @@ def _rerun_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -
     return ResetAction(item.item_id, True, message)
 
 
-def _reset_one(queue: TaskQueue, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+def _reset_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
     now = queue.now()
     forced = item.item_id in spec.item_ids
     live = item.lease_live(now)

@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 from . import __version__, events
 from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url, where
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, TableMissing, UsageError, error_code, translate
+from .gateway import TableGateway
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request, table_name_problem
 from .terminal import printable
@@ -386,7 +387,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         return 0
     client = _client(args, pool=IO_THREADS + 2)
     _require_table(client, args.table)
-    queue = TaskQueue(client, args.table)
+    queue = TableGateway(client, args.table)
     if sys.stderr.isatty():
         with Progress(transient=True) as progress:
             bar = progress.add_task("importing", total=len(items))
@@ -480,7 +481,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return cmd_ps(args)
     client = _client(args)
     _require_table(client, args.table)
-    queue = TaskQueue(client, args.table)
+    queue = TableGateway(client, args.table)
     report = gather(queue)
     if args.watch is None or report.total == 0:
         if args.json:
@@ -520,7 +521,7 @@ def cmd_ps(args: argparse.Namespace) -> int:
 
     client = _client(args)
     _require_table(client, args.table)
-    entries = running(TaskQueue(client, args.table))
+    entries = running(TableGateway(client, args.table))
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2))
     else:
@@ -556,7 +557,7 @@ def _steer(args: argparse.Namespace, action: Callable[..., Any], verb: str) -> i
         task_id=args.task_id, instance_id=args.instance_id, expired=args.expired,
         subtasks=getattr(args, "subtasks", False), rerun=getattr(args, "rerun", False),
     )
-    actions = action(TaskQueue(client, args.table), spec, dry_run=args.dry_run)
+    actions = action(TableGateway(client, args.table), spec, dry_run=args.dry_run)
     for done in actions:
         print(done.message)
     changed = sum(a.changed for a in actions)
@@ -577,7 +578,7 @@ def _table_or_item(client: Any, args: argparse.Namespace) -> None:
         if isinstance(translate(exc), TableMissing):
             return  # no such table: the item IDs they look like
         raise
-    if TaskQueue(client, args.table).exists(name):
+    if TableGateway(client, args.table).exists(name):
         raise UsageError(f"{name!r} is both a table and an item of {args.table} (${TABLE_VARIABLE}): say "
                          f"`pyanamo {args.command} {name} ITEM_ID …` for the table, or unset ${TABLE_VARIABLE} "
                          f"and say `pyanamo {args.command} {args.table} {name} …` for the item")
@@ -600,7 +601,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise UsageError(f"{path}: no such folder {path.parent}")
     client = _client(args, pool=20)
     _require_table(client, args.table)
-    report = gather(TaskQueue(client, args.table))
+    report = gather(TableGateway(client, args.table))
     if args.trace is not None:
         with _atomic(args.trace) as out:
             write_trace(report, out)
@@ -643,7 +644,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     client = _client(args)
     _require_table(client, args.table)
-    item = TaskQueue(client, args.table).get(args.item_id)
+    item = TableGateway(client, args.table).get(args.item_id)
     if item is None:
         raise UsageError(f"no item {args.item_id!r} in table {args.table}")
     for line in format_logs(item, args.subtask):
@@ -656,7 +657,7 @@ def cmd_outputs(args: argparse.Namespace) -> int:
 
     client = _client(args)
     _require_table(client, args.table)
-    queue = TaskQueue(client, args.table)
+    queue = TableGateway(client, args.table)
     entries = list(committed_outputs(queue, args.item_ids))
     if args.download is not None:
         try:
@@ -696,7 +697,7 @@ def cmd_fleet(args: argparse.Namespace) -> int:
         table = args.table or os.environ.get(TABLE_VARIABLE)
         if not table:
             raise UsageError(f"say which table: --table TABLE, or set {TABLE_VARIABLE}")
-        queue = TaskQueue(_client(args), table)
+        queue = TableGateway(_client(args), table)
         for line in fleet.boot_failed(queue, aws_client("s3", _endpoint(args)), autoscaling, args.log,
                                       args.log_bucket):
             print(line)
@@ -731,7 +732,7 @@ def cmd_repair(args: argparse.Namespace) -> int:
 
     client = _client(args)
     _require_table(client, args.table)
-    queue = TaskQueue(client, args.table)
+    queue = TableGateway(client, args.table)
     found = fixed = 0
     for problem in find_problems(queue):
         found += 1

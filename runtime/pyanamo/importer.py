@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UsageError
+from .gateway import TableGateway
 from .model import Item, Subtask
-from .queue import TaskQueue
 from .schema import (
     ITEM_LIMIT_BYTES,
     MAX_ITEM_ID_BYTES,
@@ -354,7 +354,7 @@ IN_FLIGHT = 4 * IO_THREADS  # puts submitted ahead: what a Ctrl-C lets finish, n
 
 
 def write_items(
-    queue: TaskQueue,
+    queue: TableGateway,
     items: list[Item],
     *,
     replace: bool = False,

@@ -16,8 +16,9 @@ from collections.abc import Iterable
 
 from .errors import QueueError
 from .events import emit
+from .gateway import Lease, LeaseLost
 from .launcher import RunningSubtask
-from .queue import Lease, LeaseLost, TaskQueue
+from .ports import WorkQueue
 
 
 class HeldItem:
@@ -72,7 +73,7 @@ CANCEL_CHECK_SECONDS = 2.0  # how often a worker looks for its items being cance
 
 
 class LeaseKeeper:
-    def __init__(self, queue: TaskQueue, lease_seconds: float) -> None:
+    def __init__(self, queue: WorkQueue, lease_seconds: float) -> None:
         self.queue = queue
         self.renew_every = lease_seconds / 3
         # Give up this long before expiry: covers the kill itself and the uncertainty of the

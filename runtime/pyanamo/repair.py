@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .queue import TaskQueue, index_disagrees
+from .gateway import TableGateway, index_disagrees
 from .schema import WORKERS_SHARD, Attr
 
 READ = (Attr.ITEM_ID, Attr.STATE, Attr.STATE_SHARD, Attr.STATE_RANK, Attr.LEASE_TOKEN, Attr.LEASE_EXPIRY,
@@ -28,7 +28,7 @@ class IndexProblem:
     row: dict[str, Any]
 
 
-def find_problems(queue: TaskQueue) -> Iterator[IndexProblem]:
+def find_problems(queue: TableGateway) -> Iterator[IndexProblem]:
     """Every item whose index keys disagree with its state (a Scan of the whole table)."""
     for row in queue.scan_rows(READ):
         if row.get(Attr.STATE_SHARD, {}).get("S") == WORKERS_SHARD:

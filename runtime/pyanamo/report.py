@@ -21,8 +21,8 @@ from typing import Any
 
 from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size, run_cost, worker_spans
 from .errors import MalformedItem
+from .gateway import TableGateway
 from .model import Item, iso
-from .queue import TaskQueue
 from .runs import RunRecord
 from .schema import Attr, ItemState, SubtaskStatus
 from .status import duration
@@ -166,7 +166,7 @@ class RunReport:
         }
 
 
-def gather(queue: TaskQueue) -> RunReport:
+def gather(queue: TableGateway) -> RunReport:
     """Every item (state index, then BatchGetItem) and every worker record."""
     items: dict[str, int] = {s.value: 0 for s in ItemState}
     subtasks: dict[str, int] = {s.value: 0 for s in SubtaskStatus}

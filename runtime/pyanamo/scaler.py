@@ -27,7 +27,7 @@ import boto3
 
 from .accounting import parse_time
 from .fleet import boot_breaker, describe_group, is_boot_failure
-from .queue import TaskQueue
+from .gateway import TableGateway
 from .schema import CLAIMABLE_STATES, STATE_INDEX, Attr, ItemState, expiry_rank, shard_keys
 
 
@@ -161,7 +161,7 @@ def handler(event: dict, context: Any) -> dict[str, Any]:
     """Lambda entry point; settings come from the function's environment."""
     dynamodb, autoscaling = boto3.client("dynamodb"), boto3.client("autoscaling")
     table, group = os.environ["TABLE_NAME"], os.environ["GROUP_NAME"]
-    records = list(TaskQueue(dynamodb, table).worker_records())
+    records = list(TableGateway(dynamodb, table).worker_records())
     result = scale(dynamodb, autoscaling, table=table, group=group,
                    items_per_instance=int(os.environ.get("ITEMS_PER_INSTANCE", "1")), records=records)
     result["ended"] = reap(autoscaling, boto3.client("ec2"), group, records, Reaping.from_environment())

@@ -16,8 +16,8 @@ from rich.text import Text
 from .accounting import cost_to_finish, parse_time, run_cost, worker_spans
 from .errors import MalformedItem
 from .fleet import BOOT_FAILED, boot_breaker
+from .gateway import TableGateway
 from .model import Item, from_dynamo
-from .queue import TaskQueue
 from .schema import ENDED_STATES, LIVE_STATES, Attr, ItemState, SubtaskStatus
 from .terminal import cell
 
@@ -87,7 +87,7 @@ def _count(value: Any, default: int) -> int:
     return int(_number(value, default))
 
 
-def gather(queue: TaskQueue) -> StatusReport:
+def gather(queue: TableGateway) -> StatusReport:
     attributes = [Attr.ITEM_ID, Attr.TASK_ID, Attr.INSTANCE_ID, Attr.LEASE_EXPIRY,
                   Attr.SUBTASK_COUNT, Attr.SUBTASKS_DONE, Attr.LAST_ERROR]
     report = StatusReport(
@@ -126,7 +126,7 @@ def gather(queue: TaskQueue) -> StatusReport:
     return report
 
 
-def _add_cost(report: StatusReport, queue: TaskQueue, now: float) -> None:
+def _add_cost(report: StatusReport, queue: TableGateway, now: float) -> None:
     """Instance-hours and cost so far from the worker records; the completion rate and the
     estimated cost to finish."""
     records = list(queue.worker_records())
@@ -274,7 +274,7 @@ class RunningItem:
         return asdict(self)
 
 
-def running(queue: TaskQueue, now: float | None = None) -> list[RunningItem]:
+def running(queue: TableGateway, now: float | None = None) -> list[RunningItem]:
     """One entry per locked item: where it runs, which sub-task, since when (state index, then
     BatchGetItem for the locked items only)."""
     now = queue.now() if now is None else now

@@ -30,12 +30,13 @@ from .accounting import Placement, local_placement
 from .aws import Endpoint, aws_client
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
+from .gateway import Lease, LeaseLost, SubtaskResult
 from .launcher import Launch, Launcher, SupervisedLauncher
 from .lease import HeldItem, LeaseKeeper
 from .logstore import LogStore
 from .model import Item, Subtask
 from .outputs import Manifest, OutputError, OutputStore, attempt_id, attempt_path, store_for, store_of_location
-from .queue import Lease, LeaseLost, SubtaskResult, TaskQueue
+from .ports import WorkQueue
 from .runner import (
     KILL_GRACE_SECONDS,
     SIGNAL_EXIT_BASE,
@@ -202,7 +203,7 @@ class StopPolicy:
 
 
 class Worker:
-    def __init__(self, queue: TaskQueue, config: WorkerConfig, logs: LogStore | None = None,
+    def __init__(self, queue: WorkQueue, config: WorkerConfig, logs: LogStore | None = None,
                  launcher: Launcher | None = None) -> None:
         self.queue = queue
         self.launcher: Launcher = launcher or SupervisedLauncher()

@@ -18,6 +18,7 @@ from .accounting import Placement, subtask_cost
 from .errors import AccessDenied
 from .events import emit
 from .model import iso, utc_now_iso
+from .ports import WorkQueue
 from .runner import Outcome
 from .runs import MAX_EARLIER_EXITS, RunRecord
 
@@ -71,7 +72,7 @@ class WorkerCounters:
 class WorkerRecord:
     """The worker's own row. Its writes never stop the worker: a failure is a warning event."""
 
-    def __init__(self, queue: Any, placement: Placement, slots: int) -> None:
+    def __init__(self, queue: WorkQueue, placement: Placement, slots: int) -> None:
         self.queue = queue
         self.placement = placement
         self.slots = slots

@@ -8,8 +8,9 @@ import signal
 import time
 
 from pyanamo.aws import Endpoint, dynamodb_client
+from pyanamo.gateway import SubtaskResult
 from pyanamo.model import Item, Subtask
-from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
+from pyanamo.queue import Candidate, TaskQueue
 from pyanamo.runner import KILL_GRACE_SECONDS
 from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus

@@ -11,7 +11,8 @@ import os
 import signal
 import time
 
-from pyanamo.queue import TaskQueue, crashes
+from pyanamo.gateway import crashes
+from pyanamo.queue import TaskQueue
 from pyanamo.schema import Attr, ItemState
 
 from faultkit import NOT_RECORDED, STOPPED, Analysis, Figures, interruptions, measured

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from pyanamo.gateway import SubtaskResult
 from pyanamo.local import free_port
-from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
+from pyanamo.queue import Candidate, TaskQueue
 from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
 

@@ -9,8 +9,9 @@ from collections import Counter
 import pytest
 
 from pyanamo.aws import Endpoint, dynamodb_client
+from pyanamo.gateway import SubtaskResult
 from pyanamo.model import Item, Subtask
-from pyanamo.queue import Candidate, SubtaskResult, TaskQueue
+from pyanamo.queue import Candidate, TaskQueue
 from pyanamo.runs import RunRecord
 from pyanamo.schema import (
     INDEXES,

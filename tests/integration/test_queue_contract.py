@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from pyanamo.queue import LeaseLost, SubtaskResult, TaskQueue, crashes
+from pyanamo.gateway import LeaseLost, SubtaskResult, crashes
+from pyanamo.ports import ItemAdmin, WorkQueue
+from pyanamo.queue import TaskQueue
 from pyanamo.runs import RunRecord
 from pyanamo.schema import Attr, ItemState, SubtaskStatus
 
@@ -46,6 +48,11 @@ def table_of(request, aws_env) -> Table:
         return crashes(row), row.get(Attr.LAST_HOLDER, {}).get("S")
 
     return Table(lambda owner, **kw: TaskQueue(client, table, owner=owner, **kw), abandoned)
+
+
+def test_both_queues_offer_what_the_worker_and_the_admin_commands_use(table_of):
+    queue = table_of.queue("w")
+    assert isinstance(queue, WorkQueue) and isinstance(queue, ItemAdmin)
 
 
 def done(key: str) -> SubtaskResult:

@@ -6,7 +6,7 @@ import pytest
 
 from pyanamo.admin import ResetFilter, cancel, reset
 from pyanamo.errors import UsageError
-from pyanamo.queue import SubtaskResult
+from pyanamo.gateway import SubtaskResult
 from pyanamo.runs import RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
 

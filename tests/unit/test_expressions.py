@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyanamo.expressions import Expression
-from pyanamo.queue import is_state, lease_expired, lease_is, not_held
+from pyanamo.gateway import is_state, lease_expired, lease_is, not_held
 from pyanamo.schema import ItemState
 
 

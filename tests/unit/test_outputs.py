@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyanamo.errors import UsageError
+from pyanamo.gateway import LeaseLost, SubtaskResult
 from pyanamo.outputs import (
     STAGING,
     LocalOutputStore,
@@ -22,7 +23,6 @@ from pyanamo.outputs import (
     attempt_path,
     scan,
 )
-from pyanamo.queue import LeaseLost, SubtaskResult
 from pyanamo.runs import RunRecord
 from pyanamo.sandbox import TaskUser
 from pyanamo.schema import SUBTASK_MANIFEST_BYTES, ItemState, SubtaskStatus
