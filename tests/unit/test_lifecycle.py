@@ -3,6 +3,8 @@ declared transitions reach every state from an import and lead out of every ende
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pyanamo.schema import CLAIMABLE_STATES, ENDED_STATES, LIVE_STATES, TRANSITIONS, ItemState
 
 
@@ -25,3 +27,11 @@ def test_every_state_is_reached_from_an_import_and_every_ended_one_can_be_reset(
     assert reached == set(ItemState)
     for state in ENDED_STATES:
         assert (state, ItemState.TODO) in TRANSITIONS, f"{state.value} cannot be put back to todo"
+
+
+def test_architecture_md_lists_every_declared_transition():
+    """The page a new engineer reads first says what the code declares (and nothing else)."""
+    page = (Path(__file__).resolve().parents[2] / "ARCHITECTURE.md").read_text()
+    rows = {line for line in page.splitlines() if line.startswith("| `")}
+    declared = {f"| `{a.value}` → `{b.value}` | {who} |" for (a, b), who in TRANSITIONS.items()}
+    assert rows == declared
