@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -103,6 +103,9 @@ class InMemoryQueue:
                         return claimed
             return None
 
+    def expect_work(self) -> None:
+        """The fake keeps no cache of empty shards: every claim looks at every item."""
+
     def _claim(self, item_id: str, row: _Row, now: float, reclaim: bool) -> tuple[Item, Lease] | None:
         lease = Lease(item_id, secrets.token_hex(16), now + self.lease_seconds)
         subtasks = row.item.subtasks
@@ -167,7 +170,7 @@ class InMemoryQueue:
             row.item = _with_statuses(row.item, dict.fromkeys(keys, SubtaskStatus.RUNNING))
 
     def record(self, lease: Lease, result: SubtaskResult, *, final: ItemState | None = None,
-               next_running: str | None = None) -> None:
+               next_running: str | None = None, skipped: Sequence[str] = ()) -> frozenset[str]:
         with self._lock:
             row = self._held(lease)
             item = row.item
@@ -176,7 +179,8 @@ class InMemoryQueue:
                         exit_code=result.exit_code if result.exit_code is not None else s.exit_code,
                         outputs=result.outputs if result.outputs is not None else s.outputs)
                 if s.key == result.key else
-                replace(s, status=SubtaskStatus.RUNNING) if s.key == next_running else s
+                replace(s, status=SubtaskStatus.RUNNING) if s.key == next_running else
+                replace(s, status=SubtaskStatus.SKIPPED) if s.key in skipped else s
                 for s in item.subtasks)
             logs = {**item.logs, result.key: result.log}
             summary = {**item.log_summary, result.key: result.record.to_map()}
@@ -186,21 +190,73 @@ class InMemoryQueue:
             elif result.error_line is not None:
                 last_error = result.error_line
             row.item = replace(item, subtasks=subtasks, logs=logs, log_summary=summary, last_error=last_error)
-            if final is not None:
-                self._end(row, final)
+            if final is None:
+                return frozenset()
+            self._end(row, final)
+            return row.item.dependents
 
     def finish(self, lease: Lease, final: ItemState, error_line: str | None = None,
-               failed: Sequence[str] = ()) -> None:
+               failed: Sequence[str] = (), skipped: Sequence[str] = ()) -> frozenset[str]:
         with self._lock:
             row = self._held(lease)
-            row.item = _with_statuses(row.item, dict.fromkeys(failed, SubtaskStatus.FAILED))
+            statuses = {**dict.fromkeys(failed, SubtaskStatus.FAILED), **dict.fromkeys(skipped, SubtaskStatus.SKIPPED)}
+            row.item = _with_statuses(row.item, statuses)
             self._end(row, final, error_line)
+            return row.item.dependents
 
-    def fail_rejected(self, lease: Lease, error_line: str) -> None:
+    def fail_rejected(self, lease: Lease, error_line: str) -> frozenset[str]:
         with self._lock:
             row = self._held(lease)
             row.item = replace(row.item, logs={})
             self._end(row, ItemState.FAILED, error_line)
+            return row.item.dependents
+
+    # -- workflows ------------------------------------------------------------------------
+
+    def drop_upstream(self, item_id: str, upstream_id: str) -> Item | None:
+        self._request()
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is None or row.item.state is not ItemState.WAITING:
+                return None
+            row.item = replace(row.item, waiting_on=row.item.waiting_on - {upstream_id})
+            return row.item
+
+    def wake(self, item_id: str) -> bool:
+        self._request()
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is None or row.item.state is not ItemState.WAITING or row.item.waiting_on:
+                return False
+            row.item = replace(row.item, state=ItemState.TODO)
+            return True
+
+    def block(self, item_id: str, upstream_id: str) -> Item | None:
+        self._request()
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is None or row.item.state is not ItemState.WAITING:
+                return None
+            row.item = replace(row.item, state=ItemState.UPSTREAM_FAILED, blocked_by=upstream_id)
+            return row.item
+
+    def unblock(self, item_id: str) -> Item | None:
+        self._request()
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is None or row.item.state is not ItemState.UPSTREAM_FAILED:
+                return None
+            row.item = replace(row.item, state=ItemState.WAITING, blocked_by=None, done_date=None)
+            return row.item
+
+    def add_dependents(self, item_id: str, dependents: Iterable[str]) -> bool:
+        self._request()
+        with self._lock:
+            row = self._rows.get(item_id)
+            if row is None:
+                return False
+            row.item = replace(row.item, dependents=row.item.dependents | set(dependents))
+            return True
 
     def release(self, lease: Lease, interrupted: list[str]) -> None:
         with self._lock:

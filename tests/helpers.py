@@ -388,3 +388,41 @@ def wait_for_stack(cloudformation, name: str, timeout: float = 120) -> dict:
         if not stacks[0]["StackStatus"].endswith("IN_PROGRESS") or time.monotonic() > deadline:
             return stacks[0]
         time.sleep(0.5)
+
+
+class InstantLauncher:
+    """A ``pyanamo.launcher.Launcher`` that starts no process: a script ``exit N`` ends with
+    status N, any other with 0, at once. For tests of the queue's logic through a real ``Worker``
+    (claims, results, releases) where the sub-tasks' processes are not the subject. ``launched``
+    lists (PYANAMO_ITEM_ID, PYANAMO_SUBTASK) in the order they started."""
+
+    def __init__(self) -> None:
+        self.launched: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def launch(self, launch):
+        with self._lock:
+            self.launched.append((launch.env["PYANAMO_ITEM_ID"], launch.env["PYANAMO_SUBTASK"]))
+        return _InstantRun(launch)
+
+
+class _InstantRun:
+    def __init__(self, launch) -> None:
+        self.launch = launch
+
+    def run(self):
+        from pyanamo.runner import Outcome
+
+        folder = self.launch.log_folder
+        folder.mkdir(parents=True, exist_ok=True)
+        for stream in ("stdout", "stderr"):
+            (folder / stream).write_text("")
+        words = self.launch.script.split()
+        code = int(words[1]) if len(words) == 2 and words[0] == "exit" and words[1].isdigit() else 0
+        return Outcome(code, False, 0.0, 0.0, folder / "stdout", folder / "stderr", started_at=time.time())
+
+    def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
+        pass
+
+    def extend(self, seconds: float) -> None:
+        pass

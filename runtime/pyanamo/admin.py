@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from .dependencies import block_dependents, settle, unblock_dependents
 from .errors import MalformedItem, UsageError
 from .model import Item
 from .ports import ItemAdmin
@@ -135,10 +136,41 @@ def _cancel_one(queue: ItemAdmin, item: Item, dry_run: bool) -> ResetAction:
         return ResetAction(item.item_id, True, f"would cancel {item.item_id}: {item.state.value} -> cancelled{detail}")
     if not queue.cancel(item):
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
+    blocked = block_dependents(queue, item.item_id, item.dependents)
+    if blocked:
+        detail += f"; {len(blocked)} items that wait for it are now upstream_failed"
     return ResetAction(item.item_id, True, f"cancelled {item.item_id}: {item.state.value} -> cancelled{detail}")
 
 
+def _waits(item: Item) -> str:
+    return ", ".join(sorted(item.waiting_on)[:5]) + (" …" if len(item.waiting_on) > 5 else "")
+
+
+def _unblocked(queue: ItemAdmin, item: Item, message: str) -> ResetAction:
+    """``message``, after the items whose ``upstream_failed`` this item's end caused wait again."""
+    waiting = unblock_dependents(queue, item)
+    if waiting:
+        message += f"; {len(waiting)} items that wait for it are waiting again"
+    return ResetAction(item.item_id, True, message)
+
+
+def _reset_blocked(queue: ItemAdmin, item: Item, dry_run: bool) -> ResetAction:
+    """An upstream_failed item waits again (and is released at once if nothing blocks it now)."""
+    message = (f"{'would reset' if dry_run else 'reset'} {item.item_id}: upstream_failed -> waiting "
+               f"(for {_waits(item)})")
+    if dry_run:
+        return ResetAction(item.item_id, True, message)
+    if queue.unblock(item.item_id) is None:
+        return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
+    settle(queue, [item.item_id])
+    return _unblocked(queue, item, message)
+
+
 def _rerun_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+    if item.state is ItemState.UPSTREAM_FAILED:
+        return _reset_blocked(queue, item, dry_run)
+    if item.state is ItemState.WAITING:
+        return ResetAction(item.item_id, False, f"{item.item_id}: already waiting (for {_waits(item)})")
     if item.state is ItemState.TODO:
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
     if item.state is ItemState.LOCKED:
@@ -151,10 +183,14 @@ def _rerun_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -
         return ResetAction(item.item_id, True, message)
     if not queue.rerun(item):
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
-    return ResetAction(item.item_id, True, message)
+    return _unblocked(queue, item, message)
 
 
 def _reset_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+    if item.state is ItemState.UPSTREAM_FAILED:
+        return _reset_blocked(queue, item, dry_run)
+    if item.state is ItemState.WAITING:
+        return ResetAction(item.item_id, False, f"{item.item_id}: already waiting (for {_waits(item)})")
     now = queue.now()
     forced = item.item_id in spec.item_ids
     live = item.lease_live(now)
@@ -163,7 +199,7 @@ def _reset_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -
                            f"{item.item_id}: skipped, lease held by {item.instance_id} is live "
                            f"(name the item to force it)")
     subtasks = [s.key for s in item.subtasks
-                if s.status is SubtaskStatus.RUNNING
+                if s.status in (SubtaskStatus.RUNNING, SubtaskStatus.SKIPPED)
                 or (spec.subtasks and s.status is SubtaskStatus.FAILED)]
     if item.state is ItemState.TODO and not subtasks:
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
@@ -192,7 +228,7 @@ def _reset_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -
     write = queue.revoke if live else queue.reset
     if not write(item, subtasks, clear_attempts=spec.subtasks):
         return ResetAction(item.item_id, False, f"{item.item_id}: skipped, it changed meanwhile")
-    return ResetAction(item.item_id, True, message)
+    return _unblocked(queue, item, message) if item.state.ended else ResetAction(item.item_id, True, message)
 
 
 def format_logs(item: Item, subtask: str | None = None) -> Iterator[str]:

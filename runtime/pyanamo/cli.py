@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import difflib
 import json
 import os
@@ -26,6 +27,7 @@ from . import __version__, events
 from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url, where
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, PyAnamoError, TableMissing, UsageError, error_code, translate
 from .gateway import TableGateway
+from .model import ON_FAILURE_CONTINUE, ON_FAILURE_STOP
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request, table_name_problem
 from .terminal import printable
@@ -181,6 +183,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="check the file and print each sub-task's command as it would run (item, sub-task, "
                         "command, tab-separated); write nothing")
+    p.add_argument("--after", action="append", default=[], metavar="REFS",
+                   help="every item of the file waits until these items are done: item IDs, task:TASKID "
+                        "(every item of that task) or globs of item IDs, comma-separated (also: an After "
+                        "column); repeatable")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="an After item ID that is in neither the file nor the table is waited for anyway "
+                        "(it is imported later) instead of refused")
+    p.add_argument("--on-failure", choices=(ON_FAILURE_CONTINUE, ON_FAILURE_STOP), default=ON_FAILURE_CONTINUE,
+                   help="continue: every sub-task of an item runs whatever the others did (independent "
+                        "chromosomes); stop: the first sub-task that fails for good ends the item failed "
+                        "and the rest are skipped (steps that need the one before)")
 
     p = command("worker", "claim and run items until the queue is drained")
     p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
@@ -375,11 +388,30 @@ def _require_table(client: Any, table: str) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from .importer import IO_THREADS, parse_delimiter, parse_task_file, write_items
+    from .importer import (
+        IO_THREADS,
+        link_upstreams,
+        parse_delimiter,
+        parse_task_file,
+        resolve_after,
+        split_references,
+        unblock_replaced,
+        write_items,
+    )
 
     items = parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter)
+    if args.on_failure == ON_FAILURE_STOP:
+        items = type(items)((dataclasses.replace(i, on_failure=ON_FAILURE_STOP) for i in items),
+                            name=items.name, lines=items.lines)
+    after = [r for text in args.after for r in split_references(text)]
+    if after or any(i.after for i in items):  # references are resolved against the table too
+        client = _client(args, pool=IO_THREADS + 2)
+        _require_table(client, args.table)
+        items = resolve_after(items, TableGateway(client, args.table), after=after, allow_missing=args.allow_missing)
     if args.dry_run:
         for item in items:
+            if item.waiting_on:
+                print(printable(f"{item.item_id}\t(after)\t{', '.join(sorted(item.waiting_on))}"))
             for subtask in item.subtasks:
                 print(printable(f"{item.item_id}\t{subtask.key}\t{subtask.script}"))
         print(f"would import {len(items)} items ({sum(len(i.subtasks) for i in items)} sub-tasks); "
@@ -404,7 +436,20 @@ def cmd_import(args: argparse.Namespace) -> int:
               f"(reset them by ID, then import again): {shown}")
     if report.replaced:
         print(f"replaced {report.replaced} existing items")
+        waiting = unblock_replaced(queue, items)
+        if waiting:
+            print(f"{len(waiting)} items that wait for replaced items are waiting again")
     print(f"imported {report.imported} items ({report.subtasks} sub-tasks) into {args.table} at {where(client)}")
+    if any(i.waiting_on for i in items) and not report.interrupted:
+        settled = link_upstreams(queue, items)
+        still = sum(1 for i in items if i.waiting_on) - len(settled.released) - len(settled.blocked)
+        print(f"{still} items wait for other items"
+              + (f"; {len(settled.released)} had nothing left to wait for and are todo" if settled.released else "")
+              + (f"; {len(settled.blocked)} are upstream_failed" if settled.blocked else ""))
+        if settled.missing:
+            missing = sorted({m for ids in settled.missing.values() for m in ids})
+            print(printable(f"{len(settled.missing)} items wait for items not in the table yet: "
+                            f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}"))
     if report.interrupted:
         print(f"pyanamo: interrupted: {report.not_written} of the file's {report.total} items were not written "
               f"(each item is written whole or not at all; import the file again to add them: existing items "
@@ -490,7 +535,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             Console().print(render(report))
         if args.watch is not None:
             print(f"table {args.table} is empty: nothing to watch (import items first)", file=sys.stderr)
-        return EXIT_FAILED_ITEMS if report.items[ItemState.FAILED.value] else 0
+        return EXIT_FAILED_ITEMS if report.unsuccessful else 0
 
     window = RateWindow()
     window.update(report, time.monotonic())
@@ -511,7 +556,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             report = gather(queue)
             window.update(report, time.monotonic())
             show(live)
-    return EXIT_FAILED_ITEMS if report.items[ItemState.FAILED.value] else 0
+    return EXIT_FAILED_ITEMS if report.unsuccessful else 0
 
 
 def cmd_ps(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ class Expression:
         self._sets: list[str] = []
         self._removes: list[str] = []
         self._adds: list[str] = []
+        self._deletes: list[str] = []
         self._conditions: list[str] = []
 
     def name(self, path: Path) -> str:
@@ -59,6 +60,11 @@ class Expression:
         self._adds.append(f"{self.name(path)} {self.value(amount)}")
         return self
 
+    def delete(self, path: Path, members: frozenset[str] | builtins.set[str]) -> Expression:
+        """Take strings out of a string set (DynamoDB removes a set left empty)."""
+        self._deletes.append(f"{self.name(path)} {self.value(set(members))}")
+        return self
+
     def when(self, template: str, **operands: Any) -> Expression:
         """Add a condition (ANDed with the others).
 
@@ -90,6 +96,8 @@ class Expression:
             clauses.append("REMOVE " + ", ".join(self._removes))
         if self._adds:
             clauses.append("ADD " + ", ".join(self._adds))
+        if self._deletes:
+            clauses.append("DELETE " + ", ".join(self._deletes))
         kwargs: dict[str, Any] = {"ExpressionAttributeNames": dict(self._names)}
         if clauses:
             kwargs["UpdateExpression"] = " ".join(clauses)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +185,14 @@ def to_todo(expr: Expression, item_id: str) -> Expression:
     return expr.remove(Attr.LEASE_TOKEN).remove(Attr.LEASE_EXPIRY)
 
 
+def to_waiting(expr: Expression, item_id: str) -> Expression:
+    """Turn ``expr`` into a return to waiting (for the items in ``Waiting_On``)."""
+    expr.set(Attr.STATE, ItemState.WAITING.value)
+    expr.set(Attr.STATE_SHARD, state_shard(ItemState.WAITING, item_id))
+    expr.set(Attr.STATE_RANK, secrets.token_hex(8))
+    return expr.remove(Attr.BLOCKED_BY).remove(Attr.DONE_DATE)
+
+
 def to_final(expr: Expression, item_id: str, final: ItemState) -> Expression:
     """Turn ``expr`` into the end of the item in ``final`` (done or failed)."""
     date = utc_now_iso()
@@ -277,17 +285,23 @@ class TableGateway:
 
     # -- writes under a lease -------------------------------------------------------------
 
-    def _fenced_update(self, lease: Lease, expr: Expression, *, renewal: bool = False) -> None:
+    def _fenced_update(self, lease: Lease, expr: Expression, *, renewal: bool = False,
+                       ending: bool = False) -> frozenset[str]:
         """An update that applies only while ``lease`` is the item's lease; else LeaseLost.
-        Every such write but a renewal changes the item's version (``version_is``).
-        ItemRejected passes through: the write is invalid and retrying cannot help."""
+        Every such write but a renewal changes the item's version (``version_is``). A write that
+        ends the item (``ending``) returns the items that wait for it, as they are now (an import
+        may have added some since the claim). ItemRejected passes through: the write is invalid
+        and retrying cannot help."""
         lease_is(expr, lease.token)
         if not renewal:
             changes(expr)
         try:
-            self._call("update_item", Key=item_key(lease.item_id), **expr.request())
+            response = self._call("update_item", Key=item_key(lease.item_id),
+                                  **({"ReturnValues": "ALL_NEW"} if ending else {}), **expr.request())
         except ConditionFailed as exc:
             raise LeaseLost(lease.item_id) from exc
+        waiting = response.get("Attributes", {}).get(Attr.DEPENDENTS, {}).get("SS", ())
+        return frozenset(waiting)
 
     def came_back(self, lease: Lease) -> None:
         """Say that the holder of ``lease`` is alive after losing it (paused, asleep, cut off):
@@ -311,18 +325,22 @@ class TableGateway:
         *,
         final: ItemState | None = None,
         next_running: str | None = None,
-    ) -> None:
-        """Write one sub-task's outcome; with ``final``, also end the item in that state."""
+        skipped: Sequence[str] = (),
+    ) -> frozenset[str]:
+        """Write one sub-task's outcome; with ``final``, also end the item in that state.
+        ``skipped`` sub-tasks will never run (an ``On_Failure: stop`` item failed before them)."""
         expr = Expression()
         self._set_result(expr, result)
+        for key in skipped:
+            expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.SKIPPED.value)
         if next_running:
             expr.set((Attr.TASK_SCRIPT, next_running, SUBTASK_STATUS), SubtaskStatus.RUNNING.value)
         if final is not None:
             to_final(expr, lease.item_id, final)
-        self._fenced_update(lease, expr)
+        return self._fenced_update(lease, expr, ending=final is not None)
 
     def finish(self, lease: Lease, final: ItemState, error_line: str | None = None,
-               failed: Sequence[str] = ()) -> None:
+               failed: Sequence[str] = (), skipped: Sequence[str] = ()) -> frozenset[str]:
         """End the item as done or failed (when its last result was already written);
         ``failed`` sub-tasks are marked failed on the way (no attempts left)."""
         expr = Expression()
@@ -330,16 +348,18 @@ class TableGateway:
             expr.set(Attr.LAST_ERROR, error_line)
         for key in failed:
             expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.FAILED.value)
-        self._fenced_update(lease, to_final(expr, lease.item_id, final))
+        for key in skipped:
+            expr.set((Attr.TASK_SCRIPT, key, SUBTASK_STATUS), SubtaskStatus.SKIPPED.value)
+        return self._fenced_update(lease, to_final(expr, lease.item_id, final), ending=True)
 
-    def fail_rejected(self, lease: Lease, error_line: str) -> None:
+    def fail_rejected(self, lease: Lease, error_line: str) -> frozenset[str]:
         """End an item whose write DynamoDB refused as invalid (too large, most often). The stored
         log tails go first, in a write of its own that only shrinks the item (moto even applies a
         refused update in part, so the item may have grown); the full logs stay where
         ``Log_Location`` says."""
         self._fenced_update(lease, Expression().remove(Attr.LOG))
-        self._fenced_update(lease, to_final(Expression().set(Attr.LOG, {}).set(Attr.LAST_ERROR, error_line),
-                                            lease.item_id, ItemState.FAILED))
+        return self._fenced_update(lease, to_final(Expression().set(Attr.LOG, {}).set(Attr.LAST_ERROR, error_line),
+                                                   lease.item_id, ItemState.FAILED), ending=True)
 
     def release(self, lease: Lease, interrupted: list[str]) -> None:
         """Give the item back as todo; finished sub-tasks are kept, interrupted ones rerun."""
@@ -391,6 +411,10 @@ class TableGateway:
                 # a newer version than any the replaced item had: an admin command that read the
                 # old one cannot apply its change to the new one
                 row[Attr.VERSION] = to_dynamo(int(old.get(Attr.VERSION, {}).get("N", "0")) + 1)
+                # the items that wait for it still do: the new one releases them
+                waiting = set(old.get(Attr.DEPENDENTS, {}).get("SS", ())) | item.dependents
+                if waiting:
+                    row[Attr.DEPENDENTS] = to_dynamo(waiting)
                 stored_state_is(expr, old.get(Attr.STATE, {}).get("S"))
                 lease_is(expr, old.get(Attr.LEASE_TOKEN, {}).get("S"))
             try:
@@ -466,6 +490,43 @@ class TableGateway:
         except ConditionFailed:
             return False
         return True
+
+    # -- workflows: the writes ``dependencies`` decides ----------------------------------
+
+    def _state_change(self, item_id: str, expr: Expression) -> Item | None:
+        """Apply a conditional change; the item as it is after, or None if the condition failed."""
+        try:
+            response = self._call("update_item", Key=item_key(item_id), ReturnValues="ALL_NEW",
+                                  **changes(expr).request())
+        except ConditionFailed:
+            return None
+        return Item.from_row(response["Attributes"])
+
+    def drop_upstream(self, item_id: str, upstream_id: str) -> Item | None:
+        """Strike ``upstream_id`` (done) off a waiting item's ``Waiting_On``; None if the item
+        is not waiting (released, blocked or gone meanwhile). Idempotent."""
+        expr = is_state(Expression().delete(Attr.WAITING_ON, {upstream_id}), ItemState.WAITING)
+        return self._state_change(item_id, expr)
+
+    def wake(self, item_id: str) -> bool:
+        """waiting -> todo, only once nothing is left in its ``Waiting_On``."""
+        expr = is_state(to_todo(Expression(), item_id), ItemState.WAITING)
+        expr.when(f"attribute_not_exists({{a:{Attr.WAITING_ON}}})")
+        return self._state_change(item_id, expr) is not None
+
+    def block(self, item_id: str, upstream_id: str) -> Item | None:
+        """waiting -> upstream_failed, naming the upstream item that ended failed or cancelled."""
+        expr = to_final(Expression().set(Attr.BLOCKED_BY, upstream_id), item_id, ItemState.UPSTREAM_FAILED)
+        return self._state_change(item_id, is_state(expr, ItemState.WAITING))
+
+    def unblock(self, item_id: str) -> Item | None:
+        """upstream_failed -> waiting (the item that blocked it was reset)."""
+        return self._state_change(item_id, is_state(to_waiting(Expression(), item_id), ItemState.UPSTREAM_FAILED))
+
+    def add_dependents(self, item_id: str, dependents: Iterable[str]) -> bool:
+        """Record on an existing item which items wait for it (an import of later steps)."""
+        expr = present(Expression().add(Attr.DEPENDENTS, set(dependents)))
+        return self._state_change(item_id, expr) is not None
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ off from the left, TaskArgs from the right. Rows that share an itemID are one bu
 from __future__ import annotations
 
 import csv
+import dataclasses
+import fnmatch
 import io
 import re
 import sys
@@ -16,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .dependencies import Settled, settle, unblock_dependents
 from .errors import UsageError
 from .gateway import TableGateway
 from .model import Item, Subtask
@@ -24,12 +27,15 @@ from .schema import (
     MAX_ITEM_ID_BYTES,
     MAX_SCRIPTS_BYTES,
     MIN_TAIL_BYTES,
+    TASK_INDEX,
+    Attr,
+    ItemState,
     subtask_key,
     tail_budget,
 )
 
 HEADER = ("itemid", "taskid", "taskscript")
-HEADER_WITH_ARGS = (*HEADER, "taskargs")
+OPTIONAL_COLUMNS = ("taskargs", "after")  # either, or both in this order, after TaskScript
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t", "comma": ",", "pipe": "|"}
 MAX_REPORTED_ERRORS = 20
 IO_THREADS = 16  # conditional puts in flight at once
@@ -59,11 +65,25 @@ class _Draft:
     first_line: int
     scripts: list[str] = field(default_factory=list)
     labels: list[str | None] = field(default_factory=list)  # the TaskArgs argument of each, if any
+    after: list[str] = field(default_factory=list)  # the After column's references, as written
     lines: dict[str, int] = field(default_factory=dict)
     size: int = 0
 
 
-def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | None = None) -> list[Item]:
+class TaskFile(list[Item]):
+    """The items of a task file, in file order, with the file's name and each item's first line
+    (for ``FILE:LINE`` errors found after parsing: dependencies)."""
+
+    def __init__(self, items: Iterable[Item], *, name: str, lines: dict[str, int]) -> None:
+        super().__init__(items)
+        self.name = name
+        self.lines = lines
+
+    def where(self, item_id: str) -> str:
+        return f"{self.name}:{self.lines.get(item_id, 1)}"
+
+
+def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | None = None) -> TaskFile:
     """The items a task file describes, in file order; InvalidTaskFile lists every bad line."""
     try:
         raw = sys.stdin.buffer.read() if str(path) == "-" else path.read_bytes()
@@ -78,7 +98,7 @@ def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | No
 
 def parse_task_bytes(
     raw: bytes, name: str, delimiter: str = "|", nested_delimiter: str | None = None
-) -> list[Item]:
+) -> TaskFile:
     # A '|' file is split on every '|', so '|' cannot also split TaskArgs; in a CSV file a quoted
     # field may hold the delimiter, so `--delimiter , --nested-delimiter ,` is fine.
     if nested_delimiter is not None and (not nested_delimiter or (nested_delimiter == delimiter == "|")):
@@ -90,7 +110,7 @@ def parse_task_bytes(
         raise InvalidTaskFile(errors)
     records = _pipe_records(text) if delimiter == "|" else _csv_records(text, delimiter)
     header_seen = False
-    with_args = False
+    extra: tuple[str, ...] = ()
     drafts: dict[str, _Draft] = {}
     for number, fields in records:
         if isinstance(fields, str):
@@ -99,13 +119,12 @@ def parse_task_bytes(
         if not header_seen:
             header_seen = True
             columns = tuple(c.strip().lower() for c in fields)
-            if columns == HEADER_WITH_ARGS:
-                with_args = True
-            elif columns != HEADER:
+            extra = columns[3:]
+            if columns[:3] != HEADER or extra not in ((), *((c,) for c in OPTIONAL_COLUMNS), OPTIONAL_COLUMNS):
                 errors.append(_header_error(name, number, delimiter, delimiter.join(fields)))
                 break
             continue
-        error = _parse_row(fields, number, delimiter, nested_delimiter, with_args, drafts)
+        error = _parse_row(fields, number, delimiter, nested_delimiter, extra, drafts)
         if error:
             errors.append(f"{name}:{number}: {error}")
 
@@ -127,15 +146,17 @@ def parse_task_bytes(
             )
     if errors:
         raise InvalidTaskFile(errors)
-    return [
-        Item(
+    return TaskFile(
+        (Item(
             item_id=item_id,
             task_id=draft.task_id,
             subtasks=tuple(Subtask(subtask_key(n), s, label=label)
                            for n, (s, label) in enumerate(zip(draft.scripts, draft.labels, strict=True))),
-        )
-        for item_id, draft in drafts.items()
-    ]
+            after=tuple(dict.fromkeys(draft.after)),  # references: resolved by ``resolve_after``
+        ) for item_id, draft in drafts.items()),
+        name=name,
+        lines={item_id: draft.first_line for item_id, draft in drafts.items()},
+    )
 
 
 def _decode(raw: bytes, name: str) -> tuple[str, list[str]]:
@@ -202,22 +223,22 @@ def _header_error(name: str, number: int, delimiter: str, line: str) -> str:
             break
     return (
         f"{name}:{number}: expected the header itemID{delimiter}taskID{delimiter}TaskScript"
-        f"[{delimiter}TaskArgs], got {line[:80]!r}{hint}"
+        f"[{delimiter}TaskArgs][{delimiter}After], got {line[:80]!r}{hint}"
     )
 
 
 AMBIGUOUS_PIPE = (
-    "ambiguous row: with a TaskArgs column, a '|' inside TaskScript (a shell pipe?) cannot be told from "
+    "ambiguous row: with a TaskArgs or After column, a '|' inside TaskScript (a shell pipe?) cannot be told from "
     "the column break; put the rows in a tab-separated or CSV file (--delimiter tab or ,), quoting "
     "the field if it holds the delimiter"
 )
 
 
-def _columns(fields: list[str], delimiter: str, with_args: bool) -> tuple[list[str], str | None]:
-    """The row's itemID, taskID, TaskScript and TaskArgs, or why they cannot be told apart."""
-    expected = 4 if with_args else 3
+def _columns(fields: list[str], delimiter: str, extra: tuple[str, ...]) -> tuple[list[str], str | None]:
+    """The row's itemID, taskID, TaskScript and optional columns, or why they cannot be told apart."""
+    expected = 3 + len(extra)
     if delimiter == "|" and len(fields) > 3:
-        if not with_args:
+        if not extra:
             return [*fields[:2], "|".join(fields[2:])], None  # the script keeps its pipes
         pipe_like = fields[2][-1:].isspace() or fields[3][:1].isspace()
         if len(fields) > 4 or pipe_like:
@@ -235,15 +256,17 @@ def _parse_row(
     number: int,
     delimiter: str,
     nested_delimiter: str | None,
-    with_args: bool,
+    extra: tuple[str, ...],
     drafts: dict[str, _Draft],
 ) -> str | None:
     """Add one row to ``drafts``; return the reason if the row is bad."""
-    columns, error = _columns(fields, delimiter, with_args)
+    columns, error = _columns(fields, delimiter, extra)
     if error:
         return error
     item_id, task_id, script = columns[0].strip(), columns[1].strip(), columns[2].strip()
-    args = columns[3].strip() if with_args else ""
+    optional = dict(zip(extra, (c.strip() for c in columns[3:]), strict=True))
+    args = optional.get("taskargs", "")
+    after = split_references(optional.get("after", ""))
     script = script.replace("\r\n", "\n")
     for label, value in (("itemID", item_id), ("taskID", task_id)):
         if not value:
@@ -276,6 +299,7 @@ def _parse_row(
             f"item {item_id!r} has taskID {draft.task_id!r} on line {draft.first_line} "
             f"but {task_id!r} here"
         )
+    draft.after += after
     for s, argument in zip(scripts, labels, strict=True):
         if s in draft.lines:
             return f"duplicate sub-task in item {item_id!r} (same script as line {draft.lines[s]})"
@@ -330,6 +354,133 @@ def _most_subtasks(draft: _Draft) -> int:
     while most > 1 and tail_budget(int(each * most), most) < MIN_TAIL_BYTES:
         most -= 1
     return most
+
+
+# -- dependencies (the After column and --after) ------------------------------------------
+
+TASK_REFERENCE = "task:"
+_GLOB = re.compile(r"[*?\[]")
+
+
+def split_references(text: str) -> list[str]:
+    """``s1, s2 task:call sample-*``: references split on commas and whitespace."""
+    return [r for r in re.split(r"[,\s]+", text.strip()) if r]
+
+
+def resolve_after(items: TaskFile, table: TableGateway, *, after: Iterable[str] = (),
+                  allow_missing: bool = False) -> TaskFile:
+    """The items with their ``After`` references resolved to item IDs: ``waiting_on`` set on
+    each dependent, ``dependents`` on each upstream of the same file. A reference is an item ID
+    (of the file or the table), ``task:TASKID`` (every item of that taskID, in the file or the
+    table) or a glob of item IDs (``sample-*``). ``after`` applies to every item of the file.
+    InvalidTaskFile (``FILE:LINE``) for a reference that matches nothing (an item ID is kept
+    with ``allow_missing``: it may be imported later) and for a cycle; nothing is written."""
+    extra = list(after)
+    if not extra and not any(item.after for item in items):
+        return items
+    in_file = {item.item_id: item for item in items}
+    errors: list[str] = []
+    table_ids: list[str] | None = None  # every item ID in the table: only for a glob
+
+    def matches(reference: str) -> list[str] | None:
+        nonlocal table_ids
+        if reference.startswith(TASK_REFERENCE):
+            task = reference[len(TASK_REFERENCE):]
+            found = [i.item_id for i in items if i.task_id == task]
+            found += [row[Attr.ITEM_ID]["S"] for row in table.query_index(TASK_INDEX.name, (Attr.TASK_ID, task))]
+            return list(dict.fromkeys(found)) or None
+        if _GLOB.search(reference):
+            if table_ids is None:
+                table_ids = [row[Attr.ITEM_ID]["S"] for state in ItemState
+                             for row in table.index_rows(state, [Attr.ITEM_ID])]
+            found = fnmatch.filter(list(dict.fromkeys([*in_file, *table_ids])), reference)
+            return found or None
+        return [reference] if reference in in_file or table.exists(reference) else None
+
+    resolved: dict[str, list[str]] = {}
+    known: dict[str, list[str] | None] = {}
+    for item in items:
+        upstream: list[str] = []
+        for reference in [*item.after, *extra]:
+            if reference not in known:
+                known[reference] = matches(reference)
+            found = known[reference]
+            if found is None and allow_missing and not reference.startswith(TASK_REFERENCE) \
+                    and not _GLOB.search(reference):
+                found = [reference]
+            if found is None:
+                errors.append(f"{items.where(item.item_id)}: item {item.item_id!r} waits for {reference!r}, "
+                              f"which matches no item in the file or the table"
+                              + ("" if reference.startswith(TASK_REFERENCE) or _GLOB.search(reference)
+                                 else " (--allow-missing if it is imported later)"))
+                continue
+            upstream += [u for u in found if u != item.item_id or reference == item.item_id]
+        resolved[item.item_id] = list(dict.fromkeys(upstream))
+    errors += _cycles(items, resolved)
+    if errors:
+        raise InvalidTaskFile(errors)
+    dependents: dict[str, set[str]] = {}
+    for item_id, upstream in resolved.items():
+        for u in upstream:
+            dependents.setdefault(u, set()).add(item_id)
+    return TaskFile(
+        (dataclasses.replace(item, after=tuple(resolved[item.item_id]),
+                             waiting_on=frozenset(resolved[item.item_id]),
+                             dependents=frozenset(dependents.get(item.item_id, ())))
+         for item in items),
+        name=items.name, lines=items.lines)
+
+
+def _cycles(items: TaskFile, resolved: dict[str, list[str]]) -> list[str]:
+    """One ``FILE:LINE`` error per cycle among the file's items (a self-reference is one);
+    a depth-first walk without recursion (a chain may be thousands of items long)."""
+    errors: list[str] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    for start in resolved:
+        if start in state:
+            continue
+        state[start] = 1
+        path, stack = [start], [iter(resolved[start])]
+        while stack:
+            up = next(stack[-1], None)
+            if up is None:
+                state[path.pop()] = 2
+                stack.pop()
+            elif state.get(up) == 1:
+                cycle = [*path[path.index(up):], up]
+                errors.append(f"{items.where(up)}: items wait for each other in a cycle: {' -> '.join(cycle)}")
+            elif up not in state and up in resolved:
+                state[up] = 1
+                path.append(up)
+                stack.append(iter(resolved[up]))
+    return errors
+
+
+def link_upstreams(table: TableGateway, items: Iterable[Item]) -> Settled:
+    """After the items are written: record the dependents on each upstream that was already in
+    the table (an upstream of the same file has them in its row), then settle every waiting item
+    of the file (an upstream may have ended before the edge was recorded: done ones are struck
+    off, failed ones block). In this order no release can be missed."""
+    items = list(items)
+    in_file = {item.item_id for item in items}
+    edges: dict[str, set[str]] = {}
+    for item in items:
+        for upstream in item.waiting_on - in_file:
+            edges.setdefault(upstream, set()).add(item.item_id)
+    for upstream, dependents in sorted(edges.items()):
+        table.add_dependents(upstream, dependents)  # False: not in the table (--allow-missing)
+    return settle(table, [item.item_id for item in items if item.waiting_on])
+
+
+def unblock_replaced(table: TableGateway, items: Iterable[Item]) -> list[str]:
+    """After ``--replace``: the items that a replaced item's failure had blocked wait again (the
+    fixed item will release them)."""
+    waiting: list[str] = []
+    for item in items:
+        now = table.get(item.item_id)
+        if now is not None and now.dependents and now.state is ItemState.TODO:
+            waiting += unblock_dependents(table, now)
+    return waiting
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -388,11 +539,17 @@ def write_items(
 
     interrupted = False
     pool = ThreadPoolExecutor(max_workers=IO_THREADS)
+    # Items that wait go first, all of them, so no upstream can run and end before the items
+    # that wait for it exist (its release would find nothing to release).
+    order = sorted(range(len(items)), key=lambda n: not items[n].waiting_on)
+    waiting = sum(1 for item in items if item.waiting_on)
     try:
-        for index, item in enumerate(items):
-            if len(pending) >= IN_FLIGHT:
+        for position, index in enumerate(order):
+            if position == waiting and pending:
+                collect(wait(pending).done)
+            elif len(pending) >= IN_FLIGHT:
                 collect(wait(pending, return_when=FIRST_COMPLETED).done)
-            pending[pool.submit(write, item)] = index
+            pending[pool.submit(write, items[index])] = index
         collect(wait(pending).done)
     except KeyboardInterrupt:
         interrupted = True

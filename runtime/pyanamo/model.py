@@ -30,6 +30,8 @@ from .schema import (
 )
 
 ITEM_STATES = {s.value for s in ItemState}
+ON_FAILURE_CONTINUE = "continue"  # the default: every sub-task runs, whatever the others did
+ON_FAILURE_STOP = "stop"
 SUBTASK_STATUSES = {s.value for s in SubtaskStatus}
 _deserializer = TypeDeserializer()
 _serializer = TypeSerializer()
@@ -72,6 +74,13 @@ def _map(value: Any) -> Mapping[str, Any]:
 def _text(value: Any) -> str | None:
     """An attribute that should be text; anything else is shown as written (never a crash)."""
     return value if value is None or isinstance(value, str) else str(value)
+
+
+def _ids(value: Any) -> frozenset[str]:
+    """A string set of item IDs (anything else reads as none)."""
+    if isinstance(value, (set, frozenset, list, tuple)):
+        return frozenset(v for v in value if isinstance(v, str))
+    return frozenset()
 
 
 def _int(value: Any, default: int = 0) -> int:
@@ -150,6 +159,11 @@ class Item:
     worker_id: str | None = None
     earlier_runs: tuple[Mapping[str, Any], ...] = ()
     version: int = 0  # ``Attr.VERSION``; 0: never changed since it was imported
+    after: tuple[str, ...] = ()  # the item IDs it was imported to wait for (``dependencies``)
+    waiting_on: frozenset[str] = frozenset()  # those of them not yet done
+    dependents: frozenset[str] = frozenset()  # the items that wait for it
+    blocked_by: str | None = None  # the upstream item that ended failed or cancelled
+    on_failure: str = ON_FAILURE_CONTINUE  # ``stop``: the first sub-task that fails for good ends it
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Item:
@@ -190,23 +204,38 @@ class Item:
             worker_id=_text(data.get(Attr.WORKER_ID)),
             earlier_runs=tuple(r for r in data.get(Attr.EARLIER_RUNS) or () if isinstance(r, Mapping)),
             version=_int(data.get(Attr.VERSION)),
+            after=tuple(str(a) for a in data.get(Attr.AFTER) or () if isinstance(a, str)),
+            waiting_on=_ids(data.get(Attr.WAITING_ON)),
+            dependents=_ids(data.get(Attr.DEPENDENTS)),
+            blocked_by=_text(data.get(Attr.BLOCKED_BY)),
+            on_failure=ON_FAILURE_STOP if data.get(Attr.ON_FAILURE) == ON_FAILURE_STOP else ON_FAILURE_CONTINUE,
         )
 
     def new_row(self) -> dict[str, Any]:
-        """The low-level row that imports this item as a fresh todo item."""
+        """The low-level row that imports this item as a fresh item: todo, or waiting while
+        ``waiting_on`` names items not yet done."""
+        state = ItemState.WAITING if self.waiting_on else ItemState.TODO
         values: dict[str, Any] = {
             Attr.ITEM_ID: self.item_id,
             Attr.TASK_ID: self.task_id,
-            Attr.STATE: ItemState.TODO.value,
+            Attr.STATE: state.value,
             Attr.TASK_SCRIPT: {s.key: s.to_map() for s in self.subtasks},
             Attr.LOG: {},
             Attr.LOG_SUMMARY: {},
             Attr.SUBTASK_COUNT: len(self.subtasks),
             Attr.SUBTASKS_DONE: 0,
             Attr.CLAIMS: 0,
-            Attr.STATE_SHARD: state_shard(ItemState.TODO, self.item_id),
+            Attr.STATE_SHARD: state_shard(state, self.item_id),
             Attr.STATE_RANK: secrets.token_hex(8),
         }
+        if self.after:
+            values[Attr.AFTER] = list(self.after)
+        if self.waiting_on:
+            values[Attr.WAITING_ON] = set(self.waiting_on)
+        if self.dependents:
+            values[Attr.DEPENDENTS] = set(self.dependents)
+        if self.on_failure == ON_FAILURE_STOP:
+            values[Attr.ON_FAILURE] = ON_FAILURE_STOP
         return {key: to_dynamo(value) for key, value in values.items()}
 
     def run_record(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from collections import deque
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .dependencies import block_dependents
 from .errors import ConditionFailed, ItemRejected, MalformedItem
 from .events import emit
 from .expressions import Expression
@@ -100,6 +101,12 @@ class TaskQueue(TableGateway):
             with self._lock:  # its neighbours in the index are probably contended too: look elsewhere
                 self._candidates.clear()
         return None
+
+    def expect_work(self) -> None:
+        """Forget which todo shards were found empty: this worker just made items todo (it
+        released items that waited for the one it ended), and should claim them at once."""
+        with self._lock:
+            self._empty_until.clear()
 
     def _next_candidate(self) -> Candidate | None:
         with self._lock:
@@ -236,12 +243,13 @@ class TaskQueue(TableGateway):
     def _end_unrunnable(self, lease: Lease, error: str) -> None:
         emit("item_failed", item=lease.item_id, reason=error)
         try:
-            self._fenced_update(lease, to_final(Expression().set(Attr.LAST_ERROR, error),
-                                                lease.item_id, ItemState.FAILED))
+            waiting = self._fenced_update(lease, to_final(Expression().set(Attr.LAST_ERROR, error),
+                                                          lease.item_id, ItemState.FAILED), ending=True)
         except LeaseLost:
             return
         with self._lock:
             self.failed_on_claim += 1
+        block_dependents(self, lease.item_id, waiting)  # they would wait for ever
 
     def _fail_unclaimed(self, row: dict[str, Any], reason: str) -> None:
         """Fail a malformed item that cannot even be claimed, if it is still as it was read."""

@@ -21,6 +21,8 @@ class ItemState(str, enum.Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"  # by `pyanamo cancel`: claimable by no one until reset
+    WAITING = "waiting"  # imported with dependencies (``After``) that are not all done: no claim sees it
+    UPSTREAM_FAILED = "upstream_failed"  # an item it waits for ended failed or cancelled: it never ran
 
     @property
     def live(self) -> bool:
@@ -41,9 +43,13 @@ class ItemState(str, enum.Enum):
 # The item's lifecycle in one place: status, the backlog scaler, the worker's drain check and the
 # admin commands read these instead of listing states themselves. A new state is added here and
 # in the code that moves items into it (ARCHITECTURE.md draws the diagram).
-LIVE_STATES: tuple[ItemState, ...] = (ItemState.TODO, ItemState.LOCKED)
+LIVE_STATES: tuple[ItemState, ...] = (ItemState.TODO, ItemState.LOCKED, ItemState.WAITING)
 CLAIMABLE_STATES: tuple[ItemState, ...] = (ItemState.TODO, ItemState.LOCKED)
-ENDED_STATES: tuple[ItemState, ...] = (ItemState.DONE, ItemState.FAILED, ItemState.CANCELLED)
+IMPORTED_STATES: tuple[ItemState, ...] = (ItemState.TODO, ItemState.WAITING)  # waiting: with After
+ENDED_STATES: tuple[ItemState, ...] = (ItemState.DONE, ItemState.FAILED, ItemState.CANCELLED,
+                                       ItemState.UPSTREAM_FAILED)
+# Where an upstream item's end leaves the items that wait for it (``dependencies``).
+BLOCKING_STATES: tuple[ItemState, ...] = (ItemState.FAILED, ItemState.CANCELLED, ItemState.UPSTREAM_FAILED)
 # Who moves an item from one state to another (``queue.TaskQueue`` makes every such write).
 TRANSITIONS: dict[tuple[ItemState, ItemState], str] = {
     (ItemState.TODO, ItemState.LOCKED): "a worker's claim",
@@ -57,6 +63,10 @@ TRANSITIONS: dict[tuple[ItemState, ItemState], str] = {
     (ItemState.CANCELLED, ItemState.TODO): "reset",
     (ItemState.TODO, ItemState.CANCELLED): "cancel",
     (ItemState.LOCKED, ItemState.CANCELLED): "cancel (the holder stops within seconds)",
+    (ItemState.WAITING, ItemState.TODO): "the release: the last item it waits for ended done",
+    (ItemState.WAITING, ItemState.UPSTREAM_FAILED): "an item it waits for ended failed or cancelled",
+    (ItemState.UPSTREAM_FAILED, ItemState.WAITING): "reset of the item that blocked it, or of itself",
+    (ItemState.WAITING, ItemState.CANCELLED): "cancel",
 }
 
 
@@ -67,6 +77,7 @@ class SubtaskStatus(str, enum.Enum):
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    SKIPPED = "skipped"  # an earlier sub-task of an ``On_Failure: stop`` item failed: never ran
 
 
 class Attr:
@@ -107,6 +118,15 @@ class Attr:
     # One more on every write that changes what an item is (claims, results, ends, admin
     # commands; not lease renewals): an admin write applies only to the version it read.
     VERSION = "Version"
+    # Workflows (``pyanamo.dependencies``): the item IDs an item was imported to wait for, those
+    # not yet done (a string set, absent when empty), the items that wait for this one (a string
+    # set: the release reads it, no Scan), the upstream item whose failure blocked it, and
+    # ``stop`` when its first sub-task that fails for good ends it (the rest are skipped).
+    AFTER = "After"
+    WAITING_ON = "Waiting_On"
+    DEPENDENTS = "Dependents"
+    BLOCKED_BY = "Blocked_By"
+    ON_FAILURE = "On_Failure"
     # State-index keys (see STATE_INDEX below).
     STATE_SHARD = "State_Shard"
     STATE_RANK = "State_Rank"

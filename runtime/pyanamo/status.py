@@ -14,11 +14,12 @@ from rich.table import Table
 from rich.text import Text
 
 from .accounting import cost_to_finish, parse_time, run_cost, worker_spans
+from .dependencies import stuck
 from .errors import MalformedItem
 from .fleet import BOOT_FAILED, boot_breaker
 from .gateway import TableGateway
 from .model import Item, from_dynamo
-from .schema import ENDED_STATES, LIVE_STATES, Attr, ItemState, SubtaskStatus
+from .schema import CLAIMABLE_STATES, ENDED_STATES, LIVE_STATES, Attr, ItemState, SubtaskStatus
 from .terminal import cell
 
 MAX_FAILED_SHOWN = 20
@@ -55,6 +56,8 @@ class StatusReport:
     cost_to_finish_usd: float | None = None  # at the cost per ended item so far
     boot_failures: int = 0  # instances whose boot failed (``fleet.boot_failed`` records)
     unleased: int = 0  # locked items without a lease: never reclaimed (``pyanamo repair``)
+    stuck: list[str] = field(default_factory=list)  # waiting items nothing will release now
+    stuck_on: list[str] = field(default_factory=list)  # the missing items they wait for
     warnings: list[str] = field(default_factory=list)  # what workers recorded (a refused permission)
     scaler_paused: str | None = None  # why the backlog scaler does not raise the fleet (failed boots)
     last_boot_failure: str | None = None
@@ -69,8 +72,15 @@ class StatusReport:
         return sum(self.items[s.value] for s in ENDED_STATES)
 
     @property
+    def unsuccessful(self) -> int:
+        """Items that failed, or never ran because an item they wait for failed (exit 3)."""
+        return self.items[ItemState.FAILED.value] + self.items[ItemState.UPSTREAM_FAILED.value]
+
+    @property
     def finished(self) -> bool:
-        return not any(self.items[s.value] for s in LIVE_STATES)
+        """Nothing left that can run: no live item, or only waiting ones that are stuck."""
+        live = sum(self.items[s.value] for s in LIVE_STATES)
+        return live == 0 or (live == self.items[ItemState.WAITING.value] == len(self.stuck))
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -123,6 +133,10 @@ def gather(queue: TableGateway) -> StatusReport:
                 str(data[Attr.ITEM_ID]), str(data.get(Attr.TASK_ID, "")), str(data.get(Attr.LAST_ERROR, ""))))
     report.failed.sort(key=lambda f: f.item_id)
     _add_cost(report, queue, now)
+    if report.items[ItemState.WAITING.value] and not any(
+            report.items[s.value] for s in CLAIMABLE_STATES):
+        found = stuck(queue)
+        report.stuck, report.stuck_on = list(found.items), list(found.missing)
     return report
 
 
@@ -231,6 +245,10 @@ def render(report: StatusReport) -> Group:
     if report.unleased:
         parts.append(Text(f"{report.unleased} locked items have no lease and can never be reclaimed: "
                           f"pyanamo repair {report.table} --apply"))
+    if report.stuck:
+        waits = f" (not in the table: {', '.join(report.stuck_on[:5])})" if report.stuck_on else ""
+        parts.append(cell(f"{len(report.stuck)} waiting items can never run as things stand: they wait for "
+                          f"items that will not end{waits}; import those, or cancel them"))
     if report.scaler_paused:
         parts.append(Text(f"the scaler does not raise the fleet: {report.scaler_paused}"))
     for warning in report.warnings:

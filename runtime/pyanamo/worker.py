@@ -28,13 +28,14 @@ from typing import Any
 
 from .accounting import Placement, local_placement
 from .aws import Endpoint, aws_client
+from .dependencies import block_dependents, reconcile, release_dependents
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
 from .gateway import Lease, LeaseLost, SubtaskResult
 from .launcher import Launch, Launcher, SupervisedLauncher
 from .lease import HeldItem, LeaseKeeper
 from .logstore import LogStore
-from .model import Item, Subtask
+from .model import ON_FAILURE_STOP, Item, Subtask
 from .outputs import Manifest, OutputError, OutputStore, attempt_id, attempt_path, store_for, store_of_location
 from .ports import WorkQueue
 from .runner import (
@@ -48,7 +49,7 @@ from .runner import (
 )
 from .runs import MAX_EARLIER_EXITS
 from .sandbox import JobCredentials, TaskUser, subtask_environment
-from .schema import LIVE_STATES, MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
+from .schema import CLAIMABLE_STATES, MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
 from .worker_record import WorkerCounters, WorkerRecord, earlier_exits, run_record
 
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
@@ -328,8 +329,24 @@ class Worker:
             self.policy.event.wait(self.policy.local_backoff())  # 0 unless sub-tasks cannot start here
 
     def _drained(self) -> bool:
-        """No live item (todo or locked) left at all."""
-        return not any(self.queue.any_in_state(state) for state in LIVE_STATES)
+        """No item left that can run: none todo or locked, and the waiting ones wait for items
+        that will not end (missing from the table, or waiting themselves). Before it says so it
+        settles the waiting items (``dependencies.reconcile``): a release its worker did not live
+        to make is made here."""
+        if any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
+            return False
+        if not self.queue.any_in_state(ItemState.WAITING):
+            return True
+        settled = reconcile(self.queue)
+        # another slot or worker may have released items meanwhile: look again before leaving
+        if settled.released or any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
+            return False
+        if settled.waiting:
+            missing = sorted({m for ids in settled.missing.values() for m in ids})
+            emit("items_stuck", waiting=settled.waiting, missing=missing[:20],
+                 warning=f"{settled.waiting} items wait for items that cannot end now"
+                         + (f" (not in the table: {', '.join(missing[:5])})" if missing else ""))
+        return True
 
     # -- one item -------------------------------------------------------------------------
 
@@ -360,11 +377,11 @@ class Worker:
         held.interrupt_all("stop", grace=0)
         line = f"item write rejected by DynamoDB: {error}"[:300]
         try:
-            self._write(held, self.queue.fail_rejected, line)
+            waiting = self._write(held, self.queue.fail_rejected, line)
         except (LeaseLost, QueueError) as exc:
             held.abandon(f"error: {exc}")
             return
-        self._finished(item, False)
+        self._finished(item, False, waiting)
 
     def _run_item(self, item: Item, held: HeldItem) -> None:
         pending = item.pending
@@ -372,16 +389,17 @@ class Worker:
             self._fetch_committed(item)
         runnable = [s for s in pending if self.retry.allows(s.attempts)]
         exhausted = [s for s in pending if not self.retry.allows(s.attempts)]
-        if not runnable:
+        stop = item.on_failure == ON_FAILURE_STOP
+        if not runnable or (stop and exhausted):
             error = None
             if exhausted:
                 s = exhausted[0]
                 error = f"{s.key}: no attempts left ({s.attempts} of {self.retry.max_attempts})"
-            self._write(held, self.queue.finish, ItemState.FAILED if exhausted else ItemState.DONE, error,
-                        failed=[s.key for s in exhausted])
-            self._finished(item, not exhausted)
+            waiting = self._write(held, self.queue.finish, ItemState.FAILED if exhausted else ItemState.DONE, error,
+                                  failed=[s.key for s in exhausted], skipped=[s.key for s in runnable])
+            self._finished(item, not exhausted, waiting)
             return
-        if self.config.nests > 1 and len(runnable) > 1:
+        if self.config.nests > 1 and len(runnable) > 1 and not stop:  # stop: each needs the one before
             self._run_parallel(item, held, runnable, ok=not exhausted)
         else:
             self._run_sequential(item, held, runnable, ok=not exhausted)
@@ -395,9 +413,13 @@ class Worker:
                 self._give_back(held, [subtask.key])
                 return
             ok = ok and result.status is SubtaskStatus.DONE
-            if n == len(runnable) - 1:
-                self._record(held, item, result, final=ItemState.DONE if ok else ItemState.FAILED)
-                self._finished(item, ok)
+            stop_here = not ok and item.on_failure == ON_FAILURE_STOP
+            if n == len(runnable) - 1 or stop_here:
+                rest = [s.key for s in runnable[n + 1:]]  # with stop, never run: skipped
+                waiting = self._record(held, item, result, final=ItemState.DONE if ok else ItemState.FAILED,
+                                       skipped=rest)
+                self._finished(item, ok, waiting)
+                return
             elif self.policy.stopping:
                 self._record(held, item, result)
                 self._give_back(held, [])
@@ -429,15 +451,27 @@ class Worker:
             self._give_back(held, interrupted)
             return
         ok = ok and all(r is not None and r.status is SubtaskStatus.DONE for r in results)
-        self._write(held, self.queue.finish, ItemState.DONE if ok else ItemState.FAILED)
-        self._finished(item, ok)
+        waiting = self._write(held, self.queue.finish, ItemState.DONE if ok else ItemState.FAILED)
+        self._finished(item, ok, waiting)
 
-    def _finished(self, item: Item, ok: bool) -> None:
+    def _finished(self, item: Item, ok: bool, waiting: frozenset[str]) -> None:
+        """The item ended (done, or failed); ``waiting``: the items that wait for it, as the
+        final write found them. They are released, or blocked, now; if this worker dies first,
+        ``dependencies.reconcile`` does it."""
         with self._count_lock:
             if ok:
                 self.items_done += 1
             else:
                 self.items_failed += 1
+        if waiting:
+            try:
+                if ok:
+                    if release_dependents(self.queue, item.item_id, waiting):
+                        self.queue.expect_work()
+                else:
+                    block_dependents(self.queue, item.item_id, waiting)
+            except QueueError as exc:  # the reconcile pass of an idle worker or the scaler does it
+                emit("release_deferred", item=item.item_id, error=str(exc))
         emit("item_done" if ok else "item_failed", item=item.item_id)
 
     def _give_back(self, held: HeldItem, interrupted: list[str]) -> None:
@@ -446,13 +480,13 @@ class Worker:
         self._write(held, self.queue.release, interrupted)
         emit("item_released", item=held.item_id, interrupted=interrupted, reason=self.policy.reason)
 
-    def _record(self, held: HeldItem, item: Item, result: SubtaskResult, **kwargs: Any) -> None:
+    def _record(self, held: HeldItem, item: Item, result: SubtaskResult, **kwargs: Any) -> frozenset[str]:
         """Write a sub-task's result, and with it the manifest of its staged outputs: one
         fenced write. Only after it succeeded are the outputs committed; if it was refused,
         this attempt's staged outputs are discarded (the lease's holder commits its own)."""
         staged = self._staged.pop((item.item_id, result.key), None)
         try:
-            self._write(held, self.queue.record, result, **kwargs)
+            waiting: frozenset[str] = self._write(held, self.queue.record, result, **kwargs)
         except BaseException:
             if staged is not None:
                 self.outputs.discard(staged[0])
@@ -460,7 +494,7 @@ class Worker:
                 emit("outputs_discarded", item=item.item_id, subtask=result.key, attempt=staged[0].attempt)
             raise
         if staged is None:
-            return
+            return waiting
         manifest, folder = staged
         try:
             self.outputs.commit(manifest)
@@ -470,6 +504,7 @@ class Worker:
         shutil.rmtree(kept, ignore_errors=True)
         kept.parent.mkdir(parents=True, exist_ok=True)
         os.replace(folder, kept)
+        return waiting
 
     def _item_scratch(self, item: Item) -> Path:
         return self.scratch / safe_name(item.item_id)
@@ -492,7 +527,7 @@ class Worker:
             else:
                 emit("outputs_fetched", item=item.item_id, subtask=subtask.key, files=len(manifest.files))
 
-    def _write(self, held: HeldItem, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    def _write(self, held: HeldItem, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A fenced write with the current lease; retried through outages until the lease is
         about to expire or a stop is overdue, then the item is abandoned (LeaseLost).
         ItemRejected is not retried: the same write would be refused again."""
@@ -504,9 +539,9 @@ class Worker:
                 raise LeaseLost(held.item_id)
             try:
                 with held.write_lock:
-                    write(held.lease, *args, **kwargs)
+                    answer = write(held.lease, *args, **kwargs)
                     held.closed = closing
-                return
+                return answer
             except (LeaseLost, ItemRejected):
                 raise
             except QueueError as exc:

@@ -168,7 +168,8 @@ def test_status_json_on_a_known_table(aws_env, table, known_state):
     proc = cli("status", table, "--json", env=aws_env)
     assert proc.returncode == 3, proc.stderr  # the table holds a failed item
     report = json.loads(proc.stdout)
-    assert report["items"] == {"todo": 1, "locked": 2, "done": 1, "failed": 1, "cancelled": 0}
+    assert report["items"] == {"todo": 1, "locked": 2, "done": 1, "failed": 1, "cancelled": 0, "waiting": 0,
+                               "upstream_failed": 0}
     assert report["total_items"] == 5
     assert (report["subtasks_done"], report["subtasks_total"]) == (4, 8)
     assert report["instances"] == {"i-live": {"held": 1, "expired": 0}, "i-dead": {"held": 1, "expired": 1}}
