@@ -55,11 +55,12 @@ class BacklogScaler(Construct):
                 self, "Logs", retention=logs.RetentionDays.ONE_MONTH, removal_policy=RemovalPolicy.DESTROY
             ),
         )
-        # The backlog and the worker records: Query on the state index, the records' rows by key.
+        # The backlog and the worker records: Query on the state index, the records' rows by key;
+        # waiting items and the items they wait for read, and released (pyanamo.dependencies).
         self.function.add_to_role_policy(iam.PolicyStatement(
             actions=["dynamodb:Query"], resources=[state_index_arn]))
         self.function.add_to_role_policy(iam.PolicyStatement(
-            actions=["dynamodb:BatchGetItem"], resources=[table_arn]))
+            actions=["dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem"], resources=[table_arn]))
         # Raise the fleet; end an instance that outlived its purpose (pyanamo.scaler.reap); keep
         # AZRebalance suspended (it would end busy instances to even out the zones).
         self.function.add_to_role_policy(iam.PolicyStatement(

@@ -26,6 +26,7 @@ from typing import Any
 import boto3
 
 from .accounting import parse_time
+from .dependencies import reconcile
 from .fleet import boot_breaker, describe_group, is_boot_failure
 from .gateway import TableGateway
 from .schema import CLAIMABLE_STATES, STATE_INDEX, Attr, ItemState, expiry_rank, shard_keys
@@ -143,10 +144,14 @@ def scale(dynamodb: Any, autoscaling: Any, table: str, group: str, items_per_ins
     records, for the breaker)."""
     described = describe_group(autoscaling, group)
     suspend_az_rebalance(autoscaling, described)
+    # Items whose release was lost with its worker (it died between its `done` write and the
+    # release) are released here, so a fleet at zero still starts for them.
+    settled = reconcile(TableGateway(dynamodb, table))
     current, maximum = described["DesiredCapacity"], described["MaxSize"]
     backlog = count_backlog(dynamodb, table, enough=maximum * max(1, items_per_instance))
     desired = desired_capacity(backlog, items_per_instance, current, maximum)
-    result: dict[str, Any] = {"backlog": backlog, "previous": current, "desired": desired, "maximum": maximum}
+    result: dict[str, Any] = {"backlog": backlog, "previous": current, "desired": desired, "maximum": maximum,
+                              "released": len(settled.released), "blocked": len(settled.blocked)}
     breaker = boot_breaker(records, time.time() if now is None else now)
     if breaker and desired > current:
         result.update(desired=current, breaker=breaker)

@@ -198,7 +198,9 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
         Subtask("Task_0", 'echo aligned > "$PYANAMO_OUTDIR/S1.bam"'),
         Subtask("Task_1", 'cat "$PYANAMO_ITEM_OUTPUTS/Task_0/S1.bam" > "$PYANAMO_OUTDIR/S1.vcf"'),
         Subtask("Task_2", f'PYANAMO_CALLS_FILE={job_calls} {sys.executable} {PROBE} {deployed.table} '
-                          '> "$PYANAMO_OUTDIR/access.txt"')))])
+                          '> "$PYANAMO_OUTDIR/access.txt"')), dependents=frozenset({"joint"})),
+        # a workflow's next step: the worker that ends S1 releases it, then runs it
+        Item("joint", "J", (Subtask("Task_0", "true"),), after=("S1",), waiting_on=frozenset({"S1"}))])
     instances = group_instance(deployed, 1)
     enforce(deployed.url, on=True)
     try:
@@ -208,6 +210,10 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     finally:
         enforce(deployed.url, on=False)
     put_items(dynamodb, deployed.table, [Item(f"later{n}", "L", (Subtask("Task_0", "true"),)) for n in range(2)])
+    # waiting for S1, which is done, with no edge on S1: as if its release was lost with its worker;
+    # the scaler releases it
+    put_items(dynamodb, deployed.table, [Item("late-joint", "J", (Subtask("Task_0", "true"),), after=("S1",),
+                                              waiting_on=frozenset({"S1"}))])
     enforce(deployed.url, on=True)
     try:  # the scaler, once there are worker records to read and a backlog to raise the fleet for
         scaler_calls = tmp_path / "scaler-calls.jsonl"
@@ -224,6 +230,9 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     assert leave.returncode == 0 and f"instance {instances[0]} left" in leave.stdout, leave.stderr
     item = dynamodb.get_item(TableName=deployed.table, Key={"itemID": {"S": "S1"}})["Item"]
     assert item["lockID"]["S"] == "done"
+    states = {i: dynamodb.get_item(TableName=deployed.table, Key={"itemID": {"S": i}})["Item"]["lockID"]["S"]
+              for i in ("joint", "late-joint")}
+    assert states == {"joint": "done", "late-joint": "todo"} and "'released': 1" in scaled.stdout
     assert item["TaskScript"]["M"]["Task_1"]["M"]["Outputs"]["M"]["Count"]["N"] == "1"
     # The user's code: the job role's credentials, not the worker's; it reads its inputs and
     # cannot touch the table (moto enforces the action); it cannot read other prefixes (the
@@ -249,7 +258,8 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
             "autoscaling:TerminateInstanceInAutoScalingGroup", "ec2:DescribeSpotPriceHistory"} <= operations
     assert check_scoping(deployed, "fleet", calls, instances) >= len(calls)
     calls = recorded(scaler_calls)
-    assert {"dynamodb:Query", "dynamodb:BatchGetItem", "autoscaling:DescribeAutoScalingGroups",
+    assert {"dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:GetItem", "dynamodb:UpdateItem",
+            "autoscaling:DescribeAutoScalingGroups",
             "autoscaling:SetDesiredCapacity", "autoscaling:SuspendProcesses", "ec2:DescribeInstances"} <= {
         f"{c['service']}:{c['operation']}" for c in calls}
     assert check_scoping(deployed, "scaler", calls, instances) >= len(calls)
