@@ -33,7 +33,7 @@ def test_desired_capacity_rule(todo, per_instance, current, maximum, expected):
 def test_no_todo_leaves_the_group_alone(client, table, autoscaling, make_group):
     group = make_group(maximum=8)
     result = scaler.scale(client, autoscaling, table, group, items_per_instance=10)
-    assert result == {"backlog": 0, "previous": 0, "desired": 0, "maximum": 8}
+    assert result == {"backlog": 0, "previous": 0, "desired": 0, "maximum": 8, "released": 0, "blocked": 0}
     assert desired(autoscaling, group) == 0
 
 
