@@ -236,7 +236,9 @@ def format_logs(item: Item, subtask: str | None = None) -> Iterator[str]:
         names = ", ".join(s.name for s in item.subtasks)
         raise UsageError(f"item {item.item_id!r} has no sub-task {subtask!r} (it has {names})")
     yield f"item {item.item_id} (task {item.task_id}): {item.state.value}" + (
-        f", held by {item.instance_id}" if item.instance_id else "")
+        f", held by {item.instance_id}" if item.instance_id else "") + (
+        f", waiting for {_waits(item)}" if item.state is ItemState.WAITING else "") + (
+        f", blocked by {item.blocked_by} (it ended failed or cancelled)" if item.blocked_by else "")
     for s in item.subtasks:
         if subtask is not None and subtask not in (s.key, s.label):
             continue

@@ -32,7 +32,17 @@ TRACE_COLUMNS = ("item", "task", "subtask", "label", "attempt", "status", "exit"
                  "command")
 TOP = 10  # rows in the slowest and most memory-hungry lists
 REPORT_ATTRIBUTES = (Attr.ITEM_ID, Attr.TASK_ID, Attr.STATE, Attr.TASK_SCRIPT, Attr.LOG_SUMMARY, Attr.INSTANCE_ID,
-                     Attr.LAST_ERROR, Attr.DONE_DATE)
+                     Attr.LAST_ERROR, Attr.DONE_DATE, Attr.BLOCKED_BY, Attr.WAITING_ON)
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """An item that never ran: an item it waits for ended failed or cancelled (or is missing)."""
+
+    item: str
+    task: str
+    state: str  # upstream_failed, or waiting
+    because: str  # the item that blocked it, or the items it still waits for
 
 
 @dataclass(frozen=True)
@@ -128,6 +138,7 @@ class RunReport:
     workers: list[dict[str, Any]]
     cost: RunCost
     failures: list[Failure] = field(default_factory=list)
+    blocked: list[Blocked] = field(default_factory=list)
 
     @cached_property
     def span(self) -> tuple[float, float] | None:
@@ -163,6 +174,7 @@ class RunReport:
             "span_s": None if span is None else round(span[1] - span[0], 1),
             "cpu_hours": round(self.cpu_hours, 4), "output_bytes": sum(r.output_bytes for r in self.runs),
             **self.cost.to_json(), "right_sizing": self.sizing(),
+            "blocked": [asdict(b) for b in self.blocked],
         }
 
 
@@ -172,6 +184,7 @@ def gather(queue: TableGateway) -> RunReport:
     subtasks: dict[str, int] = {s.value: 0 for s in SubtaskStatus}
     runs: list[SubtaskRun] = []
     failures: list[Failure] = []
+    blocked: list[Blocked] = []
     for state in ItemState:
         # The log tails (up to 100 KB an item) only where the report shows them: failed items.
         wanted = REPORT_ATTRIBUTES + ((Attr.LOG,) if state is ItemState.FAILED else ())
@@ -186,6 +199,12 @@ def gather(queue: TableGateway) -> RunReport:
             for s in item.subtasks:
                 subtasks[s.status.value] += 1
             runs.extend(runs_of(item))
+            if item.state is ItemState.UPSTREAM_FAILED:
+                blocked.append(Blocked(item.item_id, item.task_id, item.state.value, item.blocked_by or "?"))
+            elif item.state is ItemState.WAITING:
+                blocked.append(Blocked(item.item_id, item.task_id, item.state.value,
+                                       "waits for " + ", ".join(sorted(item.waiting_on)[:5])
+                                       + (" …" if len(item.waiting_on) > 5 else "")))
             if item.state is ItemState.FAILED:
                 lines = [line for s in item.subtasks if s.status is SubtaskStatus.FAILED
                          for line in str((item.logs.get(s.key) or {}).get("stderr") or "").splitlines() if line.strip()]
@@ -193,7 +212,9 @@ def gather(queue: TableGateway) -> RunReport:
     workers = list(queue.worker_records())
     runs.sort(key=lambda r: (r.started, r.item, r.subtask))
     failures.sort(key=lambda f: f.item)
-    return RunReport(queue.table, items, subtasks, runs, workers, run_cost(worker_spans(workers)), failures)
+    blocked.sort(key=lambda b: (b.state, b.item))
+    return RunReport(queue.table, items, subtasks, runs, workers, run_cost(worker_spans(workers)), failures,
+                     blocked)
 
 
 # -- the trace -----------------------------------------------------------------------------
@@ -341,6 +362,9 @@ def render_html(report: RunReport) -> str:
     failures = _table(["item", "task", "last error", "stderr (last line)"],
                       [[f.item, f.task, f.error, f.stderr_tail] for f in report.failures]) \
         if report.failures else "<p>None.</p>"
+    blocked = _table(["item", "task", "state", "blocked by"],
+                     [[b.item, b.task, b.state, b.because] for b in report.blocked]) \
+        if report.blocked else "<p>None.</p>"
     run_columns = ["item", "sub-task", "status", "exit", "worker", "wall", "CPU", "peak MB", "cost", "command"]
 
     def run_rows(runs: list[SubtaskRun]) -> list[list[object]]:
@@ -376,6 +400,10 @@ td{{max-width:420px;overflow-wrap:anywhere}}
 <p>{_e(hint)}</p>
 <h2>Failures ({len(report.failures)})</h2>
 {failures}
+<h2>Items that never ran ({len(report.blocked)})</h2>
+<p>Items that wait for other items: upstream_failed when one of those ended failed or cancelled (reset it
+to run them), waiting while one of those has not ended.</p>
+{blocked}
 <h2>Slowest sub-tasks</h2>
 {_table(run_columns, run_rows(slowest))}
 <h2>Most memory-hungry sub-tasks</h2>

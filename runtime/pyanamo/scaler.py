@@ -26,7 +26,7 @@ from typing import Any
 import boto3
 
 from .accounting import parse_time
-from .dependencies import reconcile
+from .dependencies import Settled, reconcile
 from .fleet import boot_breaker, describe_group, is_boot_failure
 from .gateway import TableGateway
 from .schema import CLAIMABLE_STATES, STATE_INDEX, Attr, ItemState, expiry_rank, shard_keys
@@ -144,11 +144,16 @@ def scale(dynamodb: Any, autoscaling: Any, table: str, group: str, items_per_ins
     records, for the breaker)."""
     described = describe_group(autoscaling, group)
     suspend_az_rebalance(autoscaling, described)
-    # Items whose release was lost with its worker (it died between its `done` write and the
-    # release) are released here, so a fleet at zero still starts for them.
-    settled = reconcile(TableGateway(dynamodb, table))
     current, maximum = described["DesiredCapacity"], described["MaxSize"]
     backlog = count_backlog(dynamodb, table, enough=maximum * max(1, items_per_instance))
+    settled = Settled()
+    gateway = TableGateway(dynamodb, table)
+    if backlog == 0 and gateway.any_in_state(ItemState.WAITING):
+        # Nothing to run but items that wait: a release lost with its worker (it died between
+        # its `done` write and the release) is made here, so a fleet at zero starts for them.
+        settled = reconcile(gateway)
+        if settled.released:
+            backlog = count_backlog(dynamodb, table, enough=maximum * max(1, items_per_instance))
     desired = desired_capacity(backlog, items_per_instance, current, maximum)
     result: dict[str, Any] = {"backlog": backlog, "previous": current, "desired": desired, "maximum": maximum,
                               "released": len(settled.released), "blocked": len(settled.blocked)}

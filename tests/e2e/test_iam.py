@@ -209,11 +209,10 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
             client(deployed.url, "dynamodb", fleet_keys).scan(TableName=deployed.table)
     finally:
         enforce(deployed.url, on=False)
-    put_items(dynamodb, deployed.table, [Item(f"later{n}", "L", (Subtask("Task_0", "true"),)) for n in range(2)])
-    # waiting for S1, which is done, with no edge on S1: as if its release was lost with its worker;
-    # the scaler releases it
-    put_items(dynamodb, deployed.table, [Item("late-joint", "J", (Subtask("Task_0", "true"),), after=("S1",),
-                                              waiting_on=frozenset({"S1"}))])
+    # later steps waiting for S1, which is done, with no edge on S1: as if the release was lost with
+    # its worker; the scaler, finding nothing else to run, releases them and raises the fleet for them
+    put_items(dynamodb, deployed.table, [Item(f"later{n}", "L", (Subtask("Task_0", "true"),), after=("S1",),
+                                              waiting_on=frozenset({"S1"})) for n in range(2)])
     enforce(deployed.url, on=True)
     try:  # the scaler, once there are worker records to read and a backlog to raise the fleet for
         scaler_calls = tmp_path / "scaler-calls.jsonl"
@@ -231,8 +230,8 @@ def test_the_fleet_and_the_scaler_run_with_exactly_their_deployed_permissions(de
     item = dynamodb.get_item(TableName=deployed.table, Key={"itemID": {"S": "S1"}})["Item"]
     assert item["lockID"]["S"] == "done"
     states = {i: dynamodb.get_item(TableName=deployed.table, Key={"itemID": {"S": i}})["Item"]["lockID"]["S"]
-              for i in ("joint", "late-joint")}
-    assert states == {"joint": "done", "late-joint": "todo"} and "'released': 1" in scaled.stdout
+              for i in ("joint", "later0", "later1")}
+    assert states == {"joint": "done", "later0": "todo", "later1": "todo"} and "'released': 2" in scaled.stdout
     assert item["TaskScript"]["M"]["Task_1"]["M"]["Outputs"]["M"]["Count"]["N"] == "1"
     # The user's code: the job role's credentials, not the worker's; it reads its inputs and
     # cannot touch the table (moto enforces the action); it cannot read other prefixes (the

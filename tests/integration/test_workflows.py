@@ -97,6 +97,10 @@ def test_a_failed_upstream_blocks_its_dependents_and_a_reset_brings_them_back(aw
     status = cli("status", table, "--json", env=aws_env)
     counts = json.loads(status.stdout)["items"]
     assert counts["upstream_failed"] == 2 and counts["failed"] == 1 and status.returncode == 3
+    report = json.loads(cli("report", table, "--json", env=aws_env).stdout)
+    assert [(b["item"], b["because"]) for b in report["blocked"]] == [("call", "align"), ("merge", "call")]
+    logs = cli("logs", table, "merge", env=aws_env).stdout
+    assert logs.startswith("item merge (task all): upstream_failed, blocked by call (it ended failed or cancelled)")
     reset = cli("reset", table, "align", "--subtasks", env=aws_env)
     assert reset.returncode == 0 and "2 items that wait for it are waiting again" in reset.stdout, reset.stdout
     assert states(client, table, "call", "merge") == {"call": ItemState.WAITING, "merge": ItemState.WAITING}
