@@ -387,6 +387,7 @@ class Worker:
         pending = item.pending
         if pending:
             self._fetch_committed(item)
+            self._fetch_inputs(item)
         runnable = [s for s in pending if self.retry.allows(s.attempts)]
         exhausted = [s for s in pending if not self.retry.allows(s.attempts)]
         stop = item.on_failure == ON_FAILURE_STOP
@@ -527,6 +528,32 @@ class Worker:
             else:
                 emit("outputs_fetched", item=item.item_id, subtask=subtask.key, files=len(manifest.files))
 
+    def _item_inputs(self, item: Item) -> Path:
+        return self._item_scratch(item) / "inputs"
+
+    def _fetch_inputs(self, item: Item) -> None:
+        """The committed outputs of the items this one waited for (``After``): downloaded into
+        ``$PYANAMO_INPUTS/<item>/<sub-task key>`` before its first sub-task starts (a joint step
+        reads every sample's calls there)."""
+        for upstream_id in item.after:
+            upstream = self.queue.get(upstream_id)
+            if upstream is None:
+                emit("inputs_missing", item=item.item_id, upstream=upstream_id)
+                continue
+            for subtask in upstream.subtasks:
+                folder = self._item_inputs(item) / safe_name(upstream_id) / subtask.key
+                if subtask.status is not SubtaskStatus.DONE or not subtask.outputs or folder.exists():
+                    continue
+                try:
+                    manifest = Manifest.from_map(subtask.outputs)
+                    store_of_location(manifest.location).fetch(manifest, folder)
+                except (OutputError, OSError, *BOTO_ERRORS, KeyError, ValueError) as exc:
+                    emit("inputs_fetch_failed", item=item.item_id, upstream=upstream_id, subtask=subtask.key,
+                         error=str(exc))
+        if item.after and self.task_user is not None and self._item_inputs(item).exists():
+            for path in [self._item_inputs(item), *self._item_inputs(item).rglob("*")]:
+                os.chown(path, self.task_user.uid, self.task_user.gid)
+
     def _write(self, held: HeldItem, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A fenced write with the current lease; retried through outages until the lease is
         about to expire or a stop is overdue, then the item is abandoned (LeaseLost).
@@ -626,6 +653,7 @@ class Worker:
             "PYANAMO_ATTEMPT": str(attempt),
             "PYANAMO_OUTDIR": str(outdir),
             "PYANAMO_ITEM_OUTPUTS": str(self._item_outputs(item)),
+            **({"PYANAMO_INPUTS": str(self._item_inputs(item))} if item.after else {}),
         }
         user = (self.task_user.uid, self.task_user.gid) if self.task_user else None
         process = self.launcher.launch(Launch(subtask.script, env=env, cwd=self.config.workdir, log_folder=folder,

@@ -59,10 +59,15 @@ def serial(data: Path, items: list[Item], tmp_path_factory) -> dict[tuple[str, s
     return produced
 
 
-def import_and_run(aws_env, table: str, workers, data: Path, outputs: str, kill_one: bool) -> None:
+def import_and_run(aws_env, table: str, workers, data: Path, outputs: str, kill_one: bool,
+                   then: tuple[str, ...] = ()) -> None:
+    """Import the samples (and ``then``: another task file's import arguments), run three workers."""
     proc = cli("import", table, str(EXAMPLE / "tasks.tsv"), "--delimiter", "tab", "--nested-delimiter", ",",
                env=aws_env)
     assert proc.returncode == 0, proc.stderr
+    if then:
+        proc = cli("import", table, *then, env=aws_env)
+        assert proc.returncode == 0 and "3 items wait for other items" in proc.stdout, proc.stdout + proc.stderr
     started = [workers.start(table, "--lease", "5", "--outputs", outputs, env={"VC_DATA": str(data)})
                for _ in range(3)]
     if kill_one:  # SIGKILL a worker while it runs a sub-task: its item is reclaimed by another
@@ -119,3 +124,26 @@ def test_the_fleet_path_commits_to_s3_and_downloads_what_it_committed(
     for (item_id, key), files in serial.items():
         for path, content in files.items():
             assert (tmp_path / "got" / item_id / key / path).read_bytes() == content, (item_id, key, path)
+
+
+def test_the_joint_step_runs_after_every_sample_on_their_committed_calls(
+        aws_env, client, table, workers, data, serial, tmp_path: Path):
+    """The README's workflow: one joint-calling item per chromosome waits for every sample
+    (``After``), starts only when all four are done, and merges their committed calls, found in
+    ``$PYANAMO_INPUTS``, into one multi-sample VCF (bcftools merge)."""
+    import_and_run(aws_env, table, workers, data, str(tmp_path / "results"), kill_one=False,
+                   then=(str(EXAMPLE / "joint.tsv"), "--delimiter", "tab"))
+    queue = TaskQueue(client, table)
+    samples_done = max(queue.get(f"S{n}").done_date for n in range(1, 5))
+    for chromosome in ("chr1", "chr2", "chr3"):
+        joint = queue.get(f"joint-{chromosome}")
+        assert joint.state is ItemState.DONE, joint.last_error
+        assert joint.lock_date > samples_done  # claimed only after the last sample ended
+        vcf = Path(Manifest.from_map(joint.subtasks[0].outputs).location) / f"joint.{chromosome}.vcf"
+        header = next(line for line in vcf.read_text().splitlines() if line.startswith("#CHROM"))
+        assert header.split("\t")[9:] == ["S1", "S2", "S3", "S4"]
+        merged = {tuple(line.split("\t")[:2]) for line in vcf.read_text().splitlines() if not line.startswith("#")}
+        called = {tuple(line.split("\t")[:2]) for (item, _), files in serial.items() for name, body in files.items()
+                  if name.endswith(f".{chromosome}.vcf") for line in body.decode().splitlines()
+                  if not line.startswith("#")}
+        assert merged == called and called, chromosome  # every site a sample called, once
