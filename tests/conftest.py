@@ -43,6 +43,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     unknown = set(engines) - set(ENGINES)
     if unknown:
         raise pytest.UsageError(f"--engines: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ENGINES)})")
+    if "store" in metafunc.fixturenames:  # the contract tests: each engine, and the fake once
+        combos = [(e, "dynamodb") for e in engines] + [(engines[0], "memory")]
+        metafunc.parametrize(("engine", "store"), combos, scope="session",
+                             ids=[e if store == "dynamodb" else "memory" for e, store in combos])
+        return
     if metafunc.definition.get_closest_marker("moto_only"):
         engines = ["moto"]
     elif not metafunc.config.getoption("--full-matrix") and (

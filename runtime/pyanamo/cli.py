@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this machine's price per hour for the run's cost (default: on EC2 looked up from the "
                         "Price List API or the Spot price history; elsewhere 0)")
     p.add_argument("--quiet", action="store_true", help="no log events on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="one line of progress on stderr, redrawn in place, instead of the log events "
+                        "(warnings still print); default: on when stderr is a terminal")
 
     p = command("status", "where a run stands (exit 3 if any item failed)")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
@@ -475,11 +478,13 @@ def _check_can_run(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .identity import Imds, worker_identity
     from .pricing import worker_placement
+    from .progress import ProgressLine
     from .runner import become_subreaper
     from .spot import SpotWatcher
     from .worker import Worker, WorkerConfig
 
-    events.configure(quiet=args.quiet)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    events.configure(quiet=args.quiet or progress)
     _check_can_run(args)
     become_subreaper()  # the reaper of last resort for a sub-task whose supervisor is killed
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
@@ -506,7 +511,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     worker.install_signal_handlers()
     if who.instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
         SpotWatcher(imds, lambda _: worker.stop("spot_interruption", signal.SIGTERM)).start()
-    code = worker.run()
+    line = ProgressLine(worker, TableGateway(client, args.table)).start() if progress else None
+    try:
+        code = worker.run()
+    finally:
+        if line is not None:
+            line.close()
     policy = worker.policy
     if policy.error:
         print(f"pyanamo: error: worker stopped ({policy.reason}): {policy.detail}", file=sys.stderr)
@@ -562,15 +572,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .status import render_running, running
+    from .status import render_running, running, running_lines
 
     client = _client(args)
     _require_table(client, args.table)
     entries = running(TableGateway(client, args.table))
     if args.json:
         print(json.dumps([e.to_json() for e in entries], indent=2))
-    else:
+    elif sys.stdout.isatty():
         Console().print(render_running(args.table, entries))
+    else:  # piped or redirected: one line per item, for cut, awk and sort
+        for line in running_lines(entries):
+            print(line)
     return 0
 
 
@@ -639,7 +652,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import gather, render_html, write_trace
+    from .report import gather, render_html, report_facts, write_trace
 
     for path in (args.html, args.trace):
         if path is not None and not path.parent.is_dir():
@@ -656,12 +669,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     summary = report.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
-    else:
+    elif sys.stdout.isatty():
         facts = Table(title=f"run report: {args.table}", title_justify="left", show_header=False)
-        for name, value in summary.items():
-            if name != "table":
-                facts.add_row(name, json.dumps(value) if isinstance(value, dict) else str(value))
+        for name, value in report_facts(report):
+            facts.add_row(name, printable(value))
         Console().print(facts)
+    else:  # piped or redirected: one "name<TAB>value" line per fact
+        for name, value in report_facts(report):
+            print(f"{name}\t{printable(value)}")
     for label, path in (("trace", args.trace), ("report", args.html)):
         if path is not None:
             print(f"{label}: {path}", file=sys.stderr)

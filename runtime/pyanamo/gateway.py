@@ -562,6 +562,22 @@ class TableGateway:
                 return True
         return False
 
+    def count_in_state(self, state: ItemState) -> int:
+        """How many items are in ``state`` (Select COUNT per shard: items are counted, not read)."""
+        total = 0
+        for shard in shard_keys(state):
+            request: dict[str, Any] = {
+                "IndexName": STATE_INDEX.name, "KeyConditionExpression": "#s = :s",
+                "ExpressionAttributeNames": {"#s": Attr.STATE_SHARD},
+                "ExpressionAttributeValues": {":s": {"S": shard}}, "Select": "COUNT"}
+            while True:
+                response = self._call("query", **request)
+                total += response.get("Count", 0)
+                if "LastEvaluatedKey" not in response:
+                    break
+                request["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return total
+
     # -- worker records (the run report; never claimed, counted or reset) -----------------
 
     def put_worker_record(self, key: str, values: dict[str, Any]) -> None:

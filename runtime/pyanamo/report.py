@@ -178,6 +178,43 @@ class RunReport:
         }
 
 
+def report_facts(report: RunReport) -> list[tuple[str, str]]:
+    """The summary as a person reads it (``pyanamo report`` without --json): one fact a line,
+    counts by state, times with units, money with a currency or "not priced"."""
+    s = report.summary()
+
+    def counts(values: dict[str, int]) -> str:
+        return ", ".join(f"{count} {state}" for state, count in values.items() if count) or "none"
+
+    facts = [("items", f"{sum(s['items'].values())}: {counts(s['items'])}"),
+             ("sub-tasks", f"{sum(s['subtasks'].values())}: {counts(s['subtasks'])}"),
+             ("sub-task runs", str(s["subtask_runs"])),
+             ("workers", str(s["workers"]))]
+    if s["span_s"] is not None:
+        facts.append(("span", f"{s['start']} → {s['end']} ({_seconds(s['span_s'])})"))
+    facts.append(("CPU", f"{s['cpu_hours']:.2f} h"))
+    if s["output_bytes"]:
+        facts.append(("outputs", f"{s['output_bytes'] / 1e6:.1f} MB"))
+    cost = report.cost
+    if s["workers"]:
+        facts.append(("instance-hours", f"{cost.instance_hours:.3f} h"
+                      + ("" if cost.utilization is None else f", {100 * cost.utilization:.0f} % busy")))
+        facts.append(("cost", "not priced" if cost.cost_usd is None else f"${cost.cost_usd:.4f}"
+                      + (f" (+ {cost.unknown_price_hours:.3f} h not priced)" if cost.unknown_price_hours else "")))
+    if report.failures:
+        facts.append(("failed", ", ".join(f.item for f in report.failures[:10])
+                      + (" …" if len(report.failures) > 10 else "") + " (pyanamo logs TABLE ITEM)"))
+    if report.blocked:
+        facts.append(("never ran", ", ".join(f"{b.item} ({b.because})" for b in report.blocked[:10])
+                      + (" …" if len(report.blocked) > 10 else "")))
+    sizing = s["right_sizing"]
+    if report.runs and sizing.get("smallest_types"):
+        facts.append(("right-sizing", f"peak memory p95 {sizing['p95_mb']} MB, max {sizing['max_mb']} MB; "
+                                      f"{sizing['slots']} at once need {sizing['needed_gib']} GiB: "
+                                      f"{', '.join(sizing['smallest_types'])}"))
+    return facts
+
+
 def gather(queue: TableGateway) -> RunReport:
     """Every item (state index, then BatchGetItem) and every worker record."""
     items: dict[str, int] = {s.value: 0 for s in ItemState}

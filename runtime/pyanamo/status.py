@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,7 +21,7 @@ from .fleet import BOOT_FAILED, boot_breaker
 from .gateway import TableGateway
 from .model import Item, from_dynamo
 from .schema import CLAIMABLE_STATES, ENDED_STATES, LIVE_STATES, Attr, ItemState, SubtaskStatus
-from .terminal import cell
+from .terminal import cell, printable
 
 MAX_FAILED_SHOWN = 20
 
@@ -325,6 +326,20 @@ def duration(seconds: float | None) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+RUNNING_COLUMNS = ("item", "task", "instance", "worker", "subtask", "claimed", "elapsed_s", "lease_left_s", "script")
+
+
+def running_lines(entries: list[RunningItem]) -> Iterator[str]:
+    """``ps`` piped or redirected: a header and one tab-separated line per running item (user
+    text made printable: a tab or newline in it is shown escaped, never a column break)."""
+    yield "\t".join(RUNNING_COLUMNS)
+    for e in entries:
+        values = (e.item_id, e.task_id, e.instance, e.worker, e.subtask, e.claimed,
+                  "" if e.elapsed_s is None else f"{e.elapsed_s:.0f}",
+                  "" if e.lease_left_s is None else f"{e.lease_left_s:.0f}", e.script)
+        yield "\t".join(printable(str(v)).replace("\t", "\\t") for v in values)
 
 
 def render_running(table: str, entries: list[RunningItem]) -> Table | Text:

@@ -6,6 +6,9 @@ refresh run as real subprocesses."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -287,8 +290,8 @@ def test_ps_lists_running_items_with_worker_subtask_and_elapsed(aws_env, table, 
     assert rows["l1"]["instance"] == "i-live" and rows["l1"]["subtask"] == "Task_0"
     assert rows["l1"]["script"] == "sleep 1" and rows["l1"]["elapsed_s"] >= 0 and rows["l1"]["lease_left_s"] > 0
     assert rows["x1"]["subtask"] == "Task_1" and rows["x1"]["lease_left_s"] < 0
-    text = cli("status", table, "--running", env={**aws_env, "COLUMNS": "200"}).stdout
-    assert "running in" in text and "l1" in text and "expired" in text
+    text = cli("status", table, "--running", env={**aws_env, "COLUMNS": "200"}).stdout  # piped: plain lines
+    assert "\nl1\tB\ti-live\ti-live\tTask_0\t" in text and "\nx1\tC\ti-dead\t" in text
 
 
 def test_rerun_and_cancel_from_the_command_line(aws_env, table, known_state):
@@ -380,3 +383,55 @@ def test_a_subtask_made_from_an_argument_is_known_by_it(aws_env, client, table, 
     assert "Task_0" not in logs.stdout
     assert_one_line_error(cli("logs", table, "S03", "--subtask", "chr9", env=aws_env), 2,
                           "has no sub-task 'chr9' (it has Task_0 (chr1), Task_1 (chr2))")
+
+
+def on_a_terminal(*args: str, env: dict[str, str], timeout: float = 60) -> str:
+    """Run `pyanamo` with its standard output on a pseudo-terminal (as in a user's shell), and
+    return what it printed there: the process is the subject (TTY or pipe)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "pyanamo", *args], stdout=terminal, stderr=subprocess.PIPE,
+                               env={**os.environ, **env, "COLUMNS": "200"})
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the process closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=timeout)
+    os.close(controller)
+    return b"".join(chunks).decode(errors="replace")
+
+
+def test_piped_output_is_plain_lines_and_a_terminal_gets_tables(aws_env, table, known_state):
+    """ps and report, piped: a tab-separated header and rows (no table borders, no JSON in cells);
+    the same commands on a terminal draw tables."""
+    piped = cli("ps", table, env=aws_env).stdout.splitlines()
+    assert piped[0].split("\t") == ["item", "task", "instance", "worker", "subtask", "claimed", "elapsed_s",
+                                    "lease_left_s", "script"]
+    rows = {line.split("\t")[0]: line.split("\t") for line in piped[1:]}
+    assert sorted(rows) == ["l1", "x1"] and rows["l1"][8] == "sleep 1" and rows["l1"][2] == "i-live"
+    report = dict(line.split("\t", 1) for line in cli("report", table, env=aws_env).stdout.splitlines())
+    assert report["items"] == "5: 1 todo, 2 locked, 1 done, 1 failed" and "{" not in "".join(report.values())
+    assert report["failed"].startswith("f1")
+    shown = on_a_terminal("ps", table, env=aws_env)
+    assert "running in" in shown and ("┃" in shown or "━" in shown), shown
+    assert "run report" in on_a_terminal("report", table, env=aws_env)
+
+
+def test_worker_progress_is_one_line_redrawn_instead_of_events(aws_env, table, tmp_path: Path):
+    cli("import", table, str(write_task_file(tmp_path / "t.txt", ["a|t|true", "b|t|true"])), env=aws_env)
+    proc = subprocess.run([sys.executable, "-m", "pyanamo", "worker", table, "--progress", "--workdir",
+                           str(tmp_path), "--log-dir", str(tmp_path / "logs"), "--outputs", str(tmp_path / "out")],
+                          env={**os.environ, **aws_env}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stderr.split("\r")[-1]
+    assert "2 done, 0 failed, 0 running here | table: 2 done (100% ended)" in last, proc.stderr
+    assert '"event"' not in proc.stderr  # no JSON events (warnings would still print)
+    piped = cli("worker", table, "--workdir", str(tmp_path), "--log-dir", str(tmp_path / "logs"), env=aws_env)
+    assert '"worker_started"' in piped.stderr and "running here" not in piped.stderr  # piped: events

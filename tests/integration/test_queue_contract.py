@@ -35,9 +35,11 @@ class Table:
             assert first.put_new(it)
 
 
-@pytest.fixture(params=["dynamodb", "memory"])
-def table_of(request, aws_env) -> Table:
-    if request.param == "memory":
+@pytest.fixture
+def table_of(request, aws_env, store: str) -> Table:
+    """``store``: "dynamodb" (the engine under test) or "memory" (the fake, once: see
+    ``conftest.pytest_generate_tests``)."""
+    if store == "memory":
         shared = InMemoryQueue()
         return Table(lambda owner, **kw: shared.sharing(owner=owner, **kw), shared.abandoned)
     client, table = request.getfixturevalue("client"), request.getfixturevalue("table")
