@@ -59,6 +59,7 @@ bench: bench-setup
 	$(PY) bench/dispatch.py
 	$(PY) bench/report_bench.py
 	$(PY) bench/workflow.py
+	$(PY) bench/cpu_per_subtask.py
 	$(PY) bench/report.py > docs/performance.md
 
 # The README's picture of the run report, from the demo's real report (needs chromium).
