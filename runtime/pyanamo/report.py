@@ -13,6 +13,7 @@ from __future__ import annotations
 import csv
 import html
 import io
+import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
@@ -127,6 +128,10 @@ class Failure:
     task: str
     error: str
     stderr_tail: str
+    subtask: str = ""  # the first failed sub-task: ``Task_1 (chr2)``
+    exit_code: int | None = None
+    attempts: int = 0
+    logs: str = ""  # the command that shows its log tails
 
 
 @dataclass
@@ -215,6 +220,20 @@ def report_facts(report: RunReport) -> list[tuple[str, str]]:
     return facts
 
 
+def _failure(table: str, item: Item) -> Failure:
+    """What the failures table shows of a failed item: its first failed sub-task, that one's exit
+    code and attempts, the last line it wrote on stderr, and the command to read its logs."""
+    failed = next((s for s in item.subtasks if s.status is SubtaskStatus.FAILED), None)
+    lines = [line for s in item.subtasks if s.status is SubtaskStatus.FAILED
+             for line in str((item.logs.get(s.key) or {}).get("stderr") or "").splitlines() if line.strip()]
+    command = f"pyanamo logs {shlex.quote(table)} {shlex.quote(item.item_id)}"
+    if failed is not None:
+        command += f" --subtask {shlex.quote(failed.label or failed.key)}"
+    return Failure(item.item_id, item.task_id, item.last_error or "", lines[-1] if lines else "",
+                   subtask=failed.name if failed else "", exit_code=failed.exit_code if failed else None,
+                   attempts=failed.attempts if failed else 0, logs=command)
+
+
 def gather(queue: TableGateway) -> RunReport:
     """Every item (state index, then BatchGetItem) and every worker record."""
     items: dict[str, int] = {s.value: 0 for s in ItemState}
@@ -243,9 +262,7 @@ def gather(queue: TableGateway) -> RunReport:
                                        "waits for " + ", ".join(sorted(item.waiting_on)[:5])
                                        + (" …" if len(item.waiting_on) > 5 else "")))
             if item.state is ItemState.FAILED:
-                lines = [line for s in item.subtasks if s.status is SubtaskStatus.FAILED
-                         for line in str((item.logs.get(s.key) or {}).get("stderr") or "").splitlines() if line.strip()]
-                failures.append(Failure(item.item_id, item.task_id, item.last_error or "", lines[-1] if lines else ""))
+                failures.append(_failure(queue.table, item))
     workers = list(queue.worker_records())
     runs.sort(key=lambda r: (r.started, r.item, r.subtask))
     failures.sort(key=lambda f: f.item)
@@ -396,8 +413,9 @@ def render_html(report: RunReport) -> str:
             f"types {fits}. Peak memory is the largest resident set of the sub-task's process tree "
             "(wait4's ru_maxrss, the largest single process among those waited for); page cache and "
             "memory of processes that escaped and were killed are not counted.")
-    failures = _table(["item", "task", "last error", "stderr (last line)"],
-                      [[f.item, f.task, f.error, f.stderr_tail] for f in report.failures]) \
+    failures = _table(["item", "task", "sub-task", "exit", "attempts", "last error", "stderr (last line)", "its logs"],
+                      [[f.item, f.task, f.subtask, "" if f.exit_code is None else f.exit_code, f.attempts or "",
+                        f.error, f.stderr_tail, f.logs] for f in report.failures]) \
         if report.failures else "<p>None.</p>"
     blocked = _table(["item", "task", "state", "blocked by"],
                      [[b.item, b.task, b.state, b.because] for b in report.blocked]) \

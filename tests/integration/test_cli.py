@@ -435,3 +435,14 @@ def test_worker_progress_is_one_line_redrawn_instead_of_events(aws_env, table, t
     assert '"event"' not in proc.stderr  # no JSON events (warnings would still print)
     piped = cli("worker", table, "--workdir", str(tmp_path), "--log-dir", str(tmp_path / "logs"), env=aws_env)
     assert '"worker_started"' in piped.stderr and "running here" not in piped.stderr  # piped: events
+
+
+def test_the_reports_failures_name_the_subtask_its_exit_attempts_and_the_logs_command(aws_env, table,
+                                                                                      known_state, tmp_path: Path):
+    proc = cli("report", table, "--html", str(tmp_path / "r.html"), env=aws_env)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "r.html").read_text()
+    failures = page[page.index("<h2>Failures (1)</h2>"):page.index("<h2>Items that never ran")]
+    for shown in ("<th>sub-task</th><th>exit</th><th>attempts</th>", "<td>f1</td>", "<td>Task_1</td>", "<td>7</td>",
+                  "<td>2</td>", "segfault at chr7", f"pyanamo logs {table} f1 --subtask Task_1"):
+        assert shown in failures, shown
