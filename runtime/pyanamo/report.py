@@ -299,6 +299,11 @@ def _money(value: float | None) -> str:
     return f"${value:.6f}" if value < 0.01 else f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
+def _hours(value: float) -> str:
+    """Hours in one fixed format (never ``4.667e-05``): small amounts in seconds."""
+    return f"{value:,.3f} h" if value >= 0.01 else f"{value * 3600:.1f} s"
+
+
 def _seconds(value: float) -> str:
     return duration(value) if value >= 60 else f"{value:.1f}s"
 
@@ -400,19 +405,24 @@ def render_html(report: RunReport) -> str:
         ("workers", len(report.workers)),
         ("span", "-" if summary["span_s"] is None else f"{summary['start']} → {summary['end']} "
                                                         f"({_seconds(summary['span_s'])})"),
-        ("CPU-hours", f"{report.cpu_hours:.4g}"),
-        ("instance-hours", f"{report.cost.instance_hours:.4g}"),
+        ("CPU", _hours(report.cpu_hours)),
+        ("instance time", _hours(report.cost.instance_hours)),
         ("cost", _money(report.cost.cost_usd) + (f" (+ {report.cost.unknown_price_hours:.2f} instance-hours at an "
                                                  "unknown price)" if report.cost.unknown_price_hours else "")),
         ("utilization", "-" if report.cost.utilization is None else f"{100 * report.cost.utilization:.1f} % of "
                                                                      "paid slot-time ran sub-tasks"),
     ]
     fits = ", ".join(sizing["smallest_types"]) if sizing["smallest_types"] else "none of the listed types"  # type: ignore[arg-type]
-    hint = (f"Peak resident memory per sub-task: p95 {sizing['p95_mb']} MB, max {sizing['max_mb']} MB. "
+    busy = sorted(r.cpu_s / r.wall_s for r in ran if r.wall_s > 0)  # cores a run kept busy
+    cores = f"{busy[min(len(busy) - 1, int(0.95 * len(busy)))]:.2f}" if busy else "0"
+    hint = ("No sub-task has run yet: nothing to size." if not ran else
+            f"Peak resident memory per sub-task: p95 {sizing['p95_mb']} MB, max {sizing['max_mb']} MB. "
             f"{sizing['slots']} at once with 20 % headroom need {sizing['needed_gib']} GiB: smallest fitting "
-            f"types {fits}. Peak memory is the largest resident set of the sub-task's process tree "
-            "(wait4's ru_maxrss, the largest single process among those waited for); page cache and "
-            "memory of processes that escaped and were killed are not counted.")
+            f"types {fits}. CPU: a run keeps p95 {cores} cores busy (its CPU time over its wall time), so "
+            f"{sizing['slots']} at once need about {float(cores) * int(sizing['slots']):.1f} vCPUs "  # type: ignore[call-overload]
+            "(fewer: sub-tasks wait for the CPU; more: the instance idles). Peak memory is the largest resident "
+            "set of the sub-task's process tree (wait4's ru_maxrss, the largest single process among those "
+            "waited for); page cache and memory of processes that escaped and were killed are not counted.")
     failures = _table(["item", "task", "sub-task", "exit", "attempts", "last error", "stderr (last line)", "its logs"],
                       [[f.item, f.task, f.subtask, "" if f.exit_code is None else f.exit_code, f.attempts or "",
                         f.error, f.stderr_tail, f.logs] for f in report.failures]) \

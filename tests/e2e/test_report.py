@@ -118,6 +118,7 @@ def test_the_html_report_renders_offline_with_a_bar_per_run_and_a_lane_per_worke
         ran = {row["worker"] for row in csv.DictReader(trace, delimiter="\t")}  # have taken every item
     assert len(re.findall(r'<g class="lane"', rendered)) == len(ran)  # one lane per worker
     assert "boom: chr7 truncated" in rendered and "Task_0: boom: chr7 truncated" in rendered
+    assert "cores busy" in rendered and "vCPUs" in rendered  # right-sizing weighs CPU as well as memory
     assert page_requests(net_log, html_file.as_uri()) == []  # the browser's own update checks aside
     # The same check sees a page that does ask for something (so the empty list above means it).
     leaky = finished_run / "leaky.html"

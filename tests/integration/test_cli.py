@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -344,6 +345,7 @@ def test_report_on_a_table_where_nothing_ran_and_bad_paths(aws_env, table, tmp_p
     summary = json.loads(proc.stdout)
     assert summary["items"]["todo"] == 1 and summary["subtask_runs"] == 0 and summary["cost_usd"] is None
     assert "No sub-task has run yet." in (tmp_path / "r.html").read_text()
+    assert "No sub-task has run yet: nothing to size." in (tmp_path / "r.html").read_text()
     assert (tmp_path / "t.tsv").read_text().startswith("item\ttask\tsubtask\tlabel\tattempt\tstatus\texit\t")
     assert_one_line_error(cli("report", table, "--html", str(tmp_path / "no" / "r.html"), env=aws_env), 2,
                           "no such folder")
@@ -446,3 +448,5 @@ def test_the_reports_failures_name_the_subtask_its_exit_attempts_and_the_logs_co
     for shown in ("<th>sub-task</th><th>exit</th><th>attempts</th>", "<td>f1</td>", "<td>Task_1</td>", "<td>7</td>",
                   "<td>2</td>", "segfault at chr7", f"pyanamo logs {table} f1 --subtask Task_1"):
         assert shown in failures, shown
+    text = re.sub(r"<[^>]+>", " ", page)
+    assert not re.search(r"\d\.?\d*e-\d", text), "a number in e-notation"  # one format for numbers
