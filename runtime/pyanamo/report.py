@@ -329,23 +329,42 @@ def timeline_svg(report: RunReport) -> str:
     height = LANE_HEIGHT * sum(len(r) for r in rows.values()) + 24
     parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{TIMELINE_WIDTH}" height="{height}" '
              f'role="img" aria-label="timeline">']
+    lifecycle = {str(w.get("Worker_ID")): str(w.get("Lifecycle") or "") for w in report.workers}
     top = 0
     for n, lane in enumerate(lanes):
         shade = ' fill="#f5f5f5"' if n % 2 else ' fill="#ffffff"'
-        parts.append(f'<g class="lane" data-worker="{_e(lane)}"><rect x="0" y="{top}" width="{TIMELINE_WIDTH}" '
+        first = by_lane[lane][0]
+        # the machine first (what is paid for), the worker process under it in the tooltip
+        kind = ", ".join(k for k in (first.instance_type, lifecycle.get(lane, "")) if k and k != "?")
+        name = f"{first.instance} ({kind})" if kind else first.instance
+        parts.append(f'<g class="lane" data-worker="{_e(lane)}" data-instance="{_e(first.instance)}">'
+                     f'<rect x="0" y="{top}" width="{TIMELINE_WIDTH}" '
                      f'height="{LANE_HEIGHT * len(rows[lane])}"{shade}/><text x="0" y="{top + 13}" class="label">'
-                     f'{_e(lane[:28])}</text>')
+                     f'{_e(name[:30])}<title>{_e(f"{name}, worker {lane}")}</title></text>')
         for row, runs in enumerate(rows[lane]):
             for run in runs:
                 parts.append(_bar_of(run, top + row * LANE_HEIGHT, t0, scale))
         parts.append("</g>")
         top += LANE_HEIGHT * len(rows[lane])
     axis_y = top + 16
-    parts.append(f'<text x="{LABEL_WIDTH}" y="{axis_y}" class="axis">{_e(iso(t0))}</text>')
-    parts.append(f'<text x="{TIMELINE_WIDTH - 10}" y="{axis_y}" class="axis" text-anchor="end">'
-                 f'+{_e(_seconds(t1 - t0))}</text>')
+    parts.append(f'<text x="0" y="{axis_y}" class="axis">{_e(iso(t0)[:19].replace("T", " "))} UTC</text>')
+    for offset in axis_ticks(t1 - t0):
+        x = LABEL_WIDTH + offset * scale
+        parts.append(f'<line class="tick" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{top + 4}" stroke="#bdbdbd" '
+                     f'stroke-width="0.5"/><text x="{x:.1f}" y="{axis_y}" class="axis" text-anchor="middle">'
+                     f'+{_e(_seconds(offset))}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+def axis_ticks(span: float, most: int = 8) -> list[float]:
+    """Offsets from the start for the time axis: a round step (1, 2, 5 × 10^k seconds, or whole
+    minutes or hours) that gives at most ``most`` ticks."""
+    steps = [round(n * 10.0 ** k, 1) for k in range(-1, 2) for n in (1, 2, 5)] + [30.0]
+    steps += [60.0 * m for m in (1, 2, 5, 10, 15, 30)]
+    steps += [3600 * h for h in (1, 2, 3, 6, 12, 24, 48, 96)]
+    step = next((s for s in sorted(steps) if span / s <= most), span)
+    return [round(step * n, 1) for n in range(1, int(span / step + 1e-9) + 1)]
 
 
 def _rows(runs: list[SubtaskRun]) -> list[list[SubtaskRun]]:
@@ -367,9 +386,14 @@ def _bar_of(run: SubtaskRun, y: float, t0: float, scale: float) -> str:
     colour = COLOURS.get(run.status, "#6d4c41")
     tip = (f"{run.item} {run.name} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
            f"{run.peak_rss_mb} MB, wrote {run.output_bytes:,} bytes, {run.command[:120]}")
-    return (f'<rect class="run {_e(run.status)}" x="{x:.1f}" y="{y + 2}" width="{width:.1f}" '
-            f'height="{LANE_HEIGHT - 4}" fill="{colour}" data-item="{_e(run.item)}" '
-            f'data-subtask="{_e(run.subtask)}"><title>{_e(tip)}</title></rect>')
+    bar = (f'<rect class="run {_e(run.status)}" x="{x:.1f}" y="{y + 2}" width="{width:.1f}" '
+           f'height="{LANE_HEIGHT - 4}" fill="{colour}" data-item="{_e(run.item)}" '
+           f'data-subtask="{_e(run.subtask)}"><title>{_e(tip)}</title></rect>')
+    label = f"{run.item} {run.label or run.subtask}"
+    if width >= 7 * len(label) + 6:  # a readable label where the bar is wide enough
+        bar += (f'<text x="{x + 3:.1f}" y="{y + 13}" class="barlabel" fill="#ffffff">{_e(label)}'
+                f'<title>{_e(tip)}</title></text>')
+    return bar
 
 
 def _bar(value: float, most: float) -> str:
@@ -448,6 +472,7 @@ table{{border-collapse:collapse;margin:8px 0}} td,th{{border:1px solid #ddd;padd
 vertical-align:top}} th{{background:#f5f5f5}} table.facts td:first-child{{width:140px;font-weight:600}}
 table.facts td:last-child{{min-width:520px}} table.facts thead{{display:none}}
 .timeline .label{{font-size:11px;fill:#424242}} .timeline .axis{{font-size:11px;fill:#757575}}
+.timeline .barlabel{{font-size:10px}}
 .key{{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}}
 td{{max-width:420px;overflow-wrap:anywhere}}
 </style></head><body>

@@ -117,6 +117,9 @@ def test_the_html_report_renders_offline_with_a_bar_per_run_and_a_lane_per_worke
     with (finished_run / "trace.tsv").open() as trace:  # which workers ran something: the first one may
         ran = {row["worker"] for row in csv.DictReader(trace, delimiter="\t")}  # have taken every item
     assert len(re.findall(r'<g class="lane"', rendered)) == len(ran)  # one lane per worker
+    lanes = re.findall(r'<g class="lane" data-worker="[^"]*" data-instance="([^"]*)"', rendered)
+    assert lanes and all(re.search(rf'class="label">{re.escape(i)}', rendered) for i in lanes)  # named by machine
+    assert len(re.findall(r'<line class="tick"', rendered)) >= 2  # a time axis with ticks
     assert "boom: chr7 truncated" in rendered and "Task_0: boom: chr7 truncated" in rendered
     assert "cores busy" in rendered and "vCPUs" in rendered  # right-sizing weighs CPU as well as memory
     assert page_requests(net_log, html_file.as_uri()) == []  # the browser's own update checks aside

@@ -136,3 +136,12 @@ def test_a_run_of_a_subtask_made_from_an_argument_carries_its_label_into_the_tra
     (run,) = runs_of(item)
     row = dict(zip(TRACE_COLUMNS, run.trace_row(), strict=True))
     assert (row["subtask"], row["label"]) == ("Task_0", "chr2") and run.name == "Task_0 (chr2)"
+
+
+def test_the_timelines_axis_has_round_steps_and_at_most_eight_ticks():
+    from pyanamo.report import axis_ticks
+
+    assert axis_ticks(10) == [2.0, 4.0, 6.0, 8.0, 10.0]
+    assert axis_ticks(3600) == [600, 1200, 1800, 2400, 3000, 3600]
+    assert axis_ticks(95) == [20, 40, 60, 80]
+    assert all(1 <= len(axis_ticks(span)) <= 8 for span in (0.5, 7, 95, 1000, 86_400, 400_000))
