@@ -11,15 +11,19 @@ import argparse
 import contextlib
 import dataclasses
 import difflib
+import getpass
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -664,8 +668,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         with _atomic(args.trace) as out:
             write_trace(report, out)
     if args.html is not None:
+        meta = {"command": " ".join(shlex.quote(a) for a in ["pyanamo", *args.argv]),
+                "pyanamo": __version__, "endpoint": where(client),
+                "by": f"{getpass.getuser()}@{socket.gethostname()}",
+                "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
         with _atomic(args.html) as out:
-            out.write(render_html(report))
+            out.write(render_html(report, meta))
     summary = report.summary()
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -843,6 +851,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as typed: the report records it
     try:
         _resolve_table(args)
         return COMMANDS[args.command](args)

@@ -164,6 +164,7 @@ class Item:
     dependents: frozenset[str] = frozenset()  # the items that wait for it
     blocked_by: str | None = None  # the upstream item that ended failed or cancelled
     on_failure: str = ON_FAILURE_CONTINUE  # ``stop``: the first sub-task that fails for good ends it
+    imported_date: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Item:
@@ -209,6 +210,7 @@ class Item:
             dependents=_ids(data.get(Attr.DEPENDENTS)),
             blocked_by=_text(data.get(Attr.BLOCKED_BY)),
             on_failure=ON_FAILURE_STOP if data.get(Attr.ON_FAILURE) == ON_FAILURE_STOP else ON_FAILURE_CONTINUE,
+            imported_date=_text(data.get(Attr.IMPORTED_DATE)),
         )
 
     def new_row(self) -> dict[str, Any]:
@@ -227,6 +229,7 @@ class Item:
             Attr.CLAIMS: 0,
             Attr.STATE_SHARD: state_shard(state, self.item_id),
             Attr.STATE_RANK: secrets.token_hex(8),
+            Attr.IMPORTED_DATE: utc_now_iso(),
         }
         if self.after:
             values[Attr.AFTER] = list(self.after)

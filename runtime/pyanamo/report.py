@@ -33,7 +33,8 @@ TRACE_COLUMNS = ("item", "task", "subtask", "label", "attempt", "status", "exit"
                  "command")
 TOP = 10  # rows in the slowest and most memory-hungry lists
 REPORT_ATTRIBUTES = (Attr.ITEM_ID, Attr.TASK_ID, Attr.STATE, Attr.TASK_SCRIPT, Attr.LOG_SUMMARY, Attr.INSTANCE_ID,
-                     Attr.LAST_ERROR, Attr.DONE_DATE, Attr.BLOCKED_BY, Attr.WAITING_ON)
+                     Attr.LAST_ERROR, Attr.DONE_DATE, Attr.BLOCKED_BY, Attr.WAITING_ON, Attr.IMPORTED_DATE)
+TASK_TABLE_ROWS = 2000  # the HTML's task table; the trace has every run
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,17 @@ class SubtaskRun:
     earlier_exits: tuple[int | None, ...]
     command: str
     label: str = ""  # the TaskArgs argument that made the sub-task (chr2), if one did
+    imported: str = ""  # when its item was imported (the queue wait: imported -> started)
+
+    @property
+    def cpu_percent(self) -> float:
+        """Its CPU time over its wall time: 100 % keeps one core busy."""
+        return 100 * self.cpu_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def queue_wait_s(self) -> float | None:
+        imported = parse_time(self.imported) if self.imported else None
+        return None if imported is None else max(0.0, self.started - imported)
 
     @property
     def name(self) -> str:
@@ -119,6 +131,7 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
             earlier_exits=record.earlier_exits,
             command=s.script,
             label=s.label or "",
+            imported=item.imported_date or "",
         )
 
 
@@ -416,7 +429,8 @@ def distribution_table(groups: Mapping[str, list[SubtaskRun]]) -> str:
             + "".join(rows) + "</tbody></table>")
 
 
-def render_html(report: RunReport) -> str:
+def render_html(report: RunReport, meta: Mapping[str, str] | None = None) -> str:
+    """The report page; ``meta``: how it was made (command line, version, endpoint, who, when)."""
     summary = report.summary()
     sizing = report.sizing()
     ran = list(report.runs)
@@ -461,6 +475,20 @@ def render_html(report: RunReport) -> str:
                  r.peak_rss_mb, _money(r.cost_usd), r.command[:100]] for r in runs]
 
     legend = " ".join(f'<span class="key" style="background:{c}"></span>{_e(s)}' for s, c in COLOURS.items())
+    unsuccessful = report.items.get("failed", 0) + report.items.get("upstream_failed", 0)
+    live = sum(report.items.get(s.value, 0) for s in ItemState if s.live)
+    banner = (f'<p class="banner failed">{unsuccessful} items did not succeed (see Failures)</p>' if unsuccessful
+              else f'<p class="banner running">{live} items not ended yet</p>' if live
+              else '<p class="banner ok">Every item ended done</p>' if report.runs else "")
+    about = _table(["", ""], list((meta or {}).items()), "facts") if meta else ""
+    task_columns = ["item", "sub-task", "status", "exit", "attempt", "instance", "worker", "queued", "start (UTC)",
+                    "wall", "CPU", "%CPU", "peak MB", "cost", "command"]
+    task_rows = [[r.item, r.name, r.status, r.exit, r.attempt, r.instance, r.worker,
+                  "" if r.queue_wait_s is None else _seconds(r.queue_wait_s), r.start[:19].replace("T", " "),
+                  _seconds(r.wall_s), _seconds(r.cpu_s), f"{r.cpu_percent:.0f}", r.peak_rss_mb, _money(r.cost_usd),
+                  r.command[:80]] for r in ran[:TASK_TABLE_ROWS]]
+    capped = (f"<p>The first {TASK_TABLE_ROWS:,} of {len(ran):,} runs by start; the trace (--trace) has every "
+              "one.</p>" if len(ran) > TASK_TABLE_ROWS else "")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -475,10 +503,14 @@ table.facts td:last-child{{min-width:520px}} table.facts thead{{display:none}}
 .timeline .barlabel{{font-size:10px}}
 .key{{display:inline-block;width:12px;height:12px;margin:0 4px 0 12px;vertical-align:middle}}
 td{{max-width:420px;overflow-wrap:anywhere}}
+.banner{{padding:6px 10px;font-weight:600;color:#fff}} .banner.ok{{background:#2e7d32}}
+.banner.failed{{background:#c62828}} .banner.running{{background:#1565c0}}
 </style></head><body>
 <h1>PyAnamo run report: {_e(report.table)}</h1>
+{banner}
 <h2>Summary</h2>
 {_table(["", ""], facts, "facts")}
+{about}
 <h2>Timeline</h2>
 <p>One lane per worker, one bar per sub-task run (its latest attempt). {legend}</p>
 {timeline_svg(report)}
@@ -498,5 +530,9 @@ to run them), waiting while one of those has not ended.</p>
 {_table(run_columns, run_rows(slowest))}
 <h2>Most memory-hungry sub-tasks</h2>
 {_table(run_columns, run_rows(hungry))}
+<h2>Every sub-task run ({len(ran):,})</h2>
+<p>Queued: from the item's import to the run's start. %CPU: its CPU time over its wall time.</p>
+{capped}
+{_table(task_columns, task_rows)}
 </body></html>
 """

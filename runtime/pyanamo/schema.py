@@ -122,6 +122,7 @@ class Attr:
     # not yet done (a string set, absent when empty), the items that wait for this one (a string
     # set: the release reads it, no Scan), the upstream item whose failure blocked it, and
     # ``stop`` when its first sub-task that fails for good ends it (the rest are skipped).
+    IMPORTED_DATE = "Imported_Date"  # when the import wrote it: the report's queue wait
     AFTER = "After"
     WAITING_ON = "Waiting_On"
     DEPENDENTS = "Dependents"

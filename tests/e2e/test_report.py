@@ -122,6 +122,10 @@ def test_the_html_report_renders_offline_with_a_bar_per_run_and_a_lane_per_worke
     assert len(re.findall(r'<line class="tick"', rendered)) >= 2  # a time axis with ticks
     assert "boom: chr7 truncated" in rendered and "Task_0: boom: chr7 truncated" in rendered
     assert "cores busy" in rendered and "vCPUs" in rendered  # right-sizing weighs CPU as well as memory
+    assert '<p class="banner failed">1 items did not succeed' in rendered  # a failure banner
+    assert "<td>pyanamo report t-" in rendered and "<td>pyanamo</td>" in rendered  # metadata: command, version
+    runs = rendered[rendered.index("<h2>Every sub-task run (4)</h2>"):]  # the task table: every run
+    assert "<th>queued</th>" in runs and "<th>%CPU</th>" in runs and runs.count("<tr>") == 5
     assert page_requests(net_log, html_file.as_uri()) == []  # the browser's own update checks aside
     # The same check sees a page that does ask for something (so the empty list above means it).
     leaky = finished_run / "leaky.html"
