@@ -9,6 +9,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -46,6 +47,11 @@ class FaultProxy:
         self.counts: dict[str, int] = defaultdict(int)
         self._lock = threading.Lock()
         self._stall_until = 0.0
+        # ``hold``: a request whose body it matches is never forwarded nor answered; ``held`` is set
+        # when one arrives (a test kills its sender then), ``release`` lets the handler go
+        self.hold: Callable[[bytes], bool] | None = None
+        self.held = threading.Event()
+        self.release = threading.Event()
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._server: ThreadingHTTPServer | None = None
@@ -62,6 +68,11 @@ class FaultProxy:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 self.close_connection = True
+                if proxy.hold is not None and proxy.hold(body):
+                    proxy._count("held")
+                    proxy.held.set()
+                    proxy.release.wait(120)
+                    return  # never forwarded, never answered
                 stall = proxy._stall_until - time.monotonic()
                 if stall > 0:
                     proxy._count("stalled")
@@ -135,6 +146,7 @@ class FaultProxy:
         return self.start()
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self._stall_until = 0.0
         self.stop()
 

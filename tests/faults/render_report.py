@@ -149,6 +149,11 @@ HARDENING = """
   name it, handle the others and exit 1.
 - **Index keys that disagree with the state are repaired** (29): workers re-index such items when
   a claim meets them, and `pyanamo repair TABLE` finds the rest with a Scan (dry run first).
+- **A release lost with its worker is made by the next** (31): an item that waits for others
+  (workflows) is released by the worker that ends its last upstream; killed between its `done`
+  write and the release, that worker leaves the waiting item as it was, and the next worker's
+  drain check (or the backlog scaler, with the fleet at zero) settles it from the table and runs
+  it once. The release's writes are conditional on the waiting state and idempotent.
 - **The local queue is the operator's alone** (`tests/e2e/test_local_endpoint.py`): requests must
   be signed with a secret in a 0600 file, and every answer proves the endpoint holds it; another
   user (`nobody`) is refused and can read neither the secret nor the data folder (0700), and an
