@@ -334,7 +334,7 @@ def timeline_svg(report: RunReport) -> str:
     if span is None or not lanes:
         return "<p>No sub-task has run yet.</p>"
     t0, t1 = span
-    scale = (TIMELINE_WIDTH - LABEL_WIDTH - 10) / max(t1 - t0, 1e-6)
+    axis = TimeAxis.of(t0, t1, report.runs)
     by_lane: dict[str, list[SubtaskRun]] = defaultdict(list)
     for run in report.runs:
         by_lane[run.worker].append(run)
@@ -356,18 +356,69 @@ def timeline_svg(report: RunReport) -> str:
                      f'{_e(name[:30])}<title>{_e(f"{name}, worker {lane}")}</title></text>')
         for row, runs in enumerate(rows[lane]):
             for run in runs:
-                parts.append(_bar_of(run, top + row * LANE_HEIGHT, t0, scale))
+                parts.append(_bar_of(run, top + row * LANE_HEIGHT, axis))
         parts.append("</g>")
         top += LANE_HEIGHT * len(rows[lane])
     axis_y = top + 16
     parts.append(f'<text x="0" y="{axis_y}" class="axis">{_e(iso(t0)[:19].replace("T", " "))} UTC</text>')
+    for start, end in axis.gaps:  # a break in the axis: a long idle time cut short
+        x = axis.x(start)
+        parts.append(f'<g class="break"><rect x="{x:.1f}" y="0" width="{BREAK_PX}" height="{top + 4}" '
+                     f'fill="#eeeeee"/><text x="{x + BREAK_PX / 2:.1f}" y="{axis_y}" class="axis" '
+                     f'text-anchor="middle">≈<title>{_e(f"nothing ran for {_seconds(end - start)}")}</title>'
+                     f'</text></g>')
     for offset in axis_ticks(t1 - t0):
-        x = LABEL_WIDTH + offset * scale
+        if axis.inside_gap(t0 + offset):
+            continue
+        x = axis.x(t0 + offset)
         parts.append(f'<line class="tick" x1="{x:.1f}" y1="0" x2="{x:.1f}" y2="{top + 4}" stroke="#bdbdbd" '
                      f'stroke-width="0.5"/><text x="{x:.1f}" y="{axis_y}" class="axis" text-anchor="middle">'
                      f'+{_e(_seconds(offset))}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+BREAK_PX = 24  # the width of a break in the time axis
+GAP_SECONDS = 300.0  # idle time (no run in progress) longer than this, and than a quarter of the span, is cut
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """Where a moment falls on the timeline: linear, except that idle gaps (no run in progress)
+    longer than GAP_SECONDS and a quarter of the span are cut to BREAK_PX, so a rerun hours after
+    the first run does not squash both into slivers."""
+
+    t0: float
+    gaps: tuple[tuple[float, float], ...]
+    scale: float  # pixels per second outside the gaps
+
+    @classmethod
+    def of(cls, t0: float, t1: float, runs: Iterable[SubtaskRun]) -> TimeAxis:
+        busy: list[list[float]] = []
+        for start, end in sorted((r.started, max(r.started, r.ended)) for r in runs):
+            if busy and start <= busy[-1][1]:
+                busy[-1][1] = max(busy[-1][1], end)
+            else:
+                busy.append([start, end])
+        edges = [t0, *(t for segment in busy for t in segment), t1]
+        threshold = max(GAP_SECONDS, 0.25 * (t1 - t0))
+        gaps = tuple((a, b) for a, b in zip(edges[::2], edges[1::2], strict=False) if b - a > threshold)
+        visible = (t1 - t0) - sum(b - a for a, b in gaps)
+        width = TIMELINE_WIDTH - LABEL_WIDTH - 10 - BREAK_PX * len(gaps)
+        return cls(t0, gaps, width / max(visible, 1e-6))
+
+    def inside_gap(self, t: float) -> bool:
+        return any(a < t < b for a, b in self.gaps)
+
+    def x(self, t: float) -> float:
+        cut, breaks = 0.0, 0
+        for a, b in self.gaps:
+            if t >= b:
+                cut, breaks = cut + (b - a), breaks + 1
+            elif t > a:
+                t = a
+                break
+        return LABEL_WIDTH + (t - self.t0 - cut) * self.scale + BREAK_PX * breaks
 
 
 def axis_ticks(span: float, most: int = 8) -> list[float]:
@@ -393,9 +444,9 @@ def _rows(runs: list[SubtaskRun]) -> list[list[SubtaskRun]]:
     return rows
 
 
-def _bar_of(run: SubtaskRun, y: float, t0: float, scale: float) -> str:
-    x = LABEL_WIDTH + (run.started - t0) * scale
-    width = max(1.5, (run.ended - run.started) * scale)
+def _bar_of(run: SubtaskRun, y: float, axis: TimeAxis) -> str:
+    x = axis.x(run.started)
+    width = max(1.5, axis.x(run.ended) - x)
     colour = COLOURS.get(run.status, "#6d4c41")
     tip = (f"{run.item} {run.name} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
            f"{run.peak_rss_mb} MB, wrote {run.output_bytes:,} bytes, {run.command[:120]}")

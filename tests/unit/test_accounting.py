@@ -145,3 +145,19 @@ def test_the_timelines_axis_has_round_steps_and_at_most_eight_ticks():
     assert axis_ticks(3600) == [600, 1200, 1800, 2400, 3000, 3600]
     assert axis_ticks(95) == [20, 40, 60, 80]
     assert all(1 <= len(axis_ticks(span)) <= 8 for span in (0.5, 7, 95, 1000, 86_400, 400_000))
+
+
+def test_a_long_idle_gap_is_cut_from_the_timeline_so_both_runs_stay_wide():
+    """A rerun an hour after the first run: without the break both would be slivers 17 px wide."""
+    from types import SimpleNamespace
+
+    from pyanamo.report import BREAK_PX, LABEL_WIDTH, TIMELINE_WIDTH, TimeAxis
+
+    runs = [SimpleNamespace(started=0.0, ended=60.0), SimpleNamespace(started=3600.0, ended=3660.0)]
+    axis = TimeAxis.of(0.0, 3660.0, runs)
+    assert axis.gaps == ((60.0, 3600.0),)
+    first, second = axis.x(60.0) - axis.x(0.0), axis.x(3660.0) - axis.x(3600.0)
+    assert first == second == (TIMELINE_WIDTH - LABEL_WIDTH - 10 - BREAK_PX) / 2
+    assert axis.x(3600.0) - axis.x(60.0) == BREAK_PX and axis.inside_gap(1800.0)
+    assert TimeAxis.of(0.0, 120.0, [SimpleNamespace(started=0.0, ended=50.0),
+                                   SimpleNamespace(started=70.0, ended=120.0)]).gaps == ()  # short: kept
