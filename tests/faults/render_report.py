@@ -181,7 +181,9 @@ def main(path: str) -> None:
     rows = [json.loads(line) for line in open(path) if line.strip()]
     rows.sort(key=lambda r: (int(r["scenario"].split(".")[0].rstrip("ab")), r["scenario"]))
     soak = os.environ.get("SOAK")
-    command = "make reliability" + (f" SOAK={soak}" if soak else "")
+    # the command that produced the figures (FAULTS_COMMAND: when they were recorded by another run,
+    # e.g. `make test` with PYANAMO_FAULTS_REPORT set)
+    command = os.environ.get("FAULTS_COMMAND") or "make reliability" + (f" SOAK={soak}" if soak else "")
     load = os.getloadavg()[1]  # the 5-minute average as the suite ends: how busy the machine was
     machine = (f"{os.cpu_count()} cores (load average {load:.1f} over the last 5 minutes), "
                f"Python {platform.python_version()}")
