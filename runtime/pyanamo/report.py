@@ -157,6 +157,7 @@ class RunReport:
     cost: RunCost
     failures: list[Failure] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # trace rows of sub-tasks that never ran
 
     @cached_property
     def span(self) -> tuple[float, float] | None:
@@ -254,6 +255,7 @@ def gather(queue: TableGateway) -> RunReport:
     runs: list[SubtaskRun] = []
     failures: list[Failure] = []
     blocked: list[Blocked] = []
+    skipped: list[dict[str, str]] = []
     for state in ItemState:
         # The log tails (up to 100 KB an item) only where the report shows them: failed items.
         wanted = REPORT_ATTRIBUTES + ((Attr.LOG,) if state is ItemState.FAILED else ())
@@ -268,6 +270,9 @@ def gather(queue: TableGateway) -> RunReport:
             for s in item.subtasks:
                 subtasks[s.status.value] += 1
             runs.extend(runs_of(item))
+            skipped += [{"item": item.item_id, "task": item.task_id, "subtask": s.key, "label": s.label or "",
+                         "status": s.status.value, "command": s.script}
+                        for s in item.subtasks if s.status is SubtaskStatus.SKIPPED]
             if item.state is ItemState.UPSTREAM_FAILED:
                 blocked.append(Blocked(item.item_id, item.task_id, item.state.value, item.blocked_by or "?"))
             elif item.state is ItemState.WAITING:
@@ -281,7 +286,7 @@ def gather(queue: TableGateway) -> RunReport:
     failures.sort(key=lambda f: f.item)
     blocked.sort(key=lambda b: (b.state, b.item))
     return RunReport(queue.table, items, subtasks, runs, workers, run_cost(worker_spans(workers)), failures,
-                     blocked)
+                     blocked, skipped)
 
 
 # -- the trace -----------------------------------------------------------------------------
@@ -291,6 +296,8 @@ def write_trace(report: RunReport, out: io.TextIOBase | Any) -> None:
     writer.writerow(TRACE_COLUMNS)
     for run in report.runs:
         writer.writerow(run.trace_row())
+    for never in report.skipped:  # `--on-failure stop`: sub-tasks that never ran, as such
+        writer.writerow([never.get(c, "") for c in TRACE_COLUMNS])
 
 
 # -- the HTML report ------------------------------------------------------------------------

@@ -149,6 +149,10 @@ def test_on_failure_stop_skips_the_rest_of_the_item(aws_env, client, table, tmp_
     assert [s.status for s in stopped.subtasks] == [SubtaskStatus.DONE, SubtaskStatus.FAILED, SubtaskStatus.SKIPPED]
     logs = cli("logs", table, "S1", env=aws_env)
     assert "== Task_2 [skipped, attempts 0]" in logs.stdout, logs.stdout
+    report = cli("report", table, "--trace", str(tmp_path / "trace.tsv"), "--json", env=aws_env)
+    assert json.loads(report.stdout)["subtasks"]["skipped"] == 1
+    rows = [line.split("\t") for line in (tmp_path / "trace.tsv").read_text().splitlines()]
+    assert [(r[0], r[2], r[5]) for r in rows if r[5] == "skipped"] == [("S1", "Task_2", "skipped")]
     reset = cli("reset", table, "S1", "--subtasks", env=aws_env)
     assert "(sub-tasks Task_1, Task_2)" in reset.stdout, reset.stdout
     row = client.get_item(TableName=table, Key={Attr.ITEM_ID: {"S": "S1"}})["Item"]
