@@ -27,9 +27,12 @@ def stored(client, table: str) -> int:
 def test_ctrl_c_stops_an_import_within_a_second_having_written_whole_items(aws_env, client, table, tmp_path, soak):
     rows = 100_000 if soak else 20_000
     tasks = write_task_file(tmp_path / "t.txt", [f"i{n:06d}|S|echo {n}" for n in range(rows)])
+    # As at a terminal: SIGINT at its default, whatever this process inherited (a shell without job
+    # control starts background jobs with SIGINT ignored, and an ignored signal stays ignored in a
+    # child: Python then never raises KeyboardInterrupt, and the import would run on to its end).
     importer = subprocess.Popen([sys.executable, "-m", "pyanamo", "import", table, str(tasks)],
                                 env={**os.environ, **aws_env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for(lambda: stored(client, table) >= 500, timeout=120, interval=0.2, message="the import under way")
     importer.send_signal(signal.SIGINT)
     sent = time.monotonic()
