@@ -341,6 +341,11 @@ class Worker:
         # another slot or worker may have released items meanwhile: look again before leaving
         if settled.released or any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
             return False
+        # An upstream still locked when the settle read it may have ended since (it was not
+        # locked at the look just above): settle once more, now that every upstream has ended.
+        settled = reconcile(self.queue)
+        if settled.released or any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
+            return False
         if settled.waiting:
             missing = sorted({m for ids in settled.missing.values() for m in ids})
             emit("items_stuck", waiting=settled.waiting, missing=missing[:20],
