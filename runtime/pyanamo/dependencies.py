@@ -49,6 +49,9 @@ class Settled:
     blocked: list[str] = field(default_factory=list)  # waiting -> upstream_failed
     missing: dict[str, list[str]] = field(default_factory=dict)  # waiting on items not in the table
     waiting: int = 0  # still waiting after the look
+    # listed as waiting by the state index but todo or locked when read: released by someone else
+    # a moment ago (the index, a secondary index, may lag the item by that moment)
+    moved: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -121,7 +124,11 @@ def settle(table: Workflow, item_ids: Iterable[str], *, upstream_reset: str | No
 
     for item_id in item_ids:
         item = table.get(item_id)
-        if item is None or item.state is not ItemState.WAITING:
+        if item is None:
+            continue
+        if item.state is not ItemState.WAITING:
+            if item.state.claimable:
+                found.moved.append(item_id)
             continue
         for up_id in sorted(item.waiting_on):
             if up_id == upstream_reset:  # just reset: it will run again, whatever was read

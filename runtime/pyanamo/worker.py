@@ -337,15 +337,17 @@ class Worker:
             return False
         if not self.queue.any_in_state(ItemState.WAITING):
             return True
-        settled = reconcile(self.queue)
-        # another slot or worker may have released items meanwhile: look again before leaving
-        if settled.released or any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
-            return False
-        # An upstream still locked when the settle read it may have ended since (it was not
-        # locked at the look just above): settle once more, now that every upstream has ended.
-        settled = reconcile(self.queue)
-        if settled.released or any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
-            return False
+        for _ in range(2):
+            # The second settle: an upstream still locked when the first read it may have ended
+            # before the look for claimable items. An item released by another slot or worker a
+            # moment ago (todo when read, though the index still lists it as waiting) keeps this
+            # worker too: the claim finds it once the index catches up.
+            settled = reconcile(self.queue)
+            if settled.released or settled.moved:
+                self.queue.expect_work()
+                return False
+            if any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
+                return False
         if settled.waiting:
             missing = sorted({m for ids in settled.missing.values() for m in ids})
             emit("items_stuck", waiting=settled.waiting, missing=missing[:20],
