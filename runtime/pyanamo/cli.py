@@ -669,7 +669,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             write_trace(report, out)
     if args.html is not None:
         meta = {"command": " ".join(shlex.quote(a) for a in ["pyanamo", *args.argv]),
-                "pyanamo": __version__, "endpoint": where(client),
+                "pyanamo": __version__, "table at": where(client),
                 "by": f"{getpass.getuser()}@{socket.gethostname()}",
                 "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
         with _atomic(args.html) as out:

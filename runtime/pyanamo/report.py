@@ -355,7 +355,7 @@ def timeline_svg(report: RunReport) -> str:
         shade = ' fill="#f5f5f5"' if n % 2 else ' fill="#ffffff"'
         first = by_lane[lane][0]
         # the machine first (what is paid for), the worker process under it in the tooltip
-        kind = ", ".join(k for k in (first.instance_type, lifecycle.get(lane, "")) if k and k != "?")
+        kind = ", ".join(dict.fromkeys(k for k in (first.instance_type, lifecycle.get(lane, "")) if k and k != "?"))
         name = f"{first.instance} ({kind})" if kind else first.instance
         parts.append(f'<g class="lane" data-worker="{_e(lane)}" data-instance="{_e(first.instance)}">'
                      f'<rect x="0" y="{top}" width="{TIMELINE_WIDTH}" '
