@@ -524,16 +524,13 @@ class Worker:
         """Earlier sub-tasks' committed outputs, where this worker did not run them (a reclaim):
         downloaded into ``$PYANAMO_ITEM_OUTPUTS/<key>`` before the next sub-task starts."""
         for subtask in item.subtasks:
-            folder = self._item_outputs(item) / subtask.key
-            if subtask.status is not SubtaskStatus.DONE or not subtask.outputs or folder.exists():
-                continue
             try:
-                manifest = Manifest.from_map(subtask.outputs)
-                store_of_location(manifest.location).fetch(manifest, folder)
+                files = _download_committed(subtask, self._item_outputs(item) / subtask.key)
             except (OutputError, OSError, *BOTO_ERRORS, KeyError, ValueError) as exc:
                 emit("outputs_fetch_failed", item=item.item_id, subtask=subtask.key, error=str(exc))
             else:
-                emit("outputs_fetched", item=item.item_id, subtask=subtask.key, files=len(manifest.files))
+                if files is not None:
+                    emit("outputs_fetched", item=item.item_id, subtask=subtask.key, files=files)
 
     def _item_inputs(self, item: Item) -> Path:
         return self._item_scratch(item) / "inputs"
@@ -548,12 +545,8 @@ class Worker:
                 emit("inputs_missing", item=item.item_id, upstream=upstream_id)
                 continue
             for subtask in upstream.subtasks:
-                folder = self._item_inputs(item) / safe_name(upstream_id) / subtask.key
-                if subtask.status is not SubtaskStatus.DONE or not subtask.outputs or folder.exists():
-                    continue
                 try:
-                    manifest = Manifest.from_map(subtask.outputs)
-                    store_of_location(manifest.location).fetch(manifest, folder)
+                    _download_committed(subtask, self._item_inputs(item) / safe_name(upstream_id) / subtask.key)
                 except (OutputError, OSError, *BOTO_ERRORS, KeyError, ValueError) as exc:
                     emit("inputs_fetch_failed", item=item.item_id, upstream=upstream_id, subtask=subtask.key,
                          error=str(exc))
@@ -710,3 +703,13 @@ class Worker:
             record=record,
             error_line=error_line,
         )
+
+
+def _download_committed(subtask: Subtask, folder: Path) -> int | None:
+    """A done sub-task's committed outputs, downloaded into ``folder`` unless it is there
+    already: the number of files, or None when there was nothing to download."""
+    if subtask.status is not SubtaskStatus.DONE or not subtask.outputs or folder.exists():
+        return None
+    manifest = Manifest.from_map(subtask.outputs)
+    store_of_location(manifest.location).fetch(manifest, folder)
+    return len(manifest.files)
