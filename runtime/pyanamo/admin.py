@@ -166,11 +166,16 @@ def _reset_blocked(queue: ItemAdmin, item: Item, dry_run: bool) -> ResetAction:
     return _unblocked(queue, item, message)
 
 
-def _rerun_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+def _reset_in_workflow(queue: ItemAdmin, item: Item, dry_run: bool) -> ResetAction:
+    """reset and --rerun alike: an upstream_failed item waits again; a waiting one is left."""
     if item.state is ItemState.UPSTREAM_FAILED:
         return _reset_blocked(queue, item, dry_run)
-    if item.state is ItemState.WAITING:
-        return ResetAction(item.item_id, False, f"{item.item_id}: already waiting (for {_waits(item)})")
+    return ResetAction(item.item_id, False, f"{item.item_id}: already waiting (for {_waits(item)})")
+
+
+def _rerun_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
+    if item.state in (ItemState.UPSTREAM_FAILED, ItemState.WAITING):
+        return _reset_in_workflow(queue, item, dry_run)
     if item.state is ItemState.TODO:
         return ResetAction(item.item_id, False, f"{item.item_id}: already todo")
     if item.state is ItemState.LOCKED:
@@ -187,10 +192,8 @@ def _rerun_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -
 
 
 def _reset_one(queue: ItemAdmin, item: Item, spec: ResetFilter, dry_run: bool) -> ResetAction:
-    if item.state is ItemState.UPSTREAM_FAILED:
-        return _reset_blocked(queue, item, dry_run)
-    if item.state is ItemState.WAITING:
-        return ResetAction(item.item_id, False, f"{item.item_id}: already waiting (for {_waits(item)})")
+    if item.state in (ItemState.UPSTREAM_FAILED, ItemState.WAITING):
+        return _reset_in_workflow(queue, item, dry_run)
     now = queue.now()
     forced = item.item_id in spec.item_ids
     live = item.lease_live(now)
