@@ -145,6 +145,7 @@ Environment=AWS_REGION=${AWS_REGION:-}
 ExecStart=$home/run-worker.sh
 ExecStopPost=$home/after-worker.sh
 KillMode=control-group
+Delegate=yes
 KillSignal=SIGTERM
 TimeoutStopSec=30
 Restart=no

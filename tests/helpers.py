@@ -165,6 +165,17 @@ class Workers:
                 process.wait(timeout=10)
 
 
+def supervisor_of(worker_pid: int) -> int:
+    """The worker's supervisor process (the one child running supervise.py)."""
+    for pid in descendants(worker_pid):
+        try:
+            if b"supervise.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    raise AssertionError("no supervisor running")
+
+
 def descendants(pid: int) -> list[int]:
     """All live descendants of ``pid`` (from /proc), deepest last."""
     children: dict[int, list[int]] = {}

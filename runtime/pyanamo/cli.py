@@ -480,7 +480,9 @@ def _check_can_run(args: argparse.Namespace) -> None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from .cgroups import CgroupParent
     from .identity import Imds, worker_identity
+    from .launcher import SupervisedLauncher
     from .pricing import worker_placement
     from .progress import ProgressLine
     from .runner import become_subreaper
@@ -491,6 +493,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
     events.configure(quiet=args.quiet or progress)
     _check_can_run(args)
     become_subreaper()  # the reaper of last resort for a sub-task whose supervisor is killed
+    cgroups = CgroupParent.find()
+    if cgroups is not None:  # sub-tasks of workers killed with their supervisors: nobody else will stop them
+        left = cgroups.sweep()
+        if left:
+            events.emit("leftovers_killed", processes=left,
+                        why="processes of sub-tasks whose worker and supervisor were killed")
     client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
     _require_table(client, args.table)
     imds = Imds()
@@ -511,7 +519,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims,
                       worker_id=who.worker_id)
-    worker = Worker(queue, config)
+    worker = Worker(queue, config, launcher=SupervisedLauncher(cgroups))
     worker.install_signal_handlers()
     if who.instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
         SpotWatcher(imds, lambda _: worker.stop("spot_interruption", signal.SIGTERM)).start()

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .cgroups import CgroupParent
 from .runner import Outcome, SubtaskProcess
 
 
@@ -54,8 +55,13 @@ class Launcher(Protocol):
 
 
 class SupervisedLauncher:
-    """A supervisor process per sub-task (``runner.SubtaskProcess``): the default."""
+    """A supervisor process per sub-task (``runner.SubtaskProcess``): the default. With
+    ``cgroups`` (where the worker may create them) each sub-task also runs in a cgroup of its own."""
+
+    def __init__(self, cgroups: CgroupParent | None = None) -> None:
+        self.cgroups = cgroups
 
     def launch(self, launch: Launch) -> RunningSubtask:
         return SubtaskProcess(launch.script, env=launch.env, cwd=launch.cwd, log_folder=launch.log_folder,
-                              timeout=launch.timeout, user=launch.user, deadline=launch.deadline)
+                              timeout=launch.timeout, user=launch.user, deadline=launch.deadline,
+                              cgroups=self.cgroups)

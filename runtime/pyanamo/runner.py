@@ -19,7 +19,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
+from .cgroups import Cgroup, CgroupParent
 from .supervise import PR_SET_CHILD_SUBREAPER, children_by_parent, descendants, prctl
 
 TIMEOUT_EXIT_CODE = 124  # as coreutils' timeout(1)
@@ -165,8 +167,10 @@ class SubtaskProcess:
         grace: float = KILL_GRACE_SECONDS,
         user: tuple[int, int] | None = None,
         deadline: float | None = None,
+        cgroups: CgroupParent | None = None,
     ) -> None:
         self.script = script
+        self.cgroups = cgroups  # where to create the sub-task's own cgroup (None: no cgroup)
         self.user = user  # (uid, gid): run the script as this user (the worker is root)
         self.env = dict(env)
         self.cwd = cwd
@@ -194,6 +198,15 @@ class SubtaskProcess:
             raise LocalFailure(f"cannot write logs in {self.log_folder}: {exc.strerror}") from None
         started = time.monotonic()
         started_at = time.time()
+        cgroup = self.cgroups.create() if self.cgroups is not None else None
+        try:
+            return self._run(stdout_path, stderr_path, out, err, started, started_at, cgroup)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()  # kills whatever is left in it first
+
+    def _run(self, stdout_path: Path, stderr_path: Path, out: BinaryIO, err: BinaryIO, started: float,
+             started_at: float, cgroup: Cgroup | None) -> Outcome:
         result_read = result_write = -1
         try:
             result_read, result_write = os.pipe()
@@ -214,7 +227,8 @@ class SubtaskProcess:
                         process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
                             [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()),
                              str(self.grace), str(result_write), str(lease_read), repr(self.deadline or 0.0),
-                             self.script, *([str(self.user[0]), str(self.user[1])] if self.user else [])],
+                             str(cgroup.path) if cgroup else "-", self.script,
+                             *([str(self.user[0]), str(self.user[1])] if self.user else [])],
                             cwd=self.cwd, env={**self.env, MARKER: str(os.getpid())}, stdin=subprocess.DEVNULL,
                             stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write, lease_read),
                         )
@@ -250,13 +264,15 @@ class SubtaskProcess:
         wall = time.monotonic() - started
         result = SupervisorReport.from_line(report)
         if result is None:  # the supervisor was killed: its sub-task's processes are re-parented here
+            if cgroup is not None:
+                cgroup.kill()  # all of them, also those that left the tree and cleared their environment
             kill_orphans()
             with self._lock:
                 reason = self._reason
             if reason is not None:
                 return Outcome(None, False, 0.0, wall, stdout_path, stderr_path, None, 0, started_at)
-            return Outcome(SUPERVISOR_LOST_EXIT_CODE, False, 0.0, wall, stdout_path, stderr_path, None, 0,
-                           started_at, supervisor_lost=True)
+            return Outcome(SUPERVISOR_LOST_EXIT_CODE, False, cgroup.cpu_seconds() if cgroup else 0.0, wall,
+                           stdout_path, stderr_path, None, 0, started_at, supervisor_lost=True)
         status, cpu, peak = result.status, result.cpu, result.peak_rss_kb
         exit_code = os.waitstatus_to_exitcode(status)
         signum = -exit_code if exit_code < 0 else None

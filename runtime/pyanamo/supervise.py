@@ -1,10 +1,13 @@
 """The per-sub-task supervisor: runs ``bash -c SCRIPT`` and makes sure nothing it started outlives it.
 
 Run by the worker as
-``python -I -S supervise.py PARENT_PID GRACE RESULT_FD LEASE_FD DEADLINE SCRIPT [UID GID]``;
-the result is written to the pipe RESULT_FD. With UID and GID (a worker run as root with
-``--run-as USER``) the sub-task runs as that user: the supervisor stays root, so it can still
-kill everything the sub-task starts, and the sub-task holds no privilege at all. It uses the
+``python -I -S supervise.py PARENT_PID GRACE RESULT_FD LEASE_FD DEADLINE CGROUP SCRIPT [UID GID]``;
+the result is written to the pipe RESULT_FD. CGROUP is an empty cgroup (v2) folder the worker
+created for this sub-task, or ``-``: the sub-task joins it before it starts, and every kill
+starts with ``cgroup.kill`` (all of its processes at once, wherever they went; ``cgroups.py``).
+With UID and GID (a worker run as root with ``--run-as USER``) the sub-task runs as that user:
+the supervisor stays root, so it can still kill everything the sub-task starts, and the sub-task
+holds no privilege at all. It uses the
 standard library only, and imports little, so it starts in a few milliseconds.
 
 Why a separate process: a sub-task may start processes that leave its process group or session
@@ -108,8 +111,9 @@ def _signal(pids, sig):
 
 
 class Supervisor:
-    def __init__(self, parent, grace, script, user=None, lease_fd=-1, deadline=0.0):
+    def __init__(self, parent, grace, script, user=None, lease_fd=-1, deadline=0.0, cgroup=None):
         self.parent = parent
+        self.cgroup = cgroup  # the sub-task's cgroup folder, or None
         self.grace = grace
         self.script = script
         self.user = user  # (uid, gid) to run the script as, or None
@@ -133,6 +137,12 @@ class Supervisor:
         if self.child == 0:  # the sub-task: its own session, default signal handling
             try:
                 os.setsid()
+                if self.cgroup:  # before dropping privileges; refused: the /proc walk still holds it
+                    try:
+                        with open(os.path.join(self.cgroup, "cgroup.procs"), "w") as procs:
+                            procs.write("0\n")
+                    except OSError:
+                        pass
                 for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
                     signal.signal(sig, signal.SIG_DFL)
                 if self.user is not None:  # root -> the user: every capability goes with it
@@ -159,7 +169,13 @@ class Supervisor:
 
     def kill_all(self):
         """Freeze every descendant, then kill them, until none is left (a fork racing the kill is
-        frozen on the next round)."""
+        frozen on the next round). The cgroup, if any, first: one write kills all of it."""
+        if self.cgroup:
+            try:
+                with open(os.path.join(self.cgroup, "cgroup.kill"), "w") as kill:
+                    kill.write("1\n")
+            except OSError:
+                pass
         for _ in range(100):
             pids = self.tree()
             if not pids:
@@ -225,12 +241,12 @@ class Supervisor:
 
 def main(argv):
     parent, grace, result_fd, lease_fd = int(argv[1]), float(argv[2]), int(argv[3]), int(argv[4])
-    deadline, script = float(argv[5]), argv[6]
-    user = (int(argv[7]), int(argv[8])) if len(argv) > 8 else None
+    deadline, cgroup, script = float(argv[5]), argv[6], argv[7]
+    user = (int(argv[8]), int(argv[9])) if len(argv) > 9 else None
     for fd in (result_fd, lease_fd):  # the supervisor's own: closed when the script's bash starts
         if fd >= 0:
             os.set_inheritable(fd, False)
-    supervisor = Supervisor(parent, grace, script, user, lease_fd, deadline)
+    supervisor = Supervisor(parent, grace, script, user, lease_fd, deadline, None if cgroup == "-" else cgroup)
     if not supervisor.start():
         return 1
     result = supervisor.wait()

@@ -28,6 +28,7 @@ from typing import Any
 
 from .accounting import Placement, local_placement
 from .aws import Endpoint, aws_client
+from .cgroups import CgroupParent
 from .dependencies import block_dependents, reconcile, release_dependents
 from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
@@ -207,7 +208,7 @@ class Worker:
     def __init__(self, queue: WorkQueue, config: WorkerConfig, logs: LogStore | None = None,
                  launcher: Launcher | None = None) -> None:
         self.queue = queue
-        self.launcher: Launcher = launcher or SupervisedLauncher()
+        self.launcher: Launcher = launcher or SupervisedLauncher(CgroupParent.find())
         self.config = config
         self.logs = logs or LogStore(config.log_dir, config.table, config.log_bucket)
         self.logs.private()

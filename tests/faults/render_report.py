@@ -133,9 +133,12 @@ HARDENING = """
   running beside the next owner's.
 - **Containment survives the supervisor** (25): the worker is the subreaper of last resort; when
   a supervisor is killed, the worker kills what it left (processes marked with the worker's ID)
-  and records exit 125 "supervisor killed", never the sub-task's own SIGKILL. A cgroup per
-  sub-task (`cgroup.kill`) is not used yet: the subreaper covers processes that stay in the tree,
-  and a process that both leaves the tree and clears its environment can still escape.
+  and records exit 125 "supervisor killed", never the sub-task's own SIGKILL. Where the worker
+  may create cgroups (cgroup v2, root or a delegated subtree: the fleet's unit has
+  `Delegate=yes`), each sub-task also runs in a cgroup of its own, killed whole through
+  `cgroup.kill`: a process that leaves the tree and clears its environment is killed too, and a
+  sub-task whose worker and supervisor were killed together is killed by the next worker that
+  starts on the machine (10c: it runs on until then). Without cgroups that last case escapes.
 - **Leases are judged on the endpoint's clock** (26): every answer's `Date` header bounds the
   endpoint's time on the monotonic clock; the bounds, intersected over answers, pin it to under
   a second, and this machine's wall clock is used only while it lies within them. With clocks

@@ -1,5 +1,6 @@
 """Scenario 10: no process a sub-task starts outlives it — not one that left its process group or
-session (setsid, nohup, timeout, a double fork), and not when its worker is SIGKILLed."""
+session (setsid, nohup, timeout, a double fork), not when its worker is SIGKILLed, and (where the
+worker may create cgroups) not when its worker and its supervisor are SIGKILLed together."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
+from pyanamo.cgroups import CgroupParent
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import Attr, ItemState
 
 from faultkit import Analysis, Figures, executions, interruptions, measured
-from helpers import cli, wait_for, write_task_file
+from helpers import cli, supervisor_of, wait_for, write_task_file
 
 
 def escapees(tag: str, pids: Path) -> str:
@@ -95,3 +99,52 @@ def test_a_sigkilled_worker_takes_its_subtask_tree_down(aws_env, client, table, 
                        Analysis(executions(workers.processes), {"w-first": killed_at + gone_after})),
             recovery=f"the sub-task and its 4 escapees gone {gone_after:.2f} s after the kill; "
                      "reclaimed after the lease ran out").save()
+
+
+@pytest.mark.skipif(CgroupParent.find() is None,
+                    reason="this process may not create cgroups (no writable cgroup v2): a cgroup is what "
+                           "holds a sub-task whose worker and supervisor are both gone")
+def test_a_subtask_whose_worker_and_supervisor_die_together_is_killed_by_the_next_worker(
+        aws_env, client, table, tmp_path, workers):
+    tag = unique_duration()
+    second_run = tmp_path / "second-run"
+    ticks = tmp_path / "ticks"
+    # an escapee that leaves the tree and clears its environment (the worker's marker goes with it)
+    script = (f"if [ -e {second_run} ]; then date +%s.%N > {second_run}; echo finished; "
+              f"else touch {second_run}; env -i setsid sleep {tag} & "
+              f"while :; do date +%s.%N >> {ticks}; sleep 0.1; done; fi")
+    assert cli("import", table, str(write_task_file(tmp_path / "t.txt", [f"both|S|{script}"])),
+               env=aws_env).returncode == 0
+    first = workers.start(table, "--lease", "4", name="w-first", env={"AWS_BATCH_JOB_ID": "w-first"})
+    wait_for(lambda: ticks.exists() and len(living(tag)) == 1, timeout=60, message="the sub-task running")
+    try:
+        supervisor = supervisor_of(first.pid)
+        os.kill(first.pid, signal.SIGSTOP)  # so the worker cannot act on its supervisor's death
+        os.kill(supervisor, signal.SIGKILL)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait(timeout=10)
+        killed = time.time()
+        wait_for(lambda: float(ticks.read_text().split()[-1]) > killed + 0.3, timeout=30,
+                 message="the orphaned sub-task ticking on after both were killed")
+        second = workers.start(table, "--lease", "4", name="w-second", env={"AWS_BATCH_JOB_ID": "w-second"})
+        second_started = time.time()
+        wait_for(lambda: living(tag) == [], timeout=60, interval=0.05, message="the orphans killed")
+        assert second.wait(timeout=90) == 0
+        last_tick = float(ticks.read_text().split()[-1])
+        rerun_at = float(second_run.read_text())
+    finally:
+        CgroupParent.find().sweep()  # whatever a failure left: the cgroups of dead workers
+        for pid in living(tag):
+            os.kill(pid, signal.SIGKILL)
+    assert last_tick < rerun_at, "the orphaned first run overlapped the second"
+    item = TaskQueue(client, table).get("both")
+    assert item.state is ItemState.DONE and item.logs["Task_0"]["stdout"] == "finished\n"
+    assert not any(p.name.startswith("pyanamo-") and p.name.split("-")[1] in {str(first.pid), str(second.pid)}
+                   for p in CgroupParent.find().path.iterdir()), "a sub-task cgroup was left behind"
+    Figures("10c. worker and supervisor SIGKILLed together", runs=1, items=1, subtasks=1, lost=0, overlaps=0,
+            duplicates=0, why={},
+            faults="the worker stopped, its supervisor SIGKILLed, then the worker SIGKILLed: the sub-task "
+                   "and an escapee that left the tree and cleared its environment orphaned",
+            recovery=f"the orphans ran on until the next worker started on this machine; it killed them through "
+                     f"their cgroup ({last_tick - second_started:+.2f} s from its start to the last tick), "
+                     f"{rerun_at - last_tick:.1f} s before the rerun").save()

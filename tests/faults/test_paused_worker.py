@@ -23,7 +23,7 @@ from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
 
 from faultkit import Figures
-from helpers import cli, descendants, wait_for, write_task_file
+from helpers import cli, supervisor_of, wait_for, write_task_file
 
 TICK = 0.1
 
@@ -79,17 +79,6 @@ def test_a_paused_workers_subtask_dies_before_the_lease_can_be_reclaimed(
                    f"its sub-task in its own session",
             recovery=f"overlap 0.0 s; the paused worker's sub-task was killed {first_killed_after:.1f} s "
                      f"after the pause, before the lease ran out").save()
-
-
-def supervisor_of(worker_pid: int) -> int:
-    """The worker's supervisor process (the one child running supervise.py)."""
-    for pid in descendants(worker_pid):
-        try:
-            if b"supervise.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return pid
-        except OSError:
-            continue
-    raise AssertionError("no supervisor running")
 
 
 def test_a_killed_supervisors_subtask_is_killed_and_never_recorded_as_its_own_sigkill(
