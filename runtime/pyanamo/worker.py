@@ -337,7 +337,9 @@ class Worker:
         if any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES):
             return False
         if not self.queue.any_in_state(ItemState.WAITING):
-            return True
+            # Read again: an item released (waiting -> todo) by another slot between the two reads
+            # is in neither; it cannot go back to waiting, so this read finds it.
+            return not any(self.queue.any_in_state(state) for state in CLAIMABLE_STATES)
         for _ in range(2):
             # The second settle: an upstream still locked when the first read it may have ended
             # before the look for claimable items. An item released by another slot or worker a

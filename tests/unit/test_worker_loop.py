@@ -3,6 +3,7 @@ no table, no network."""
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -148,3 +149,24 @@ def test_sub_tasks_start_through_the_launcher_the_worker_is_given(tmp_path: Path
     done = queue.get("s1")
     assert done.state is ItemState.DONE and done.logs["Task_1"]["stdout"] == "stdout of Task_1\n"
     assert done.log_summary["Task_0"]["CPU_Time"] == 0.5
+
+
+def test_an_item_released_between_the_drain_checks_reads_is_run_not_left_behind(tmp_path: Path):
+    """Another slot releases an item (waiting -> todo) after this slot read no todo item and
+    before it read no waiting one: in neither read. The drain check reads the claimable states
+    again, so the worker runs it instead of exiting (seen in a full run under load)."""
+
+    class ReleasedMeanwhile(InMemoryQueue):
+        released = False
+
+        def any_in_state(self, state: ItemState) -> bool:
+            if state is ItemState.WAITING and not self.released:
+                self.released = True
+                assert self.wake("b")  # its upstream ended on another slot a moment ago
+            return super().any_in_state(state)
+
+    queue = ReleasedMeanwhile(owner="w")
+    put(queue, item("b"))
+    queue._rows["b"].item = dataclasses.replace(queue.get("b"), state=ItemState.WAITING)
+    assert worker(queue, tmp_path, items=1).run() == EXIT_DRAINED
+    assert queue.released and queue.get("b").state is ItemState.DONE
