@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import difflib
+import functools
 import getpass
 import json
 import os
@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__, events
 from .aws import Endpoint, aws_client, describe, dynamodb_client, endpoint_url, where
@@ -35,6 +35,9 @@ from .model import ON_FAILURE_CONTINUE, ON_FAILURE_STOP
 from .queue import TaskQueue
 from .schema import ItemState, create_table_request, table_name_problem
 from .terminal import printable
+
+if TYPE_CHECKING:
+    from .taskfile import TaskFile
 
 
 def _number(kind: type, ok: Callable[[Any], bool], rule: str, what: str = "a number") -> Callable[[str], Any]:
@@ -393,63 +396,62 @@ def _require_table(client: Any, table: str) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from .importer import IO_THREADS, resolve_after
+    from .taskfile import parse_delimiter, parse_task_file, split_references
 
-    from .importer import (
-        IO_THREADS,
-        link_upstreams,
-        parse_delimiter,
-        parse_task_file,
-        resolve_after,
-        split_references,
-        unblock_replaced,
-        write_items,
-    )
-
-    items = parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter)
-    if args.on_failure == ON_FAILURE_STOP:
-        items = type(items)((dataclasses.replace(i, on_failure=ON_FAILURE_STOP) for i in items),
-                            name=items.name, lines=items.lines)
-    after = [r for text in args.after for r in split_references(text)]
-    if after or any(i.after for i in items):  # references are resolved against the table too
+    with parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter) as items:
+        items.on_failure = args.on_failure
+        after = [r for text in args.after for r in split_references(text)]
+        if after or items.has_after:  # references are resolved against the table too
+            client = _client(args, pool=IO_THREADS + 2)
+            _require_table(client, args.table)
+            resolve_after(items, TableGateway(client, args.table), after=after, allow_missing=args.allow_missing)
+        if args.dry_run:
+            for item in items:
+                if item.waiting_on:
+                    print(printable(f"{item.item_id}\t(after)\t{', '.join(sorted(item.waiting_on))}"))
+                for subtask in item.subtasks:
+                    print(printable(f"{item.item_id}\t{subtask.key}\t{subtask.script}"))
+            print(f"would import {len(items)} items ({items.subtasks} sub-tasks); nothing was written",
+                  file=sys.stderr)
+            return 0
         client = _client(args, pool=IO_THREADS + 2)
         _require_table(client, args.table)
-        items = resolve_after(items, TableGateway(client, args.table), after=after, allow_missing=args.allow_missing)
-    if args.dry_run:
-        for item in items:
-            if item.waiting_on:
-                print(printable(f"{item.item_id}\t(after)\t{', '.join(sorted(item.waiting_on))}"))
-            for subtask in item.subtasks:
-                print(printable(f"{item.item_id}\t{subtask.key}\t{subtask.script}"))
-        print(f"would import {len(items)} items ({sum(len(i.subtasks) for i in items)} sub-tasks); "
-              f"nothing was written", file=sys.stderr)
-        return 0
-    client = _client(args, pool=IO_THREADS + 2)
-    _require_table(client, args.table)
+        return _write_task_file(args, client, items)
+
+
+def _write_task_file(args: argparse.Namespace, client: Any, items: TaskFile) -> int:
+    """``import``'s writing half: the items, then the edges and releases of their dependencies."""
+    from rich.progress import Progress
+
+    from .importer import link_upstreams, unblock_replaced, write_items
+
     queue = TableGateway(client, args.table)
+    total = len(items)
+    write = functools.partial(write_items, queue, items.in_write_order(), total=total, waiting=items.waiting,
+                              replace=args.replace)
     if sys.stderr.isatty():
         with Progress(transient=True) as progress:
-            bar = progress.add_task("importing", total=len(items))
-            report = write_items(queue, items, replace=args.replace,
-                                 advance=lambda n: progress.advance(bar, n))
+            bar = progress.add_task("importing", total=total)
+            report = write(advance=lambda n: progress.advance(bar, n))
     else:
-        report = write_items(queue, items, replace=args.replace)
+        report = write()
     if report.skipped:
-        shown = ", ".join(report.skipped[:10]) + (" …" if len(report.skipped) > 10 else "")
-        print(f"left {len(report.skipped)} existing items untouched (use --replace to overwrite): {shown}")
+        shown = ", ".join(report.skipped_ids) + (" …" if report.skipped > len(report.skipped_ids) else "")
+        print(f"left {report.skipped} existing items untouched (use --replace to overwrite): {shown}")
     if report.busy:
-        shown = ", ".join(report.busy[:10]) + (" …" if len(report.busy) > 10 else "")
-        print(f"left {len(report.busy)} items untouched that workers are running now "
+        shown = ", ".join(report.busy_ids) + (" …" if report.busy > len(report.busy_ids) else "")
+        print(f"left {report.busy} items untouched that workers are running now "
               f"(reset them by ID, then import again): {shown}")
     if report.replaced:
         print(f"replaced {report.replaced} existing items")
-        waiting = unblock_replaced(queue, items)
+        waiting = unblock_replaced(queue, items.item_ids())
         if waiting:
             print(f"{len(waiting)} items that wait for replaced items are waiting again")
     print(f"imported {report.imported} items ({report.subtasks} sub-tasks) into {args.table} at {where(client)}")
-    if any(i.waiting_on for i in items) and not report.interrupted:
+    if items.waiting and not report.interrupted:
         settled = link_upstreams(queue, items)
-        still = sum(1 for i in items if i.waiting_on) - len(settled.released) - len(settled.blocked)
+        still = items.waiting - len(settled.released) - len(settled.blocked)
         print(f"{still} items wait for other items"
               + (f"; {len(settled.released)} had nothing left to wait for and are todo" if settled.released else "")
               + (f"; {len(settled.blocked)} are upstream_failed" if settled.blocked else ""))

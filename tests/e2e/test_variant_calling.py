@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from pyanamo.aws import Endpoint, aws_client
-from pyanamo.importer import parse_task_file
 from pyanamo.model import Item
 from pyanamo.outputs import STAGING, Manifest
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
+from pyanamo.taskfile import parse_task_file
 
 from helpers import REPO, cli, wait_for
 
@@ -39,7 +39,8 @@ def data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def items() -> list[Item]:
-    return parse_task_file(EXAMPLE / "tasks.tsv", "\t", ",")
+    with parse_task_file(EXAMPLE / "tasks.tsv", "\t", ",") as parsed:
+        return list(parsed)
 
 
 @pytest.fixture(scope="module")

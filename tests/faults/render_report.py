@@ -1,7 +1,9 @@
 """Render the fault-injection figures (JSON lines) as docs/reliability.md.
 
-Usage: python tests/faults/render_report.py build/faults.jsonl > docs/reliability.md
+Usage: python tests/faults/render_report.py build/faults.jsonl [LONG.jsonl] > docs/reliability.md
 (`make reliability` runs the suite and this; `make reliability SOAK=--soak` the long form.)
+A second file holds rows of single scenarios run in their long form (``--soak``), listed after
+the rest with "(long form)" and the command that produced them (LONG_COMMAND).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,8 +148,10 @@ HARDENING = """
   ±90 s apart, no live lease was taken and a dead fast worker's item was reclaimed after the
   lease, not the lease plus 90 s.
 - **Import stops at Ctrl-C** (27): a window of 64 puts is in flight; Ctrl-C lets those finish
-  (each writes a whole item), says how many items were not written and exits 130. The file is
-  still read whole before writing (memory grows with its size; not yet streamed).
+  (each writes a whole item), says how many items were not written and exits 130. Memory stays
+  flat in the file's size (27b): rows are checked as they are read and kept in a private
+  temporary SQLite file, the checks that span rows are queries, and items are read back one at a
+  time while they are written (dependencies are resolved in memory: their edges only).
 - **Malformed stored data never crashes anything** (28): one tolerant reader of run records
   (`pyanamo.runs`) names the malformed attributes; `reset` and `cancel` skip an unreadable item,
   name it, handle the others and exit 1.
@@ -180,9 +185,15 @@ def cell(value) -> str:
     return str(value).replace("|", "\\|")
 
 
-def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    rows.sort(key=lambda r: (int(r["scenario"].split(".")[0].rstrip("ab")), r["scenario"]))
+def scenario_order(row: dict) -> tuple[int, str]:
+    return int(re.match(r"\d+", row["scenario"]).group(0)), row["scenario"]
+
+
+def main(path: str, long_form: str | None = None) -> None:
+    rows = sorted((json.loads(line) for line in open(path) if line.strip()), key=scenario_order)
+    if long_form:
+        extra = sorted((json.loads(line) for line in open(long_form) if line.strip()), key=scenario_order)
+        rows += [{**r, "scenario": f"{r['scenario']} (long form: `{os.environ['LONG_COMMAND']}`)"} for r in extra]
     soak = os.environ.get("SOAK")
     # the command that produced the figures (FAULTS_COMMAND: when they were recorded by another run,
     # e.g. `make test` with PYANAMO_FAULTS_REPORT set)
@@ -202,4 +213,4 @@ def main(path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyanamo.cli import main
-from pyanamo.importer import InvalidTaskFile, parse_task_bytes
 from pyanamo.model import Item, Subtask
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState, create_table_request
+from pyanamo.taskfile import InvalidTaskFile, parse_task_bytes
 
 from faultkit import Analysis, Figures, executions, measured
 from helpers import put_items, wait_active

@@ -50,3 +50,41 @@ def test_ctrl_c_stops_an_import_within_a_second_having_written_whole_items(aws_e
             duplicates=0, why={}, faults=f"SIGINT once {imported:,} of {rows:,} items were written",
             recovery=f"stopped {stopped_in:.2f} s after Ctrl-C (exit 130); {imported:,} whole items written and "
                      f"reported; the rest not written").save()
+
+
+# A fork carries its parent's peak memory into the child's (Linux folds the old memory's peak in at
+# exec): measured from this test process, the child's peak would be at least the test's. A small
+# Python process starts the command and reports its peak from wait4.
+_MEASURE = ("import os, sys\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    fd = os.open(os.devnull, os.O_WRONLY); os.dup2(fd, 1); os.execv(sys.executable, sys.argv[1:])\n"
+            "_, status, usage = os.wait4(pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
+
+
+def peak_rss_mb(*args: str, env: dict[str, str]) -> float:
+    """The peak resident memory of ``pyanamo ARGS`` (its stdout discarded)."""
+    measured = subprocess.run([sys.executable, "-I", "-c", _MEASURE, sys.executable, "-m", "pyanamo", *args],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    code, peak_kb = measured.stdout.split()
+    assert code == "0", measured.stderr
+    return int(peak_kb) / 1024
+
+
+def test_an_imports_memory_stays_flat_in_the_files_size(aws_env, table, tmp_path, soak):
+    """Rows are checked as they are read and kept on disk; items are read back one at a time.
+    Measured on --dry-run, which does all of an import but the puts (the puts keep a window of
+    64 items in flight). Before: 394 MB at 200,000 rows, 2.7 GB at 1,000,000."""
+    small, large = (250_000, 1_000_000) if soak else (25_000, 200_000)
+    peaks = {}
+    for rows in (small, large):
+        tasks = write_task_file(tmp_path / f"{rows}.txt",
+                                [f"sample{n:07d}|call|bcftools call -mv sample{n:07d}.bam > {n}.vcf"
+                                 for n in range(rows)])
+        peaks[rows] = peak_rss_mb("import", table, str(tasks), "--dry-run", env=aws_env)
+    assert peaks[large] - peaks[small] < 20, peaks  # not in the file's size (before: ~2 KB a row)
+    Figures("27b. import memory in the file's size", runs=1, items=large, subtasks=large, lost=0, overlaps=0,
+            duplicates=0, why={}, faults=f"task files of {small:,} and {large:,} rows (import --dry-run)",
+            recovery=f"peak memory {peaks[small]:.0f} MB at {small:,} rows, {peaks[large]:.0f} MB at "
+                     f"{large:,} rows").save()

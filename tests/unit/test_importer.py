@@ -10,7 +10,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pyanamo.errors import UsageError
-from pyanamo.importer import InvalidTaskFile, parse_delimiter, parse_task_bytes
 from pyanamo.schema import (
     ITEM_BUDGET_BYTES,
     LOG_TAIL_BUDGET_BYTES,
@@ -20,6 +19,7 @@ from pyanamo.schema import (
     SUBTASK_RECORD_BYTES,
     tail_budget,
 )
+from pyanamo.taskfile import InvalidTaskFile, parse_delimiter, parse_task_bytes
 
 HEADER = b"itemID|taskID|TaskScript\n"
 
