@@ -16,7 +16,7 @@ import io
 import shlex
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
@@ -24,7 +24,7 @@ from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size,
 from .errors import MalformedItem
 from .gateway import TableGateway
 from .model import Item, iso
-from .runs import RunRecord
+from .runs import MAX_EARLIER_ATTEMPTS, RunRecord
 from .schema import Attr, ItemState, SubtaskStatus
 from .status import duration
 
@@ -135,6 +135,27 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
         )
 
 
+def attempts_of(item: Item) -> Iterator[SubtaskRun]:
+    """The earlier attempts of each sub-task that the record keeps (``Earlier_Attempts``: the
+    latest few), as runs with status ``retried``: the timeline draws every attempt."""
+    for s in item.subtasks:
+        record = RunRecord.from_map(item.log_summary.get(s.key), s.key)
+        if record is None or not record.earlier_attempts:
+            continue
+        latest = record.attempt if record.attempt is not None else s.attempts
+        for back, earlier in enumerate(reversed(record.earlier_attempts), start=1):
+            yield SubtaskRun(
+                item=item.item_id, task=item.task_id, subtask=s.key, attempt=max(1, latest - back),
+                status=RETRIED, exit=earlier.exit_code, instance="?", instance_type="?",
+                worker=earlier.worker_id, host="?", start=iso(earlier.started),
+                end=iso(earlier.started + earlier.wall_time), wall_s=earlier.wall_time, cpu_s=0.0,
+                peak_rss_mb=0.0, output_bytes=0, cost_usd=None, earlier_exits=(), command=s.script,
+                label=s.label or "", imported=item.imported_date or "")
+
+
+RETRIED = "retried"  # the status of an earlier attempt's bar
+
+
 @dataclass
 class Failure:
     item: str
@@ -158,10 +179,18 @@ class RunReport:
     failures: list[Failure] = field(default_factory=list)
     blocked: list[Blocked] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)  # trace rows of sub-tasks that never ran
+    retried: list[SubtaskRun] = field(default_factory=list)  # earlier attempts (the latest few of each)
+    attempts: int = 0  # every attempt of every sub-task (the Attempts counters)
+    retries: int = 0  # of them, those after a sub-task's first
+
+    @property
+    def bars(self) -> list[SubtaskRun]:
+        """Every attempt the timeline draws: the earlier ones the records keep, and each latest."""
+        return [*self.retried, *self.runs]
 
     @cached_property
     def span(self) -> tuple[float, float] | None:
-        times = [t for r in self.runs for t in (r.started, r.ended)]
+        times = [t for r in self.bars for t in (r.started, r.ended)]
         times += [t for s in self.spans for t in (s.started, s.ended)]
         return (min(times), max(times)) if times else None
 
@@ -188,7 +217,7 @@ class RunReport:
         span = self.span
         return {
             "table": self.table, "items": self.items, "subtasks": self.subtasks, "subtask_runs": len(self.runs),
-            "workers": len(self.workers),
+            "attempts": self.attempts, "retries": self.retries, "workers": len(self.workers),
             "start": None if span is None else iso(span[0]), "end": None if span is None else iso(span[1]),
             "span_s": None if span is None else round(span[1] - span[0], 1),
             "cpu_hours": round(self.cpu_hours, 4), "output_bytes": sum(r.output_bytes for r in self.runs),
@@ -207,7 +236,7 @@ def report_facts(report: RunReport) -> list[tuple[str, str]]:
 
     facts = [("items", f"{sum(s['items'].values())}: {counts(s['items'])}"),
              ("sub-tasks", f"{sum(s['subtasks'].values())}: {counts(s['subtasks'])}"),
-             ("sub-task runs", str(s["subtask_runs"])),
+             ("sub-task runs", f"{s['subtask_runs']} ({s['attempts']} attempts, {s['retries']} retries)"),
              ("workers", str(s["workers"]))]
     if s["span_s"] is not None:
         facts.append(("span", f"{s['start']} → {s['end']} ({_seconds(s['span_s'])})"))
@@ -256,6 +285,8 @@ def gather(queue: TableGateway) -> RunReport:
     failures: list[Failure] = []
     blocked: list[Blocked] = []
     skipped: list[dict[str, str]] = []
+    retried: list[SubtaskRun] = []
+    attempts = retries = 0
     for state in ItemState:
         # The log tails (up to 100 KB an item) only where the report shows them: failed items.
         wanted = REPORT_ATTRIBUTES + ((Attr.LOG,) if state is ItemState.FAILED else ())
@@ -269,7 +300,10 @@ def gather(queue: TableGateway) -> RunReport:
             items[item.state.value] += 1
             for s in item.subtasks:
                 subtasks[s.status.value] += 1
+                attempts += s.attempts
+                retries += max(0, s.attempts - 1)
             runs.extend(runs_of(item))
+            retried.extend(attempts_of(item))
             skipped += [{"item": item.item_id, "task": item.task_id, "subtask": s.key, "label": s.label or "",
                          "status": s.status.value, "command": s.script}
                         for s in item.subtasks if s.status is SubtaskStatus.SKIPPED]
@@ -282,11 +316,16 @@ def gather(queue: TableGateway) -> RunReport:
             if item.state is ItemState.FAILED:
                 failures.append(_failure(queue.table, item))
     workers = list(queue.worker_records())
+    machines = {str(w.get("Worker_ID")): w for w in workers}
+    retried = [replace(r, instance=str(machines.get(r.worker, {}).get("InstanceID") or "?"),
+                       instance_type=str(machines.get(r.worker, {}).get("Instance_Type") or "?"),
+                       host=str(machines.get(r.worker, {}).get("Host") or "?")) for r in retried]
     runs.sort(key=lambda r: (r.started, r.item, r.subtask))
+    retried.sort(key=lambda r: (r.started, r.item, r.subtask))
     failures.sort(key=lambda f: f.item)
     blocked.sort(key=lambda b: (b.state, b.item))
     return RunReport(queue.table, items, subtasks, runs, workers, run_cost(worker_spans(workers)), failures,
-                     blocked, skipped)
+                     blocked, skipped, retried, attempts, retries)
 
 
 # -- the trace -----------------------------------------------------------------------------
@@ -302,7 +341,7 @@ def write_trace(report: RunReport, out: io.TextIOBase | Any) -> None:
 
 # -- the HTML report ------------------------------------------------------------------------
 
-COLOURS = {"done": "#2e7d32", "failed": "#c62828", "running": "#1565c0", "todo": "#9e9e9e"}
+COLOURS = {"done": "#2e7d32", "failed": "#c62828", RETRIED: "#ef6c00", "running": "#1565c0", "todo": "#9e9e9e"}
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 TIMELINE_WIDTH = 1000
 LANE_HEIGHT = 18
@@ -335,15 +374,17 @@ def _table(columns: Iterable[str], rows: Iterable[Iterable[object]], cls: str = 
 
 
 def timeline_svg(report: RunReport) -> str:
-    """One lane per worker, one bar per sub-task run, coloured by outcome (Nextflow's timeline)."""
+    """One lane per worker, one bar per attempt of a sub-task, coloured by outcome (Nextflow's
+    timeline); earlier attempts (retried) are outlined."""
     span = report.span
-    lanes = sorted({r.worker for r in report.runs})
+    bars = report.bars
+    lanes = sorted({r.worker for r in bars})
     if span is None or not lanes:
         return "<p>No sub-task has run yet.</p>"
     t0, t1 = span
-    axis = TimeAxis.of(t0, t1, report.runs)
+    axis = TimeAxis.of(t0, t1, bars)
     by_lane: dict[str, list[SubtaskRun]] = defaultdict(list)
-    for run in report.runs:
+    for run in bars:
         by_lane[run.worker].append(run)
     rows = {lane: _rows(by_lane[lane]) for lane in lanes}
     height = LANE_HEIGHT * sum(len(r) for r in rows.values()) + 24
@@ -457,9 +498,13 @@ def _bar_of(run: SubtaskRun, y: float, axis: TimeAxis) -> str:
     colour = COLOURS.get(run.status, "#6d4c41")
     tip = (f"{run.item} {run.name} ({run.status}, exit {run.exit}) {_seconds(run.wall_s)}, "
            f"{run.peak_rss_mb} MB, wrote {run.output_bytes:,} bytes, {run.command[:120]}")
+    if run.status == RETRIED:  # an earlier attempt: what the record keeps of it
+        tip = (f"{run.item} {run.name} attempt {run.attempt} (exit {'?' if run.exit is None else run.exit}; "
+               f"retried) {_seconds(run.wall_s)}, {run.command[:120]}")
+    outline = ' stroke="#b71c1c" stroke-width="1.5" stroke-dasharray="3,2"' if run.status == RETRIED else ""
     bar = (f'<rect class="run {_e(run.status)}" x="{x:.1f}" y="{y + 2}" width="{width:.1f}" '
-           f'height="{LANE_HEIGHT - 4}" fill="{colour}" data-item="{_e(run.item)}" '
-           f'data-subtask="{_e(run.subtask)}"><title>{_e(tip)}</title></rect>')
+           f'height="{LANE_HEIGHT - 4}" fill="{colour}"{outline} data-item="{_e(run.item)}" '
+           f'data-subtask="{_e(run.subtask)}" data-attempt="{run.attempt}"><title>{_e(tip)}</title></rect>')
     label = f"{run.item} {run.label or run.subtask}"
     if width >= 7 * len(label) + 6:  # a readable label where the bar is wide enough
         bar += (f'<text x="{x + 3:.1f}" y="{y + 13}" class="barlabel" fill="#ffffff">{_e(label)}'
@@ -497,7 +542,7 @@ def render_html(report: RunReport, meta: Mapping[str, str] | None = None) -> str
     facts = [
         ("items", ", ".join(f"{n} {s}" for s, n in report.items.items() if n) or "none"),
         ("sub-tasks", ", ".join(f"{n} {s}" for s, n in report.subtasks.items() if n) or "none"),
-        ("sub-task runs", len(report.runs)),
+        ("sub-task runs", f"{len(report.runs)} ({report.attempts} attempts, {report.retries} retries)"),
         ("workers", len(report.workers)),
         ("span", "-" if summary["span_s"] is None else f"{summary['start']} → {summary['end']} "
                                                         f"({_seconds(summary['span_s'])})"),
@@ -570,7 +615,8 @@ td{{max-width:420px;overflow-wrap:anywhere}}
 {_table(["", ""], facts, "facts")}
 {about}
 <h2>Timeline</h2>
-<p>One lane per worker, one bar per sub-task run (its latest attempt). {legend}</p>
+<p>One lane per worker, one bar per attempt of a sub-task (earlier attempts that were retried outlined, the
+latest {MAX_EARLIER_ATTEMPTS} of each). {legend}</p>
 {timeline_svg(report)}
 <h2>Wall time, CPU and peak memory by sub-task</h2>
 {distribution_table(report.groups("subtask"))}

@@ -9,12 +9,33 @@ becomes the field's default, and the record says which attributes were malformed
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from .accounting import parse_time
+
 MAX_EARLIER_EXITS = 20  # exit codes of earlier attempts kept per sub-task
+MAX_EARLIER_ATTEMPTS = 3  # when, how long and where, of the latest earlier attempts (the report's bars)
+
+
+@dataclass(frozen=True)
+class EarlierAttempt:
+    """An attempt before the latest one of a sub-task (a failure that was retried), as much as
+    the run report draws of it: stored as ``[started (epoch s), wall s, exit code or null,
+    worker]`` in ``Earlier_Attempts``, the worker ``""`` when it is the record's own (retries
+    run in the same claim): about 25 bytes, at most 90."""
+
+    started: float
+    wall_time: float
+    exit_code: int | None
+    worker_id: str
+
+    def to_list(self, own_worker: str | None) -> list[Any]:
+        worker = "" if self.worker_id == own_worker else self.worker_id
+        return [round(self.started, 1), round(self.wall_time, 1), self.exit_code, worker]
 
 
 class _Reader:
@@ -78,6 +99,27 @@ class _Reader:
                 found.append(None)
         return tuple(found)
 
+    def attempts(self, name: str) -> tuple[EarlierAttempt, ...]:
+        raw = self.value.get(name)
+        if raw is None:
+            return ()
+        found: list[EarlierAttempt] = []
+        entries: list[Any] = list(raw) if isinstance(raw, (list, tuple)) else [None]
+        for entry in entries:
+            try:
+                if not isinstance(entry, (list, tuple)):
+                    raise TypeError(entry)
+                started, wall, code, worker = entry
+                numbers = (started, wall) if code is None else (started, wall, code)
+                if not all(isinstance(n, (int, float, Decimal)) and not isinstance(n, bool) for n in numbers) \
+                        or not isinstance(worker, str) or (code is not None and code != int(code)):
+                    raise ValueError(entry)
+            except (TypeError, ValueError):
+                self._bad(name, "a list of [started, wall time, exit code, worker]")
+                return ()
+            found.append(EarlierAttempt(float(started), float(wall), None if code is None else int(code), worker))
+        return tuple(found)
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -107,6 +149,7 @@ class RunRecord:
     output_files: int | None = None  # committed outputs (None: it committed none)
     output_bytes: int | None = None
     earlier_exits: tuple[int | None, ...] = ()
+    earlier_attempts: tuple[EarlierAttempt, ...] = ()  # the latest MAX_EARLIER_ATTEMPTS of them
     problems: tuple[str, ...] = ()
 
     @classmethod
@@ -119,6 +162,9 @@ class RunRecord:
             return cls(problems=(f"{where} is not a map",))
         read = _Reader(value, where)
         found = {name: getattr(read, kind)(stored) for name, stored, kind in FIELDS}
+        found["earlier_attempts"] = tuple(  # "": the record's own worker
+            a if a.worker_id else dataclasses.replace(a, worker_id=found["worker_id"] or "?")
+            for a in found["earlier_attempts"])
         return cls(**{name: v for name, v in found.items() if v is not None}, problems=tuple(read.problems))
 
     def to_map(self) -> dict[str, Any]:
@@ -126,8 +172,12 @@ class RunRecord:
         stored: dict[str, Any] = {}
         for name, attribute, _ in FIELDS:
             value = getattr(self, name)
+            if isinstance(value, tuple):
+                value = [v.to_list(self.worker_id) if isinstance(v, EarlierAttempt) else v for v in value]
+                if not value and name == "earlier_attempts":
+                    continue  # most sub-tasks never retry: no empty list in every record
             if value is not None:
-                stored[attribute] = list(value) if isinstance(value, tuple) else value
+                stored[attribute] = value
         return stored
 
     @property
@@ -140,6 +190,14 @@ class RunRecord:
         """The exit codes of this run and the ones before it, oldest first (at most
         MAX_EARLIER_EXITS): what the next attempt stores as its ``Earlier_Exits``."""
         return [*self.earlier_exits, self.exit_code][-MAX_EARLIER_EXITS:]
+
+    def attempts_so_far(self) -> list[EarlierAttempt]:
+        """This run and the attempts before it, oldest first (at most MAX_EARLIER_ATTEMPTS): what
+        the next attempt stores as its ``Earlier_Attempts``."""
+        started = parse_time(self.started) if self.started else None
+        this = [] if started is None else [EarlierAttempt(started, self.wall_time, self.exit_code,
+                                                          self.worker_id or "?")]
+        return [*self.earlier_attempts, *this][-MAX_EARLIER_ATTEMPTS:]
 
 
 # (attribute, stored name, how it is read): the stored names are a public contract (users query them)
@@ -164,6 +222,7 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("output_files", "Output_Files", "integer"),
     ("output_bytes", "Output_Bytes", "integer"),
     ("earlier_exits", "Earlier_Exits", "exits"),
+    ("earlier_attempts", "Earlier_Attempts", "attempts"),
 )
 
 

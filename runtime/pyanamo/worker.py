@@ -48,10 +48,9 @@ from .runner import (
     safe_name,
     summarize_stream,
 )
-from .runs import MAX_EARLIER_EXITS
 from .sandbox import JobCredentials, TaskUser, subtask_environment
 from .schema import CLAIMABLE_STATES, MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
-from .worker_record import WorkerCounters, WorkerRecord, earlier_exits, run_record
+from .worker_record import Earlier, WorkerCounters, WorkerRecord, earlier_of, run_record
 
 EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
 EXIT_ERROR = 1
@@ -587,7 +586,7 @@ class Worker:
     def _attempts(self, item: Item, held: HeldItem, subtask: Subtask) -> SubtaskResult | None:
         """Run a sub-task until it succeeds or its attempts are used; None if interrupted."""
         attempts = subtask.attempts
-        earlier = earlier_exits(item.log_summary.get(subtask.key), attempts, subtask.key)
+        earlier = earlier_of(item.log_summary.get(subtask.key), attempts, subtask.key)
         while True:
             try:
                 outcome, location, outdir = self._run_once(item, held, subtask, attempts + 1)
@@ -605,7 +604,7 @@ class Worker:
             result = self._stage(item, result, outdir)
             if result.status is SubtaskStatus.DONE or not self.retry.allows(attempts):
                 return result
-            earlier = [*earlier, outcome.exit_code][-MAX_EARLIER_EXITS:]
+            earlier = earlier.then(result.record)
             emit("subtask_retry", item=item.item_id, subtask=subtask.key, attempts=attempts,
                  exit_code=outcome.exit_code)
             self._write(held, self.queue.record, replace(result, status=SubtaskStatus.RUNNING))
@@ -675,7 +674,7 @@ class Worker:
         return outcome, location, outdir
 
     def _result(self, item: Item, key: str, outcome: Outcome, attempts: int, location: str,
-                earlier: list[int | None]) -> SubtaskResult:
+                earlier: Earlier) -> SubtaskResult:
         scripts = sum(len(s.script.encode("utf-8")) for s in item.subtasks)
         tail = max(MIN_TAIL_BYTES, tail_budget(scripts, len(item.subtasks)))
         out = summarize_stream(outcome.stdout, tail)

@@ -20,22 +20,40 @@ from .events import emit
 from .model import iso, utc_now_iso
 from .ports import WorkQueue
 from .runner import Outcome
-from .runs import MAX_EARLIER_EXITS, RunRecord
+from .runs import MAX_EARLIER_EXITS, EarlierAttempt, RunRecord
 
 WORKER_RECORD_PREFIX = "pyanamo-worker#"
 
 
-def earlier_exits(summary: Any, attempts: int, key: str = "") -> list[int | None]:
-    """Exit codes of the attempts made before this claim, from the sub-task's stored record
-    (malformed values read as unknown: ``runs.RunRecord``)."""
+@dataclass(frozen=True)
+class Earlier:
+    """What a sub-task's record keeps of the attempts before this one: every exit code (the
+    latest MAX_EARLIER_EXITS) and when, how long and where the latest MAX_EARLIER_ATTEMPTS ran."""
+
+    exits: tuple[int | None, ...] = ()
+    attempts: tuple[EarlierAttempt, ...] = ()
+
+    def then(self, record: RunRecord) -> Earlier:
+        """The attempts before the one after ``record`` (``record`` holds those before it)."""
+        return Earlier(tuple(record.exits_so_far()), tuple(record.attempts_so_far()))
+
+
+def earlier_of(summary: Any, attempts: int, key: str = "") -> Earlier:
+    """The attempts made before this claim, from the sub-task's stored record (malformed values
+    read as unknown: ``runs.RunRecord``)."""
     record = RunRecord.from_map(summary, key)
     if record is None or attempts <= 0:
-        return []
-    return record.exits_so_far()
+        return Earlier()
+    return Earlier().then(record)
+
+
+def earlier_exits(summary: Any, attempts: int, key: str = "") -> list[int | None]:
+    """Exit codes of the attempts made before this claim."""
+    return list(earlier_of(summary, attempts, key).exits)
 
 
 def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: int,
-               earlier: list[int | None], *, attempt: int | None = None, log_location: str = "",
+               earlier: Earlier, *, attempt: int | None = None, log_location: str = "",
                log_lines: int = 0, log_bytes: int = 0) -> RunRecord:
     """One run of a sub-task: how it ended, what it used, where and when it ran, and its share
     of the instance's price."""
@@ -58,7 +76,8 @@ def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: in
         host=placement.host,
         worker_id=worker_id,
         cost_usd=None if cost is None else round(cost, 8),
-        earlier_exits=tuple(earlier[-MAX_EARLIER_EXITS:]),
+        earlier_exits=earlier.exits[-MAX_EARLIER_EXITS:],
+        earlier_attempts=earlier.attempts,
     )
 
 

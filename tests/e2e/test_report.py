@@ -64,6 +64,7 @@ def test_the_summary_counts_workers_hours_cost_and_utilization(finished_run):
     summary = json.loads((finished_run / "summary.json").read_text())
     assert summary["items"]["done"] == 2 and summary["items"]["failed"] == 1
     assert summary["subtask_runs"] == 4 and summary["workers"] == 2
+    assert (summary["attempts"], summary["retries"]) == (5, 1)  # "bad" ran twice
     assert summary["instance_hours"] > 0  # rounded to 4 places: the cost is checked to that precision
     assert summary["cost_usd"] == pytest.approx(summary["instance_hours"] * 0.5, abs=0.5e-4 * 0.5 + 1e-9)
     assert 0 < summary["utilization"] <= 1
@@ -113,7 +114,11 @@ def test_the_html_report_renders_offline_with_a_bar_per_run_and_a_lane_per_worke
     assert dom.returncode == 0, dom.stderr[-2000:]
     rendered = dom.stdout
     bars = re.findall(r'<rect class="run (\w+)"', rendered)
-    assert sorted(bars) == ["done", "done", "done", "failed"]  # one bar per sub-task run, by outcome
+    assert sorted(bars) == ["done", "done", "done", "failed", "retried"]  # a bar per attempt, by outcome
+    attempts = re.findall(r'<rect class="run (\w+)"[^>]*data-item="bad" data-subtask="Task_0" data-attempt="(\d)"',
+                          rendered)
+    assert sorted(attempts) == [("failed", "2"), ("retried", "1")]  # the retry is a bar of its own
+    assert "5 attempts, 1 retries" in rendered
     with (finished_run / "trace.tsv").open() as trace:  # which workers ran something: the first one may
         ran = {row["worker"] for row in csv.DictReader(trace, delimiter="\t")}  # have taken every item
     assert len(re.findall(r'<g class="lane"', rendered)) == len(ran)  # one lane per worker

@@ -20,9 +20,9 @@ from pyanamo.accounting import (
 from pyanamo.model import Item, Subtask
 from pyanamo.report import TRACE_COLUMNS, RunReport, runs_of, timeline_svg
 from pyanamo.runner import Outcome
-from pyanamo.runs import RunRecord
+from pyanamo.runs import EarlierAttempt, RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
-from pyanamo.worker_record import earlier_exits, run_record
+from pyanamo.worker_record import Earlier, earlier_exits, earlier_of, run_record
 
 
 def test_a_subtask_costs_its_share_of_the_instance_price():
@@ -84,18 +84,20 @@ def outcome(exit_code: int | None = 0, wall: float = 10.0, signal: int | None = 
 
 def test_a_run_record_says_where_when_and_its_share_of_the_price():
     placement = Placement("i-0abc", "ip-10-0-0-1", "m7i.large", "spot", "us-east-1a", 0.36, "spot-price-history")
-    record = run_record(outcome(wall=100.0), placement, "ip-10-0-0-1:42", slots=2, earlier=[1, None],
+    record = run_record(outcome(wall=100.0), placement, "ip-10-0-0-1:42", slots=2,
+                        earlier=Earlier((1, None), (EarlierAttempt(1_799_999_000.0, 30.0, 1, "ip-10-0-0-1:42"),)),
                         attempt=2, log_location="/logs/a", log_lines=3, log_bytes=40)
     assert record.to_map() == {
         "ExitCode": 0, "Attempt": 2, "CPU_Time": 4.0, "Wall_Time": 100.0, "Log_Length": 3, "Bytes": 40,
         "Peak_RSS_KB": 204_800, "Timed_Out": False, "Log_Location": "/logs/a",
         "Started": "2027-01-15T08:00:00.000Z", "Ended": "2027-01-15T08:01:40.000Z", "InstanceID": "i-0abc",
         "Host": "ip-10-0-0-1", "Worker_ID": "ip-10-0-0-1:42", "Instance_Type": "m7i.large",
-        "Earlier_Exits": [1, None], "Cost_USD": pytest.approx(0.36 * 100 / 3600 / 2),
+        "Earlier_Exits": [1, None], "Earlier_Attempts": [[1_799_999_000.0, 30.0, 1, ""]],  # "": this worker
+        "Cost_USD": pytest.approx(0.36 * 100 / 3600 / 2),
     }
     assert RunRecord.from_map(record.to_map(), "Task_0") == record  # what is stored reads back the same
-    assert run_record(outcome(137, signal=9), Placement("x", "h"), "h:1", 1, []).to_map()["Signal"] == 9
-    assert "Cost_USD" not in run_record(outcome(), Placement("x", "h"), "h:1", 1, []).to_map()  # unknown price
+    assert run_record(outcome(137, signal=9), Placement("x", "h"), "h:1", 1, Earlier()).to_map()["Signal"] == 9
+    assert "Cost_USD" not in run_record(outcome(), Placement("x", "h"), "h:1", 1, Earlier()).to_map()  # unknown price
 
 
 def test_earlier_attempts_are_kept_by_their_exit_codes():
@@ -103,6 +105,20 @@ def test_earlier_attempts_are_kept_by_their_exit_codes():
     assert earlier_exits({"ExitCode": 3, "Earlier_Exits": [2]}, 2) == [2, 3]
     assert earlier_exits({"ExitCode": 3}, 0) == []  # a fresh sub-task (reset): no earlier attempts
     assert len(earlier_exits({"ExitCode": 1, "Earlier_Exits": [1] * 40}, 41)) == 20
+
+
+def test_the_latest_earlier_attempts_are_kept_with_when_how_long_and_where():
+    stored = {"ExitCode": 3, "Started": "2027-01-15T08:00:00.000Z", "Wall_Time": 12.5, "Worker_ID": "h:2",
+              "Earlier_Attempts": [[1_799_999_000.0, 30.0, None, "h:1"]]}
+    earlier = earlier_of(stored, 2)
+    assert earlier.attempts == (EarlierAttempt(1_799_999_000.0, 30.0, None, "h:1"),
+                                EarlierAttempt(1_800_000_000.0, 12.5, 3, "h:2"))
+    many = {**stored, "Earlier_Attempts": [[float(n), 1.0, 1, "h:1"] for n in range(9)]}
+    assert [a.started for a in earlier_of(many, 10).attempts] == [7.0, 8.0, 1_800_000_000.0]  # the latest 3
+    bad = RunRecord.from_map({**stored, "Earlier_Attempts": [["x", 1, 2, "h"]]}, "Task_0")
+    assert bad is not None and bad.earlier_attempts == ()
+    assert bad.problems == ("Log_Summary.Task_0.Earlier_Attempts is not a list of [started, wall time, exit code, "
+                            "worker]",)
 
 
 def ran(start: str, end: str, wall: float, worker: str = "h:1") -> dict:

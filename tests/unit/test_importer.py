@@ -213,7 +213,7 @@ def test_an_item_whose_results_could_not_fit_dynamodb_is_refused_with_how_many_f
 def test_tail_budget_shrinks_with_the_item_and_never_overfills_it():
     assert tail_budget(100, 1) == LOG_TAIL_MAX_BYTES
     assert tail_budget(100, 100) == LOG_TAIL_BUDGET_BYTES // 200
-    for subtasks in (1, 10, 100, 190):  # a manifest's share of the item too
+    for subtasks in (1, 10, 100, 178):  # a manifest's share of the item too
         tail = tail_budget(60 * subtasks, subtasks)
         assert tail >= MIN_TAIL_BYTES
         per_subtask = SUBTASK_RECORD_BYTES + SUBTASK_MANIFEST_BYTES + 2 * tail
