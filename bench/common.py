@@ -105,12 +105,12 @@ def timed(args: list[str], env: dict[str, str], stats_file: Path | None = None) 
     if stats_file:
         env["PYANAMO_STATS_FILE"] = str(stats_file)
     started = time.monotonic()
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, usage = os.wait4(process.pid, 0)
+    measured = subprocess.run([sys.executable, "-I", str(BENCH / "peak_rss.py"), *args], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
     seconds = time.monotonic() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
+    returncode, peak_kb = (int(v) for v in measured.stdout.split())
     stats = json.loads(stats_file.read_text()) if stats_file and stats_file.exists() else {}
-    return Timed(seconds, process.returncode, usage.ru_maxrss / 1024, stats)
+    return Timed(seconds, returncode, peak_kb / 1024, stats)
 
 
 def write_task_file(path: Path, rows: list[str], header: str = "itemID|taskID|TaskScript") -> Path:

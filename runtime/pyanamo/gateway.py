@@ -13,6 +13,7 @@ length, crash limit), are ``queue.TaskQueue``'s.
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -207,6 +208,19 @@ def to_final(expr: Expression, item_id: str, final: ItemState) -> Expression:
 BATCH_GET_KEYS = 100  # DynamoDB's limit per BatchGetItem
 
 
+def _batch_get_as_sent(response_dict: dict[str, Any], customized_response_dict: dict[str, Any],
+                       **_: Any) -> None:
+    """BatchGetItem's answer as DynamoDB sent it, not walked attribute by attribute through the
+    service model: botocore's parser took most of the report's time at 100,000 items (7 of 20
+    seconds), and for these answers it produces the same low-level form (``{"S": ...}``), the
+    one difference being that a binary value (``B``, which PyAnamo never writes) stays base64
+    text. botocore's ``before-parse`` event merges ``customized_response_dict`` into the parsed
+    answer; the body left to parse is then empty. Errors are parsed as usual."""
+    if response_dict.get("status_code") == 200 and response_dict.get("body"):
+        customized_response_dict.update(json.loads(response_dict["body"]))
+        response_dict["body"] = b"{}"
+
+
 class TableGateway:
     """One table, read and written item by item (no claims). The CLI's commands that do not claim
     use it as it is; ``queue.TaskQueue`` adds claiming. Thread-safe."""
@@ -214,6 +228,9 @@ class TableGateway:
     def __init__(self, client: Any, table: str) -> None:
         self.client = client
         self.table = table
+        with contextlib.suppress(AttributeError):  # a client without botocore's events (a stand-in)
+            client.meta.events.register("before-parse.dynamodb.BatchGetItem", _batch_get_as_sent,
+                                        unique_id="pyanamo-batch-get-as-sent")
         self.clock = EndpointClock()  # lease times are on the endpoint's clock, never this machine's
 
     def now(self) -> float:

@@ -102,18 +102,23 @@ class SubtaskRun:
         return words[0].rsplit("/", 1)[-1] if words else "?"
 
     def trace_row(self) -> list[str]:
-        values = asdict(self)
-        values["exit"] = "" if self.exit is None else self.exit
-        values["cost_usd"] = "" if self.cost_usd is None else f"{self.cost_usd:.6f}"
-        values["earlier_exits"] = ",".join("" if c is None else str(c) for c in self.earlier_exits)
-        return [str(values[c]) for c in TRACE_COLUMNS]
+        special = {"exit": "" if self.exit is None else self.exit,
+                   "cost_usd": "" if self.cost_usd is None else f"{self.cost_usd:.6f}",
+                   "earlier_exits": ",".join("" if c is None else str(c) for c in self.earlier_exits)}
+        return [str(special[c] if c in special else getattr(self, c)) for c in TRACE_COLUMNS]
 
 
-def runs_of(item: Item) -> Iterator[SubtaskRun]:
+def records_of(item: Item) -> dict[str, RunRecord | None]:
+    """Each sub-task's run record, read once (values of the wrong type read as unknown)."""
+    return {s.key: RunRecord.from_map(item.log_summary.get(s.key), s.key) for s in item.subtasks}
+
+
+def runs_of(item: Item, records: Mapping[str, RunRecord | None] | None = None) -> Iterator[SubtaskRun]:
     """One run per sub-task that has a run record (sub-tasks that never ran have none); values
     of the wrong type read as unknown (``runs.RunRecord``)."""
+    records = records_of(item) if records is None else records
     for s in item.subtasks:
-        record = RunRecord.from_map(item.log_summary.get(s.key), s.key)
+        record = records.get(s.key)
         if record is None or not record.ran:
             continue
         exit_code = record.exit_code if record.exit_code is not None else s.exit_code
@@ -135,11 +140,12 @@ def runs_of(item: Item) -> Iterator[SubtaskRun]:
         )
 
 
-def attempts_of(item: Item) -> Iterator[SubtaskRun]:
+def attempts_of(item: Item, records: Mapping[str, RunRecord | None] | None = None) -> Iterator[SubtaskRun]:
     """The earlier attempts of each sub-task that the record keeps (``Earlier_Attempts``: the
     latest few), as runs with status ``retried``: the timeline draws every attempt."""
+    records = records_of(item) if records is None else records
     for s in item.subtasks:
-        record = RunRecord.from_map(item.log_summary.get(s.key), s.key)
+        record = records.get(s.key)
         if record is None or not record.earlier_attempts:
             continue
         latest = record.attempt if record.attempt is not None else s.attempts
@@ -302,8 +308,9 @@ def gather(queue: TableGateway) -> RunReport:
                 subtasks[s.status.value] += 1
                 attempts += s.attempts
                 retries += max(0, s.attempts - 1)
-            runs.extend(runs_of(item))
-            retried.extend(attempts_of(item))
+            records = records_of(item)
+            runs.extend(runs_of(item, records))
+            retried.extend(attempts_of(item, records))
             skipped += [{"item": item.item_id, "task": item.task_id, "subtask": s.key, "label": s.label or "",
                          "status": s.status.value, "command": s.script}
                         for s in item.subtasks if s.status is SubtaskStatus.SKIPPED]
@@ -386,7 +393,9 @@ def timeline_svg(report: RunReport) -> str:
     by_lane: dict[str, list[SubtaskRun]] = defaultdict(list)
     for run in bars:
         by_lane[run.worker].append(run)
-    rows = {lane: _rows(by_lane[lane]) for lane in lanes}
+    binned = len(bars) > TIMELINE_MOST_BARS
+    # binned: one row per lane (its busy slots over time); else as many rows as runs overlap
+    rows = {lane: [by_lane[lane]] if binned else _rows(by_lane[lane]) for lane in lanes}
     height = LANE_HEIGHT * sum(len(r) for r in rows.values()) + 24
     parts = [f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{TIMELINE_WIDTH}" height="{height}" '
              f'role="img" aria-label="timeline">']
@@ -402,7 +411,9 @@ def timeline_svg(report: RunReport) -> str:
                      f'<rect x="0" y="{top}" width="{TIMELINE_WIDTH}" '
                      f'height="{LANE_HEIGHT * len(rows[lane])}"{shade}/><text x="0" y="{top + 13}" class="label">'
                      f'{_e(name[:30])}<title>{_e(f"{name}, worker {lane}")}</title></text>')
-        for row, runs in enumerate(rows[lane]):
+        if binned:
+            parts.append(_occupancy(by_lane[lane], top, axis))
+        for row, runs in enumerate([] if binned else rows[lane]):
             for run in runs:
                 parts.append(_bar_of(run, top + row * LANE_HEIGHT, axis))
         parts.append("</g>")
@@ -424,6 +435,48 @@ def timeline_svg(report: RunReport) -> str:
                      f'+{_e(_seconds(offset))}</text>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+TIMELINE_MOST_BARS = 3000  # more attempts than this: each lane shows its busy slots over time instead
+BIN_PX = 2  # the width of one column of a binned lane
+
+
+def _occupancy(runs: list[SubtaskRun], top: float, axis: TimeAxis) -> str:
+    """A lane with too many runs for a bar each: how many of them ran at each moment (columns of
+    BIN_PX pixels, scaled to the lane's busiest column), those that failed or were retried in red
+    on top. A difference array: one step per run whatever its length."""
+    columns = (TIMELINE_WIDTH - LABEL_WIDTH) // BIN_PX + 2
+    steps = {"all": [0] * (columns + 1), "bad": [0] * (columns + 1)}
+    for run in runs:
+        first = int((axis.x(run.started) - LABEL_WIDTH) // BIN_PX)
+        last = max(first, int((axis.x(run.ended) - LABEL_WIDTH) // BIN_PX))
+        for kind in ("all", "bad") if run.status in (SubtaskStatus.FAILED.value, RETRIED) else ("all",):
+            steps[kind][max(0, first)] += 1
+            steps[kind][min(columns, last + 1)] -= 1
+    counts = {kind: [0] * columns for kind in steps}
+    for kind, diff in steps.items():
+        running = 0
+        for c in range(columns):
+            running += diff[c]
+            counts[kind][c] = running
+    most = max(counts["all"]) or 1
+    bottom = top + LANE_HEIGHT - 1
+    return "".join(
+        f'<path class="busy {kind}" d="{_area(counts[kind], most, bottom)}" fill="{colour}">'
+        f'<title>{_e(f"runs at once (at most {most})")}</title></path>'
+        for kind, colour in (("all", COLOURS["done"]), ("bad", COLOURS["failed"])) if any(counts[kind]))
+
+
+def _area(counts: list[int], most: int, bottom: float) -> str:
+    """An SVG path outlining a step chart of ``counts`` (a point only where the height changes)."""
+    path, level = [f"M{LABEL_WIDTH},{bottom}"], bottom
+    for c, n in enumerate([*counts, 0]):
+        y = round(bottom - (LANE_HEIGHT - 3) * n / most, 1)
+        if y != level:
+            x = LABEL_WIDTH + c * BIN_PX
+            path.append(f"L{x},{level}L{x},{y}")
+            level = y
+    return "".join(path) + "Z"
 
 
 BREAK_PX = 24  # the width of a break in the time axis
@@ -577,6 +630,12 @@ def render_html(report: RunReport, meta: Mapping[str, str] | None = None) -> str
         return [[r.item, r.name, r.status, r.exit, r.worker, _seconds(r.wall_s), _seconds(r.cpu_s),
                  r.peak_rss_mb, _money(r.cost_usd), r.command[:100]] for r in runs]
 
+    timeline_note = (
+        f"One lane per worker: {len(report.bars):,} attempts are too many for a bar each, so each lane shows how "
+        "many ran at once over time (failed or retried ones in red); the trace (--trace) has every run."
+        if len(report.bars) > TIMELINE_MOST_BARS else
+        f"One lane per worker, one bar per attempt of a sub-task (earlier attempts that were retried outlined, "
+        f"the latest {MAX_EARLIER_ATTEMPTS} of each).")
     legend = " ".join(f'<span class="key" style="background:{c}"></span>{_e(s)}' for s, c in COLOURS.items())
     unsuccessful = report.items.get("failed", 0) + report.items.get("upstream_failed", 0)
     live = sum(report.items.get(s.value, 0) for s in ItemState if s.live)
@@ -615,8 +674,7 @@ td{{max-width:420px;overflow-wrap:anywhere}}
 {_table(["", ""], facts, "facts")}
 {about}
 <h2>Timeline</h2>
-<p>One lane per worker, one bar per attempt of a sub-task (earlier attempts that were retried outlined, the
-latest {MAX_EARLIER_ATTEMPTS} of each). {legend}</p>
+<p>{timeline_note} {legend}</p>
 {timeline_svg(report)}
 <h2>Wall time, CPU and peak memory by sub-task</h2>
 {distribution_table(report.groups("subtask"))}

@@ -11,7 +11,7 @@ import sys
 import time
 
 from faultkit import Figures
-from helpers import wait_for, write_task_file
+from helpers import REPO, wait_for, write_task_file
 
 
 def stored(client, table: str) -> int:
@@ -52,21 +52,12 @@ def test_ctrl_c_stops_an_import_within_a_second_having_written_whole_items(aws_e
                      f"reported; the rest not written").save()
 
 
-# A fork carries its parent's peak memory into the child's (Linux folds the old memory's peak in at
-# exec): measured from this test process, the child's peak would be at least the test's. A small
-# Python process starts the command and reports its peak from wait4.
-_MEASURE = ("import os, sys\n"
-            "pid = os.fork()\n"
-            "if pid == 0:\n"
-            "    fd = os.open(os.devnull, os.O_WRONLY); os.dup2(fd, 1); os.execv(sys.executable, sys.argv[1:])\n"
-            "_, status, usage = os.wait4(pid, 0)\n"
-            "print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)\n")
-
-
 def peak_rss_mb(*args: str, env: dict[str, str]) -> float:
-    """The peak resident memory of ``pyanamo ARGS`` (its stdout discarded)."""
-    measured = subprocess.run([sys.executable, "-I", "-c", _MEASURE, sys.executable, "-m", "pyanamo", *args],
-                              env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    """The peak resident memory of ``pyanamo ARGS`` (its stdout discarded), measured by
+    bench/peak_rss.py (a process that once held much would pass its own peak on to a child)."""
+    measured = subprocess.run([sys.executable, "-I", str(REPO / "bench" / "peak_rss.py"), sys.executable, "-m",
+                               "pyanamo", *args], env={**os.environ, **env}, capture_output=True, text=True,
+                              timeout=600)
     code, peak_kb = measured.stdout.split()
     assert code == "0", measured.stderr
     return int(peak_kb) / 1024

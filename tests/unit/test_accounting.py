@@ -177,3 +177,21 @@ def test_a_long_idle_gap_is_cut_from_the_timeline_so_both_runs_stay_wide():
     assert axis.x(3600.0) - axis.x(60.0) == BREAK_PX and axis.inside_gap(1800.0)
     assert TimeAxis.of(0.0, 120.0, [SimpleNamespace(started=0.0, ended=50.0),
                                    SimpleNamespace(started=70.0, ended=120.0)]).gaps == ()  # short: kept
+
+
+def test_past_a_few_thousand_attempts_each_lane_shows_how_many_ran_at_once_instead_of_a_bar_each():
+    from pyanamo.model import iso
+    from pyanamo.report import TIMELINE_MOST_BARS
+
+    runs = []
+    for n in range(TIMELINE_MOST_BARS + 1):  # two workers; one run in 501 failed
+        start = 1_800_000_000.0 + 3 * (n // 2)
+        status = SubtaskStatus.FAILED if n % 501 == 0 else SubtaskStatus.DONE
+        item = Item(f"s{n}", "S", (Subtask("Task_0", "true", status, 1, 0),),
+                    log_summary={"Task_0": ran(iso(start), iso(start + 10), 10, worker=f"h:{n % 2}")})
+        runs += list(runs_of(item))
+    svg = timeline_svg(RunReport("t", {}, {}, runs, [], run_cost([])))
+    assert '<rect class="run ' not in svg and svg.count('<g class="lane"') == 2
+    assert svg.count('<path class="busy all"') == 2 and svg.count('<path class="busy bad"') == 2
+    assert len(svg) < 20_000  # not in the number of runs: at most a point per column
+    assert "runs at once (at most " in svg
