@@ -97,6 +97,7 @@ class Timed:
     returncode: int
     max_rss_mb: float
     stats: dict[str, Any]
+    cpu_seconds: float = 0.0  # the command's own (user + system)
 
 
 def timed(args: list[str], env: dict[str, str], stats_file: Path | None = None) -> Timed:
@@ -108,9 +109,9 @@ def timed(args: list[str], env: dict[str, str], stats_file: Path | None = None) 
     measured = subprocess.run([sys.executable, "-I", str(BENCH / "peak_rss.py"), *args], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, check=True)
     seconds = time.monotonic() - started
-    returncode, peak_kb = (int(v) for v in measured.stdout.split())
+    code, peak_kb, cpu = measured.stdout.split()
     stats = json.loads(stats_file.read_text()) if stats_file and stats_file.exists() else {}
-    return Timed(seconds, returncode, peak_kb / 1024, stats)
+    return Timed(seconds, int(code), int(peak_kb) / 1024, stats, float(cpu))
 
 
 def write_task_file(path: Path, rows: list[str], header: str = "itemID|taskID|TaskScript") -> Path:

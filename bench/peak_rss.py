@@ -1,4 +1,5 @@
-"""Run a command and print its exit status and peak resident memory (KB): ``STATUS PEAK_KB``.
+"""Run a command and print its exit status, peak resident memory (KB) and CPU seconds (user +
+system, its waited-for children included): ``STATUS PEAK_KB CPU_S``.
 
     python bench/peak_rss.py COMMAND [ARG ...]
 
@@ -22,7 +23,7 @@ def main(argv: list[str]) -> None:
         finally:
             os._exit(127)
     _, status, usage = os.wait4(pid, 0)
-    print(os.waitstatus_to_exitcode(status), usage.ru_maxrss)
+    print(os.waitstatus_to_exitcode(status), usage.ru_maxrss, round(usage.ru_utime + usage.ru_stime, 2))
 
 
 if __name__ == "__main__":

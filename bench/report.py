@@ -200,13 +200,20 @@ def main() -> None:
         say(f"## 7. The run report\n\n`python bench/report_bench.py --items {r['items']} --workers {r['workers']}`: "
             f"a finished run of {r['items']:,} items ({r['workers']} workers' lanes) written straight into a table, "
             f"then `pyanamo report --html --trace --json` ({engine(report)}, {report['machine']['cores']} cores):\n")
-        say(table(["items", "seconds", "Query", "BatchGetItem", "Scan", "peak RSS (MB)", "HTML (MB)", "trace (MB)",
-                   "endpoint CPU"],
-                  [[r["items"], r["seconds"], r["calls"].get("Query", 0), r["calls"].get("BatchGetItem", 0),
-                    r["scans"], r["peak_rss_mb"], r["html_mb"], r["trace_mb"], cpu(r)]]))
-        say("\nThe report reads item IDs from the state index and the items with BatchGetItem (100 a request), "
-            "never a Scan. Its HTML holds one SVG bar per sub-task run, so it grows with the run; the trace "
-            "is the file to load into a notebook.\n")
+        say(table(["items", "seconds", "report CPU (s)", "endpoint CPU (s)", "Query", "BatchGetItem", "Scan",
+                   "peak RSS (MB)", "HTML (MB)", "trace (MB)"],
+                  [[r["items"], r["seconds"], r.get("report_cpu_s", "-"), r.get("endpoint_cpu_s", "-"),
+                    r["calls"].get("Query", 0), r["calls"].get("BatchGetItem", 0), r["scans"], r["peak_rss_mb"],
+                    r["html_mb"], r["trace_mb"]]]))
+        say(f"\nTargets (everyday-use issue): < 15 s {mark(r['seconds'] < 15)}, < 300 MB peak "
+            f"{mark(r['peak_rss_mb'] < 300)}, < 5 MB HTML {mark(r['html_mb'] < 5)}. The report reads item IDs from "
+            "the state index and the items with BatchGetItem (100 a request, two in flight), never a Scan, and "
+            "takes the answers as DynamoDB sent them (botocore's model walk took a third of the time). Past 3,000 "
+            "attempts each timeline lane shows how many runs were busy at once instead of a bar each, and the task "
+            "table is capped at 2,000 rows, so the HTML stays small; the trace has every run and is the file to "
+            "load into a notebook. On this machine the endpoint's own CPU (dynalite serving 1,000 BatchGetItem "
+            "requests on the second core) and the report's overlap: the wall time is bounded by the larger of "
+            "the two, and the report's own CPU is what DynamoDB would leave.\n")
 
     profile = load("profile_item")
     if profile:

@@ -28,6 +28,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .supervise import signal_all
+
 PREFIX = "pyanamo-"
 _numbers = itertools.count(1)  # per process: several launchers of one process never share a name
 
@@ -99,11 +101,7 @@ class Cgroup:
             if not pids:
                 return
             for sig in (signal.SIGSTOP, signal.SIGKILL):
-                for pid in pids:
-                    try:
-                        os.kill(pid, sig)
-                    except OSError:
-                        pass
+                signal_all(pids, sig)
             time.sleep(0.01)
 
     def cpu_seconds(self) -> float:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .cgroups import Cgroup, CgroupParent
-from .supervise import PR_SET_CHILD_SUBREAPER, children_by_parent, descendants, prctl
+from .supervise import PR_SET_CHILD_SUBREAPER, children_by_parent, descendants, prctl, signal_all
 
 TIMEOUT_EXIT_CODE = 124  # as coreutils' timeout(1)
 SUPERVISOR_LOST_EXIT_CODE = 125  # as timeout(1) when timeout itself fails: the sub-task's own status is unknown
@@ -131,11 +131,7 @@ def kill_orphans() -> int:
         if not tree:
             return killed
         for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in tree:
-                try:
-                    os.kill(pid, sig)
-                except OSError:
-                    pass
+            signal_all(tree, sig)
         killed += len(tree)
         for pid in roots:  # re-parented here: the worker must reap them
             try:

@@ -102,7 +102,8 @@ def _which(name):
     return "/bin/" + name
 
 
-def _signal(pids, sig):
+def signal_all(pids, sig):
+    """Send ``sig`` to each process that is still there. (The worker uses it too.)"""
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -161,7 +162,7 @@ class Supervisor:
         return [-self.child] if self.child else []  # the process group only
 
     def _on_term(self, signum, frame):
-        _signal(self.tree(), signal.SIGTERM)
+        signal_all(self.tree(), signal.SIGTERM)
         signal.alarm(max(1, int(round(self.grace))))
 
     def _on_kill(self, signum, frame):
@@ -180,8 +181,8 @@ class Supervisor:
             pids = self.tree()
             if not pids:
                 return
-            _signal(pids, signal.SIGSTOP)
-            _signal(pids, signal.SIGKILL)
+            signal_all(pids, signal.SIGSTOP)
+            signal_all(pids, signal.SIGKILL)
             if not self.contained:
                 return
             time.sleep(0.01)

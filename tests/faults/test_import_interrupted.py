@@ -58,7 +58,7 @@ def peak_rss_mb(*args: str, env: dict[str, str]) -> float:
     measured = subprocess.run([sys.executable, "-I", str(REPO / "bench" / "peak_rss.py"), sys.executable, "-m",
                                "pyanamo", *args], env={**os.environ, **env}, capture_output=True, text=True,
                               timeout=600)
-    code, peak_kb = measured.stdout.split()
+    code, peak_kb, _ = measured.stdout.split()
     assert code == "0", measured.stderr
     return int(peak_kb) / 1024
 
