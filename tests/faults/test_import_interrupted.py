@@ -25,7 +25,7 @@ def stored(client, table: str) -> int:
 
 
 def test_ctrl_c_stops_an_import_within_a_second_having_written_whole_items(aws_env, client, table, tmp_path, soak):
-    rows = 100_000 if soak else 20_000
+    rows = 1_000_000 if soak else 20_000
     tasks = write_task_file(tmp_path / "t.txt", [f"i{n:06d}|S|echo {n}" for n in range(rows)])
     # As at a terminal: SIGINT at its default, whatever this process inherited (a shell without job
     # control starts background jobs with SIGINT ignored, and an ignored signal stays ignored in a
