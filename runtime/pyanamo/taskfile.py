@@ -14,6 +14,7 @@ file order, while they are written. Memory stays flat in the file's size.
 from __future__ import annotations
 
 import csv
+import io
 import re
 import sqlite3
 import sys
@@ -215,8 +216,6 @@ def parse_task_file(path: Path, delimiter: str = "|", nested_delimiter: str | No
 
 def parse_task_bytes(raw: bytes, name: str, delimiter: str = "|", nested_delimiter: str | None = None) -> TaskFile:
     """As ``parse_task_file``, from bytes in memory (tests, small inputs)."""
-    import io
-
     return parse_task_stream(io.BytesIO(raw), name, delimiter, nested_delimiter)
 
 
@@ -350,19 +349,21 @@ def _text_lines(handle: BinaryIO, name: str, errors: list[str]) -> Iterator[str]
     for number, raw in enumerate(handle, start=1):
         if number == 1 and raw.startswith(BOM):
             raw = raw[len(BOM):]
-        if raw.strip():
-            if b"\x00" in raw:
-                errors.append(f"{name}:{number}: binary data (NUL byte), not a text line")
-            else:
-                try:
-                    raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    errors.append(f"{name}:{number}: not valid UTF-8 text (save the file as UTF-8)")
-                    if not seen_text:
-                        return  # without a header, the rows cannot be read either
+        if b"\x00" in raw and raw.strip():
+            errors.append(f"{name}:{number}: binary data (NUL byte), not a text line")
             seen_text = True
+            continue
+        try:
+            text = raw.decode("utf-8")  # once: the rows are read from it too
+        except UnicodeDecodeError:
+            errors.append(f"{name}:{number}: not valid UTF-8 text (save the file as UTF-8)")
+            if not seen_text:
+                return  # without a header, the rows cannot be read either
+            seen_text = True
+            continue
+        seen_text = seen_text or bool(text.strip())
         if not errors:
-            yield raw.decode("utf-8")
+            yield text
 
 
 Record = tuple[int, "list[str] | str"]  # (first line, fields) or (line, why it cannot be read)
