@@ -7,8 +7,8 @@ created for this sub-task, or ``-``: the sub-task joins it before it starts, and
 starts with ``cgroup.kill`` (all of its processes at once, wherever they went; ``cgroups.py``).
 With UID and GID (a worker run as root with ``--run-as USER``) the sub-task runs as that user:
 the supervisor stays root, so it can still kill everything the sub-task starts, and the sub-task
-holds no privilege at all. It uses the
-standard library only, and imports little, so it starts in a few milliseconds.
+holds no privilege at all. It uses the standard library only, and imports little, so it starts in
+a few milliseconds.
 
 Why a separate process: a sub-task may start processes that leave its process group or session
 (``timeout``, ``setsid``, ``nohup``, daemons), so killing the group is not enough; and a worker

@@ -604,7 +604,7 @@ class Worker:
             result = self._stage(item, result, outdir)
             if result.status is SubtaskStatus.DONE or not self.retry.allows(attempts):
                 return result
-            earlier = earlier.then(result.record)
+            earlier = Earlier.after(result.record)
             emit("subtask_retry", item=item.item_id, subtask=subtask.key, attempts=attempts,
                  exit_code=outcome.exit_code)
             self._write(held, self.queue.record, replace(result, status=SubtaskStatus.RUNNING))

@@ -33,9 +33,10 @@ class Earlier:
     exits: tuple[int | None, ...] = ()
     attempts: tuple[EarlierAttempt, ...] = ()
 
-    def then(self, record: RunRecord) -> Earlier:
+    @classmethod
+    def after(cls, record: RunRecord) -> Earlier:
         """The attempts before the one after ``record`` (``record`` holds those before it)."""
-        return Earlier(tuple(record.exits_so_far()), tuple(record.attempts_so_far()))
+        return cls(tuple(record.exits_so_far()), tuple(record.attempts_so_far()))
 
 
 def earlier_of(summary: Any, attempts: int, key: str = "") -> Earlier:
@@ -44,12 +45,7 @@ def earlier_of(summary: Any, attempts: int, key: str = "") -> Earlier:
     record = RunRecord.from_map(summary, key)
     if record is None or attempts <= 0:
         return Earlier()
-    return Earlier().then(record)
-
-
-def earlier_exits(summary: Any, attempts: int, key: str = "") -> list[int | None]:
-    """Exit codes of the attempts made before this claim."""
-    return list(earlier_of(summary, attempts, key).exits)
+    return Earlier.after(record)
 
 
 def run_record(outcome: Outcome, placement: Placement, worker_id: str, slots: int,

@@ -22,7 +22,7 @@ from pyanamo.report import TRACE_COLUMNS, RunReport, runs_of, timeline_svg
 from pyanamo.runner import Outcome
 from pyanamo.runs import EarlierAttempt, RunRecord
 from pyanamo.schema import ItemState, SubtaskStatus
-from pyanamo.worker_record import Earlier, earlier_exits, earlier_of, run_record
+from pyanamo.worker_record import Earlier, earlier_of, run_record
 
 
 def test_a_subtask_costs_its_share_of_the_instance_price():
@@ -101,10 +101,10 @@ def test_a_run_record_says_where_when_and_its_share_of_the_price():
 
 
 def test_earlier_attempts_are_kept_by_their_exit_codes():
-    assert earlier_exits(None, 0) == []
-    assert earlier_exits({"ExitCode": 3, "Earlier_Exits": [2]}, 2) == [2, 3]
-    assert earlier_exits({"ExitCode": 3}, 0) == []  # a fresh sub-task (reset): no earlier attempts
-    assert len(earlier_exits({"ExitCode": 1, "Earlier_Exits": [1] * 40}, 41)) == 20
+    assert earlier_of(None, 0).exits == ()
+    assert earlier_of({"ExitCode": 3, "Earlier_Exits": [2]}, 2).exits == (2, 3)
+    assert earlier_of({"ExitCode": 3}, 0).exits == ()  # a fresh sub-task (reset): no earlier attempts
+    assert len(earlier_of({"ExitCode": 1, "Earlier_Exits": [1] * 40}, 41).exits) == 20
 
 
 def test_the_latest_earlier_attempts_are_kept_with_when_how_long_and_where():
