@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
+from itertools import accumulate
 from typing import Any
 
 from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size, run_cost, worker_spans
@@ -189,7 +190,7 @@ class RunReport:
     attempts: int = 0  # every attempt of every sub-task (the Attempts counters)
     retries: int = 0  # of them, those after a sub-task's first
 
-    @property
+    @cached_property
     def bars(self) -> list[SubtaskRun]:
         """Every attempt the timeline draws: the earlier ones the records keep, and each latest."""
         return [*self.retried, *self.runs]
@@ -324,9 +325,13 @@ def gather(queue: TableGateway) -> RunReport:
                 failures.append(_failure(queue.table, item))
     workers = list(queue.worker_records())
     machines = {str(w.get("Worker_ID")): w for w in workers}
-    retried = [replace(r, instance=str(machines.get(r.worker, {}).get("InstanceID") or "?"),
-                       instance_type=str(machines.get(r.worker, {}).get("Instance_Type") or "?"),
-                       host=str(machines.get(r.worker, {}).get("Host") or "?")) for r in retried]
+
+    def placed(run: SubtaskRun) -> SubtaskRun:  # where an earlier attempt ran: its worker's record says
+        machine = machines.get(run.worker, {})
+        return replace(run, instance=str(machine.get("InstanceID") or "?"),
+                       instance_type=str(machine.get("Instance_Type") or "?"), host=str(machine.get("Host") or "?"))
+
+    retried = [placed(r) for r in retried]
     runs.sort(key=lambda r: (r.started, r.item, r.subtask))
     retried.sort(key=lambda r: (r.started, r.item, r.subtask))
     failures.sort(key=lambda f: f.item)
@@ -413,9 +418,9 @@ def timeline_svg(report: RunReport) -> str:
                      f'{_e(name[:30])}<title>{_e(f"{name}, worker {lane}")}</title></text>')
         if binned:
             parts.append(_occupancy(by_lane[lane], top, axis))
-        for row, runs in enumerate([] if binned else rows[lane]):
-            for run in runs:
-                parts.append(_bar_of(run, top + row * LANE_HEIGHT, axis))
+        else:
+            parts += [_bar_of(run, top + row * LANE_HEIGHT, axis)
+                      for row, runs in enumerate(rows[lane]) for run in runs]
         parts.append("</g>")
         top += LANE_HEIGHT * len(rows[lane])
     axis_y = top + 16
@@ -453,12 +458,7 @@ def _occupancy(runs: list[SubtaskRun], top: float, axis: TimeAxis) -> str:
         for kind in ("all", "bad") if run.status in (SubtaskStatus.FAILED.value, RETRIED) else ("all",):
             steps[kind][max(0, first)] += 1
             steps[kind][min(columns, last + 1)] -= 1
-    counts = {kind: [0] * columns for kind in steps}
-    for kind, diff in steps.items():
-        running = 0
-        for c in range(columns):
-            running += diff[c]
-            counts[kind][c] = running
+    counts = {kind: list(accumulate(diff[:columns])) for kind, diff in steps.items()}
     most = max(counts["all"]) or 1
     bottom = top + LANE_HEIGHT - 1
     return "".join(
