@@ -103,22 +103,27 @@ class _Reader:
         raw = self.value.get(name)
         if raw is None:
             return ()
-        found: list[EarlierAttempt] = []
-        entries: list[Any] = list(raw) if isinstance(raw, (list, tuple)) else [None]
-        for entry in entries:
-            try:
-                if not isinstance(entry, (list, tuple)):
-                    raise TypeError(entry)
-                started, wall, code, worker = entry
-                numbers = (started, wall) if code is None else (started, wall, code)
-                if not all(isinstance(n, (int, float, Decimal)) and not isinstance(n, bool) for n in numbers) \
-                        or not isinstance(worker, str) or (code is not None and code != int(code)):
-                    raise ValueError(entry)
-            except (TypeError, ValueError):
-                self._bad(name, "a list of [started, wall time, exit code, worker]")
-                return ()
-            found.append(EarlierAttempt(float(started), float(wall), None if code is None else int(code), worker))
-        return tuple(found)
+        found = [_attempt(entry) for entry in raw] if isinstance(raw, (list, tuple)) else [None]
+        if any(attempt is None for attempt in found):
+            self._bad(name, "a list of [started, wall time, exit code, worker]")
+            return ()
+        return tuple(a for a in found if a is not None)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
+
+
+def _attempt(entry: Any) -> EarlierAttempt | None:
+    """One stored earlier attempt, or None if it is not ``[started, wall, exit code or null, worker]``."""
+    if not isinstance(entry, (list, tuple)) or len(entry) != 4:
+        return None
+    started, wall, code, worker = entry
+    if not (_is_number(started) and _is_number(wall) and isinstance(worker, str)):
+        return None
+    if code is not None and not (_is_number(code) and code == int(code)):
+        return None
+    return EarlierAttempt(float(started), float(wall), None if code is None else int(code), worker)
 
 
 @dataclass(frozen=True)
