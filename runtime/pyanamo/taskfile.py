@@ -19,6 +19,8 @@ import re
 import sqlite3
 import sys
 from collections.abc import Iterable, Iterator
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import BinaryIO
 
@@ -162,29 +164,19 @@ class TaskFile:
         yield from (item for item in self if not item.waiting_on)
 
     def _items(self, rows: Iterable[tuple[str, str, str, str | None, str | None]]) -> Iterator[Item]:
-        current: str | None = None
-        task = ""
-        subtasks: list[Subtask] = []
-        references: list[str] = []
-        for item_id, task_id, script, label, after in rows:
-            if item_id != current:
-                if current is not None:
-                    yield self._item(current, task, subtasks, references)
-                current, task, subtasks, references = item_id, task_id, [], []
-            subtasks.append(Subtask(subtask_key(len(subtasks)), script, label=label))
-            if after:
-                references += after.split()
-        if current is not None:
-            yield self._item(current, task, subtasks, references)
-
-    def _item(self, item_id: str, task_id: str, subtasks: list[Subtask], references: list[str]) -> Item:
-        upstream = self.upstreams.get(item_id)
-        return Item(
-            item_id=item_id, task_id=task_id, subtasks=tuple(subtasks),
-            after=upstream if upstream is not None else tuple(dict.fromkeys(references)),
-            waiting_on=frozenset(upstream or ()), dependents=self.dependents.get(item_id, frozenset()),
-            on_failure=self.on_failure,
-        )
+        """Rows in item order (``_IN_FILE_ORDER``), one item per run of rows."""
+        for item_id, group in groupby(rows, key=itemgetter(0)):
+            own = list(group)
+            upstream = self.upstreams.get(item_id)
+            references = [r for *_, after in own if after for r in after.split()]
+            yield Item(
+                item_id=item_id, task_id=own[0][1],
+                subtasks=tuple(Subtask(subtask_key(n), script, label=label)
+                               for n, (_, _, script, label, _) in enumerate(own)),
+                after=upstream if upstream is not None else tuple(dict.fromkeys(references)),
+                waiting_on=frozenset(upstream or ()), dependents=self.dependents.get(item_id, frozenset()),
+                on_failure=self.on_failure,
+            )
 
     def close(self) -> None:
         self.db.close()
