@@ -78,15 +78,19 @@ class Cgroup:
         except (OSError, ValueError):
             return []
 
-    def populated(self) -> bool:
+    def _keyed(self, name: str) -> dict[str, str]:
+        """A flat-keyed cgroup file (``key value`` lines: ``cgroup.events``, ``cpu.stat``); empty if
+        it cannot be read."""
         try:
-            for line in (self.path / "cgroup.events").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "populated":
-                    return value.strip() == "1"
+            return dict(line.partition(" ")[::2] for line in (self.path / name).read_text().splitlines())
         except OSError:
+            return {}
+
+    def populated(self) -> bool:
+        events = self._keyed("cgroup.events")
+        if not events:
             return False
-        return bool(self.pids())
+        return events["populated"].strip() == "1" if "populated" in events else bool(self.pids())
 
     def kill(self) -> None:
         """Kill every process in it (``cgroup.kill``, Linux 5.14+; before that, freeze and kill
@@ -107,13 +111,9 @@ class Cgroup:
     def cpu_seconds(self) -> float:
         """CPU time of every process that ever ran in it (``cpu.stat``'s ``usage_usec``)."""
         try:
-            for line in (self.path / "cpu.stat").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "usage_usec":
-                    return int(value) / 1e6
-        except (OSError, ValueError):
-            pass
-        return 0.0
+            return int(self._keyed("cpu.stat").get("usage_usec", "0")) / 1e6
+        except ValueError:
+            return 0.0
 
     def remove(self, timeout: float = 5.0) -> bool:
         """Kill what is left and remove the cgroup once it is empty (a killed process leaves it
