@@ -51,8 +51,8 @@ def _value(value: Any) -> Any:
         kind, inner = next(iter(value.items()))
         if kind == "S":
             return inner
-        if kind == "N":
-            return _deserializer.deserialize(value) if not isinstance(inner, str) else _number(inner, value)
+        if kind == "N" and isinstance(inner, str):
+            return _number(inner, value)
         if kind == "M" and isinstance(inner, Mapping):
             return {k: _value(v) for k, v in inner.items()}
         if kind == "L" and isinstance(inner, list):
