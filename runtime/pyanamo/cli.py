@@ -396,14 +396,14 @@ def _require_table(client: Any, table: str) -> None:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from .importer import IO_THREADS, resolve_after
+    from .importer import IMPORT_ATTEMPTS, IO_THREADS, resolve_after
     from .taskfile import parse_delimiter, parse_task_file, split_references
 
     with parse_task_file(args.file, parse_delimiter(args.delimiter), args.nested_delimiter) as items:
         items.on_failure = args.on_failure
         after = [r for text in args.after for r in split_references(text)]
         if after or items.has_after:  # references are resolved against the table too
-            client = _client(args, pool=IO_THREADS + 2)
+            client = _client(args, max_attempts=IMPORT_ATTEMPTS, pool=IO_THREADS + 2)
             _require_table(client, args.table)
             resolve_after(items, TableGateway(client, args.table), after=after, allow_missing=args.allow_missing)
         if args.dry_run:
@@ -415,7 +415,7 @@ def cmd_import(args: argparse.Namespace) -> int:
             print(f"would import {len(items)} items ({items.subtasks} sub-tasks); nothing was written",
                   file=sys.stderr)
             return 0
-        client = _client(args, pool=IO_THREADS + 2)
+        client = _client(args, max_attempts=IMPORT_ATTEMPTS, pool=IO_THREADS + 2)
         _require_table(client, args.table)
         return _write_task_file(args, client, items)
 
@@ -449,7 +449,7 @@ def _write_task_file(args: argparse.Namespace, client: Any, items: TaskFile) -> 
         if waiting:
             print(f"{len(waiting)} items that wait for replaced items are waiting again")
     print(f"imported {report.imported} items ({report.subtasks} sub-tasks) into {args.table} at {where(client)}")
-    if items.waiting and not report.interrupted:
+    if items.waiting and not report.interrupted and not report.failed:
         settled = link_upstreams(queue, items)
         still = items.waiting - len(settled.released) - len(settled.blocked)
         print(f"{still} items wait for other items"
@@ -459,11 +459,12 @@ def _write_task_file(args: argparse.Namespace, client: Any, items: TaskFile) -> 
             missing = sorted({m for ids in settled.missing.values() for m in ids})
             print(printable(f"{len(settled.missing)} items wait for items not in the table yet: "
                             f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}"))
-    if report.interrupted:
-        print(f"pyanamo: interrupted: {report.not_written} of the file's {report.total} items were not written "
+    if report.interrupted or report.failed:
+        cause = "interrupted" if report.interrupted else f"error: {describe(report.failed, args.table)}"
+        print(f"pyanamo: {cause}: {report.not_written} of the file's {report.total} items were not written "
               f"(each item is written whole or not at all; import the file again to add them: existing items "
               f"are skipped)", file=sys.stderr)
-        return 130
+        return 130 if report.interrupted else 1
     return 0
 
 

@@ -12,12 +12,17 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from .dependencies import Settled, settle, unblock_dependents
+from .errors import QueueError
 from .gateway import TableGateway
 from .model import Item
 from .schema import TASK_INDEX, Attr, ItemState
 from .taskfile import InvalidTaskFile, TaskFile
 
 IO_THREADS = 16  # conditional puts in flight at once
+# Attempts per request (boto3's standard mode: jittered backoff doubling to 20 s). An import is
+# tens of thousands of puts: at the client's default 4, a fifth of requests throttled fails one
+# put in 625 — a 30-item import failed that way in CI; at 10, one in ten million.
+IMPORT_ATTEMPTS = 10
 
 
 # -- dependencies (the After column and --after) ------------------------------------------
@@ -155,13 +160,15 @@ class ImportReport:
     replaced: int = 0
     busy: int = 0  # held by a worker: left untouched (--replace)
     interrupted: bool = False  # Ctrl-C: the items not reported here were not written
+    failed: QueueError | None = None  # a put failed past its retries (outage, throttling): the import stopped
     total: int = 0  # the items the file holds
     skipped_ids: list[str] = field(default_factory=list)  # the first SHOWN_IDS in file order
     busy_ids: list[str] = field(default_factory=list)
 
     @property
     def not_written(self) -> int:
-        """Items of the file neither written nor found there (a Ctrl-C stopped the import)."""
+        """Items of the file neither written nor found there (a Ctrl-C or a failed request
+        stopped the import)."""
         return self.total - self.imported - self.skipped - self.busy
 
 
@@ -186,6 +193,8 @@ def write_items(
 
     Ctrl-C (KeyboardInterrupt) stops it: the puts already sent finish (each writes one whole
     item), nothing more is sent, and the report says how many were written (``interrupted``).
+    A put that fails past the client's retries (an outage, throttling that outlasts them) stops it
+    the same way, its error in ``failed``: the items written are counted, never left unreported.
     Only a window of IN_FLIGHT puts is queued at a time, so stopping takes one round of puts, and
     memory stays flat however many items there are.
 
@@ -206,7 +215,11 @@ def write_items(
     def collect(done: Iterable[Future[str]]) -> None:
         for future in done:
             position, item = pending.pop(future)
-            outcome = future.result()
+            try:
+                outcome = future.result()
+            except QueueError as exc:
+                report.failed = report.failed or exc
+                continue
             if outcome in ("new", "replaced"):
                 report.imported += 1
                 report.subtasks += len(item.subtasks)
@@ -220,6 +233,8 @@ def write_items(
     pool = ThreadPoolExecutor(max_workers=IO_THREADS)
     try:
         for position, item in enumerate(items):
+            if report.failed:
+                break
             if position == waiting and pending:
                 collect(wait(pending).done)
             elif len(pending) >= IN_FLIGHT:

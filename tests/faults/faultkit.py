@@ -32,7 +32,8 @@ class FaultProxy:
     Modes: ``pass`` forwards; ``refuse`` closes the listening socket (connection refused);
     ``stall`` accepts, reads the request and never answers until the stall ends, then drops the
     connection. With ``throttle`` > 0, that share of requests gets DynamoDB's HTTP 400 throttling
-    errors instead of an answer. With ``strip_old_item``, a failed conditional write comes back
+    errors instead of an answer, as does every request whose body ``throttle_when`` matches. With
+    ``strip_old_item``, a failed conditional write comes back
     without the old item, as dynalite answers (it ignores ReturnValuesOnConditionCheckFailure).
     Every request is forwarded on a fresh connection, so a mode
     change takes effect for the next request.
@@ -50,6 +51,7 @@ class FaultProxy:
         # ``hold``: a request whose body it matches is never forwarded nor answered; ``held`` is set
         # when one arrives (a test kills its sender then), ``release`` lets the handler go
         self.hold: Callable[[bytes], bool] | None = None
+        self.throttle_when: Callable[[bytes], bool] | None = None
         self.held = threading.Event()
         self.release = threading.Event()
         self.port = free_port()
@@ -80,6 +82,7 @@ class FaultProxy:
                     return  # no answer at all: the client sees the connection drop
                 with proxy._lock:
                     throttled = proxy.throttle and proxy.random.random() < proxy.throttle
+                    throttled = throttled or (proxy.throttle_when is not None and proxy.throttle_when(body))
                     kind = proxy.random.choice(THROTTLING_ERRORS)
                 if throttled:
                     proxy._count("throttled")

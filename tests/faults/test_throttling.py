@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 from pyanamo.queue import TaskQueue
@@ -37,3 +38,25 @@ def test_throttling(aws_env, dynamodb_url, client, table, tmp_path, workers, rec
                    "(HTTP 400, ProvisionedThroughputExceeded / Throttling), import included",
             **measured(queue, {f"t{n:03d}": ItemState.DONE for n in range(items)}, analysis),
             recovery=f"retried by boto3's standard mode; drained in {elapsed:.1f} s").save()
+
+
+def test_an_import_throttled_past_its_retries_stops_and_says_which_items_were_not_written(
+        aws_env, client, table, tmp_path):
+    """One item's put is throttled on every attempt: the import stops sending, lets the puts in
+    flight finish, counts what it wrote, and exits 1 with the cause; importing again adds the rest."""
+    items = 300
+    tasks = write_task_file(tmp_path / "t.txt", [f"t{n:03d}|S|echo {n}" for n in range(items)])
+    with FaultProxy(aws_env["AWS_ENDPOINT_URL_DYNAMODB"]) as proxy:
+        proxy.throttle_when = lambda body: re.search(rb'"itemID":\s*\{"S":\s*"t100"\}', body) is not None
+        via_proxy = {**aws_env, "AWS_ENDPOINT_URL_DYNAMODB": proxy.url, "AWS_MAX_ATTEMPTS": "2"}
+        stopped = cli("import", table, str(tasks), env=via_proxy)
+    assert stopped.returncode == 1, stopped.stderr
+    imported = int(re.search(r"imported (\d+) items", stopped.stdout).group(1))
+    written = {row["itemID"]["S"] for row in client.scan(TableName=table)["Items"]}
+    assert len(written) == imported and "t100" not in written and 100 <= imported < items
+    assert stopped.stderr.count("\n") == 1 and "Rate exceeded" in stopped.stderr
+    assert f"{items - imported} of the file's {items} items were not written" in stopped.stderr
+    again = cli("import", table, str(tasks), env=aws_env)
+    assert again.returncode == 0, again.stderr
+    assert f"left {imported} existing items untouched" in again.stdout
+    assert TaskQueue(client, table).get("t100").state is ItemState.TODO
