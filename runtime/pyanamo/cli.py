@@ -460,7 +460,7 @@ def _write_task_file(args: argparse.Namespace, client: Any, items: TaskFile) -> 
             print(printable(f"{len(settled.missing)} items wait for items not in the table yet: "
                             f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}"))
     if report.interrupted or report.failed:
-        cause = "interrupted" if report.interrupted else f"error: {describe(report.failed, args.table)}"
+        cause = "interrupted" if report.failed is None else f"error: {describe(report.failed, args.table)}"
         print(f"pyanamo: {cause}: {report.not_written} of the file's {report.total} items were not written "
               f"(each item is written whole or not at all; import the file again to add them: existing items "
               f"are skipped)", file=sys.stderr)
