@@ -125,6 +125,9 @@ class LeaseKeeper:
                 with held.write_lock:
                     if held.lost.is_set() or held.closed:
                         continue
+                    if self.expiring(held):  # past the watchdog's line (a pause): its supervisors are
+                        held.abandon("lease_expiring")  # killing the sub-tasks now, so give it up
+                        continue  # as the watchdog would, whichever of the two threads wakes first
                     try:
                         held.lease = self.queue.renew(held.lease)
                         held.extend_all(self.deadline(held))

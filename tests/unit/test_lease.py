@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from dataclasses import replace
 
 from pyanamo.errors import Unreachable
 from pyanamo.lease import LeaseKeeper
@@ -74,3 +76,23 @@ def test_an_item_whose_last_write_is_done_is_not_renewed():
     time.sleep(0.5)
     keeper.stop()
     assert not held.lost.is_set() and process.interrupts == []
+
+
+def test_a_lease_past_the_watchdogs_line_is_given_up_by_the_renewer_too():
+    """After a pause longer than the lease, the renewer may wake before the watchdog: it gives
+    the item up as the watchdog would (its supervisors are killing the sub-tasks) rather than
+    renewing it, so which thread wakes first never decides whether the claim is abandoned."""
+    queue = InMemoryQueue(owner="w", lease_seconds=30)
+    put(queue, item("a"))
+    _, lease = queue.claim()
+    keeper = LeaseKeeper(queue, 0.6)  # renews every 0.2 s; gives up 0.15 s before expiry
+    held = keeper.hold(replace(lease, expiry=queue.now() + 0.1))  # as a worker finds it on waking
+    process = Process()
+    held.track(process)  # type: ignore[arg-type]
+    renewer = threading.Thread(target=keeper._renew_loop, daemon=True)  # the renewer alone, no watchdog
+    renewer.start()
+    wait_for(held.lost.is_set, timeout=5, message="the renewer giving the item up")
+    keeper.stop()
+    renewer.join()
+    assert process.interrupts == [("lease_lost", 0)]
+    assert queue.get("a").lease_expiry == round(lease.expiry, 3)  # never renewed
