@@ -26,7 +26,7 @@ from .errors import MalformedItem
 from .gateway import TableGateway
 from .model import Item, iso
 from .runs import MAX_EARLIER_ATTEMPTS, RunRecord
-from .schema import Attr, ItemState, SubtaskStatus
+from .schema import WORKERS_SHARD, Attr, ItemState, SubtaskStatus
 from .status import duration
 
 TRACE_COLUMNS = ("item", "task", "subtask", "label", "attempt", "status", "exit", "instance", "instance_type", "worker",
@@ -285,44 +285,54 @@ def _failure(table: str, item: Item) -> Failure:
 
 
 def gather(queue: TableGateway) -> RunReport:
-    """Every item (state index, then BatchGetItem) and every worker record."""
+    """Every item (one parallel Scan, then the failed items' logs) and every worker record."""
     items: dict[str, int] = {s.value: 0 for s in ItemState}
     subtasks: dict[str, int] = {s.value: 0 for s in SubtaskStatus}
     runs: list[SubtaskRun] = []
     failures: list[Failure] = []
+    failed: list[Mapping[str, Any]] = []  # the failed items' rows, their logs still to read
     blocked: list[Blocked] = []
     skipped: list[dict[str, str]] = []
     retried: list[SubtaskRun] = []
     attempts = retries = 0
-    for state in ItemState:
-        # The log tails (up to 100 KB an item) only where the report shows them: failed items.
-        wanted = REPORT_ATTRIBUTES + ((Attr.LOG,) if state is ItemState.FAILED else ())
-        for row in queue.rows_in_state(state, wanted):
-            try:
-                item = Item.from_row(row)
-            except MalformedItem as exc:
-                items[state.value] += 1
-                failures.append(Failure(exc.item_id, "", f"malformed item: {exc.reason}", ""))
-                continue
-            items[item.state.value] += 1
-            for s in item.subtasks:
-                subtasks[s.status.value] += 1
-                attempts += s.attempts
-                retries += max(0, s.attempts - 1)
-            records = records_of(item)
-            runs.extend(runs_of(item, records))
-            retried.extend(attempts_of(item, records))
-            skipped += [{"item": item.item_id, "task": item.task_id, "subtask": s.key, "label": s.label or "",
-                         "status": s.status.value, "command": s.script}
-                        for s in item.subtasks if s.status is SubtaskStatus.SKIPPED]
-            if item.state is ItemState.UPSTREAM_FAILED:
-                blocked.append(Blocked(item.item_id, item.task_id, item.state.value, item.blocked_by or "?"))
-            elif item.state is ItemState.WAITING:
-                blocked.append(Blocked(item.item_id, item.task_id, item.state.value,
-                                       "waits for " + ", ".join(sorted(item.waiting_on)[:5])
-                                       + (" …" if len(item.waiting_on) > 5 else "")))
-            if item.state is ItemState.FAILED:
-                failures.append(_failure(queue.table, item))
+    # A Scan reads every item in a third of the endpoint's work of the state index + BatchGetItem
+    # (gateway.SCAN_SEGMENTS); the log tails (up to 100 KB an item) only where the report shows
+    # them: failed items, read afterwards by ID.
+    for row in queue.scan_rows((*REPORT_ATTRIBUTES, Attr.STATE_SHARD)):
+        if row.get(Attr.STATE_SHARD, {}).get("S") == WORKERS_SHARD:
+            continue  # a worker's record: read below
+        try:
+            item = Item.from_row(row)
+        except MalformedItem as exc:
+            state = row.get(Attr.STATE, {}).get("S")
+            if state in items:
+                items[state] += 1
+            failures.append(Failure(exc.item_id, "", f"malformed item: {exc.reason}", ""))
+            continue
+        items[item.state.value] += 1
+        for s in item.subtasks:
+            subtasks[s.status.value] += 1
+            attempts += s.attempts
+            retries += max(0, s.attempts - 1)
+        records = records_of(item)
+        runs.extend(runs_of(item, records))
+        retried.extend(attempts_of(item, records))
+        skipped += [{"item": item.item_id, "task": item.task_id, "subtask": s.key, "label": s.label or "",
+                     "status": s.status.value, "command": s.script}
+                    for s in item.subtasks if s.status is SubtaskStatus.SKIPPED]
+        if item.state is ItemState.UPSTREAM_FAILED:
+            blocked.append(Blocked(item.item_id, item.task_id, item.state.value, item.blocked_by or "?"))
+        elif item.state is ItemState.WAITING:
+            blocked.append(Blocked(item.item_id, item.task_id, item.state.value,
+                                   "waits for " + ", ".join(sorted(item.waiting_on)[:5])
+                                   + (" …" if len(item.waiting_on) > 5 else "")))
+        if item.state is ItemState.FAILED:
+            failed.append(row)
+    ids = [row[Attr.ITEM_ID]["S"] for row in failed]
+    logs = {row[Attr.ITEM_ID]["S"]: row.get(Attr.LOG) for row in queue.get_many(ids, (Attr.ITEM_ID, Attr.LOG))}
+    for item_id, failed_row in zip(ids, failed, strict=True):
+        log = logs.get(item_id)
+        failures.append(_failure(queue.table, Item.from_row({**failed_row, Attr.LOG: log} if log else failed_row)))
     workers = list(queue.worker_records())
     machines = {str(w.get("Worker_ID")): w for w in workers}
 
@@ -335,6 +345,7 @@ def gather(queue: TableGateway) -> RunReport:
     runs.sort(key=lambda r: (r.started, r.item, r.subtask))
     retried.sort(key=lambda r: (r.started, r.item, r.subtask))
     failures.sort(key=lambda f: f.item)
+    skipped.sort(key=lambda s: (s["item"], s["subtask"]))
     blocked.sort(key=lambda b: (b.state, b.item))
     return RunReport(queue.table, items, subtasks, runs, workers, run_cost(worker_spans(workers)), failures,
                      blocked, skipped, retried, attempts, retries)
