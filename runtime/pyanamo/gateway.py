@@ -302,7 +302,7 @@ class TableGateway:
         names = {f"#p{n}": name for n, name in enumerate(attributes)}
         request = {"TableName": self.table, "ProjectionExpression": ", ".join(names),
                    "ExpressionAttributeNames": names, "TotalSegments": segments}
-        pages: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=2 * segments)
+        pages: queue.Queue[list[dict[str, Any]] | BaseException | None] = queue.Queue(maxsize=1)
         stop = threading.Event()
 
         def put(page: list[dict[str, Any]] | BaseException | None) -> bool:

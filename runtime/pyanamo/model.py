@@ -40,7 +40,24 @@ _serializer = TypeSerializer()
 def from_dynamo(row: Mapping[str, Any]) -> dict[str, Any]:
     """A low-level DynamoDB row (``{"S": ...}`` values) as plain Python values, as boto3's
     ``TypeDeserializer`` gives them (numbers as Decimal, sets as sets)."""
-    return {key: _value(value) for key, value in row.items()}
+    return _members(row)
+
+
+def _members(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of a row or of a map: text and numbers decoded in place (most values of a
+    run record are), everything else by ``_value``."""
+    out = {}
+    for key, value in values.items():
+        if len(value) == 1:
+            ((kind, inner),) = value.items()
+            if kind == "S":
+                out[key] = inner
+                continue
+            if kind == "N" and isinstance(inner, str):
+                out[key] = _number(inner, value)
+                continue
+        out[key] = _value(value)
+    return out
 
 
 def _value(value: Any) -> Any:
@@ -54,7 +71,7 @@ def _value(value: Any) -> Any:
         if kind == "N" and isinstance(inner, str):
             return _number(inner, value)
         if kind == "M" and isinstance(inner, Mapping):
-            return {k: _value(v) for k, v in inner.items()}
+            return _members(inner)
         if kind == "L" and isinstance(inner, list):
             return [_value(v) for v in inner]
         if kind == "BOOL" and isinstance(inner, bool):
