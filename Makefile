@@ -15,8 +15,12 @@ $(VENV)/.installed: requirements.txt runtime/pyproject.toml package.json package
 demo: $(VENV)/.installed
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
+# The suite waits on leases, sub-tasks and endpoints far more than it computes: four pytest
+# processes (pytest-xdist) share even a 2-core machine well. TEST_PROCESSES=0 runs it in one.
+TEST_PROCESSES ?= 4
+
 test: $(VENV)/.installed browser test-tools
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCESSES)
 
 # Debian's chromium for the run report's browser test; where it cannot be installed (no root, no
 # apt-get) the test is skipped and says why.
