@@ -667,24 +667,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .report import gather, render_html, report_facts, write_trace
+    from .report import cycle_collection_paused, gather, render_html, report_facts, write_trace
 
     for path in (args.html, args.trace):
         if path is not None and not path.parent.is_dir():
             raise UsageError(f"{path}: no such folder {path.parent}")
     client = _client(args, pool=20)
     _require_table(client, args.table)
-    report = gather(TableGateway(client, args.table))
-    if args.trace is not None:
-        with _atomic(args.trace) as out:
-            write_trace(report, out)
-    if args.html is not None:
-        meta = {"command": " ".join(shlex.quote(a) for a in ["pyanamo", *args.argv]),
-                "pyanamo": __version__, "table at": where(client),
-                "by": f"{getpass.getuser()}@{socket.gethostname()}",
-                "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
-        with _atomic(args.html) as out:
-            out.write(render_html(report, meta))
+    with cycle_collection_paused():
+        report = gather(TableGateway(client, args.table))
+        if args.trace is not None:
+            with _atomic(args.trace) as out:
+                write_trace(report, out)
+        if args.html is not None:
+            meta = {"command": " ".join(shlex.quote(a) for a in ["pyanamo", *args.argv]),
+                    "pyanamo": __version__, "table at": where(client),
+                    "by": f"{getpass.getuser()}@{socket.gethostname()}",
+                    "made": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")}
+            with _atomic(args.html) as out:
+                out.write(render_html(report, meta))
     summary = report.summary()
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -10,7 +10,9 @@ Content-Security-Policy that forbids any request.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import html
 import io
 import shlex
@@ -282,6 +284,20 @@ def _failure(table: str, item: Item) -> Failure:
     return Failure(item.item_id, item.task_id, item.last_error or "", lines[-1] if lines else "",
                    subtask=failed.name if failed else "", exit_code=failed.exit_code if failed else None,
                    attempts=failed.attempts if failed else 0, logs=command)
+
+
+@contextlib.contextmanager
+def cycle_collection_paused() -> Iterator[None]:
+    """Python's cycle collector off while a report is built: it walks every live container again
+    and again as they pile up, and 100,000 items' worth of them took more than half the time of
+    reading them. What the report builds holds no reference cycles; reference counting frees it."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def gather(queue: TableGateway) -> RunReport:

@@ -166,10 +166,26 @@ class RunRecord:
         if not isinstance(value, Mapping):
             return cls(problems=(f"{where} is not a map",))
         read = _Reader(value, where)
-        found = {name: getattr(read, kind)(stored) for name, stored, kind in FIELDS}
-        found["earlier_attempts"] = tuple(  # "": the record's own worker
-            a if a.worker_id else dataclasses.replace(a, worker_id=found["worker_id"] or "?")
-            for a in found["earlier_attempts"])
+        found: dict[str, Any] = {}
+        for stored, raw in value.items():  # the fields stored (absent ones keep their defaults)
+            spec = _BY_STORED.get(stored)
+            if spec is None:
+                continue
+            name, kind = spec
+            # the usual types at once (a report reads 100,000 records); the rest, and anything
+            # malformed, through the reader, which names the problem
+            if kind == "text" and type(raw) is str:
+                found[name] = raw
+            elif kind == "number" and type(raw) is Decimal:
+                found[name] = float(raw)
+            elif kind == "integer" and type(raw) is Decimal and (whole := int(raw)) == raw:
+                found[name] = whole
+            else:
+                found[name] = getattr(read, kind)(stored)
+        if found.get("earlier_attempts"):  # "": the record's own worker
+            found["earlier_attempts"] = tuple(
+                a if a.worker_id else dataclasses.replace(a, worker_id=found.get("worker_id") or "?")
+                for a in found["earlier_attempts"])
         return cls(**{name: v for name, v in found.items() if v is not None}, problems=tuple(read.problems))
 
     def to_map(self) -> dict[str, Any]:
@@ -229,6 +245,8 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("earlier_exits", "Earlier_Exits", "exits"),
     ("earlier_attempts", "Earlier_Attempts", "attempts"),
 )
+
+_BY_STORED = {stored: (name, kind) for name, stored, kind in FIELDS}
 
 
 def run_records(log_summary: Mapping[str, Any], keys: list[str]) -> dict[str, RunRecord]:

@@ -3,6 +3,7 @@ finish, percentiles and the right-sizing hint; and the run records a worker writ
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,25 @@ def test_past_a_few_thousand_attempts_each_lane_shows_how_many_ran_at_once_inste
     assert svg.count('<path class="busy all"') == 2 and svg.count('<path class="busy bad"') == 2
     assert len(svg) < 20_000  # not in the number of runs: at most a point per column
     assert "runs at once (at most " in svg
+
+
+def test_a_record_read_from_the_table_takes_its_usual_types_and_names_every_malformed_field():
+    """The stored form read back (numbers as Decimal, as boto3 gives them) and one whose fields
+    have the wrong types: the usual ones are taken as they are, each wrong one is named and reads
+    as unknown, and the rest of the record is still read."""
+    stored = {"ExitCode": Decimal("0"), "Attempt": Decimal("2"), "Wall_Time": Decimal("12.5"),
+              "CPU_Time": Decimal("6"), "Peak_RSS_KB": Decimal("1024"), "Started": "2027-01-15T08:00:00.000Z",
+              "Worker_ID": "h:1", "Earlier_Exits": [Decimal("1")], "Unknown_Field": "ignored"}
+    record = RunRecord.from_map(stored, "Task_0")
+    assert record is not None and record.problems == ()
+    assert (record.exit_code, record.attempt, record.wall_time, record.peak_rss_kb, record.earlier_exits) == \
+        (0, 2, 12.5, 1024, (1,))
+    assert type(record.attempt) is int and type(record.wall_time) is float
+    bad = RunRecord.from_map({**stored, "ExitCode": Decimal("1.5"), "Wall_Time": "long", "Host": Decimal("3"),
+                              "Timed_Out": "no"}, "Task_0")
+    assert bad is not None and (bad.exit_code, bad.wall_time, bad.host, bad.timed_out) == (None, 0.0, None, False)
+    assert sorted(bad.problems) == ["Log_Summary.Task_0.ExitCode is not a whole number",
+                                    "Log_Summary.Task_0.Host is not text",
+                                    "Log_Summary.Task_0.Timed_Out is not true or false",
+                                    "Log_Summary.Task_0.Wall_Time is not a number"]
+    assert bad.attempt == 2 and bad.started == "2027-01-15T08:00:00.000Z"
