@@ -80,6 +80,26 @@ def _duration(allow_zero: bool = False) -> Callable[[str], float]:
     return parse
 
 
+class _WatchAction(argparse.Action):
+    """``--watch [DURATION]``: a word after it that is no duration is the table, as in
+    ``status --watch mytable`` (argparse would otherwise take the table for the interval)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if values is None or isinstance(values, float):
+            namespace.watch = values if values is not None else self.const
+            return
+        try:
+            namespace.watch = _duration()(values)
+        except argparse.ArgumentTypeError as exc:
+            if values[:1].isdigit():  # meant as a duration: say what is wrong with it
+                parser.error(f"argument --watch: {exc}")
+            if namespace.table is not None:
+                parser.error(f"argument --watch: not a duration (e.g. 90, 90s, 15m, 2h): {values!r}")
+            # the table positional is filled after this, empty: ``_resolve_table`` takes it from here
+            namespace.watch, namespace.watch_table = self.const, values
+
+
 def _size(text: str) -> int:
     """A size in bytes: ``5000000``, ``500M``, ``20G`` (decimal units, as S3 and df -H count)."""
     number, unit = text.strip().upper().rstrip("B"), ""
@@ -243,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("status", "where a run stands (exit 3 if any item failed)")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
-    p.add_argument("--watch", type=_duration(), nargs="?", const=WATCH_SECONDS, default=None, metavar="DURATION",
+    p.add_argument("--watch", action=_WatchAction, nargs="?", const=WATCH_SECONDS, default=None, metavar="DURATION",
                    help=f"refresh every DURATION (default {WATCH_SECONDS:g} s when given without one) until no "
                         "item is todo or locked, with the rate and the time to finish (not on a terminal: one "
                         "line per refresh; an empty table: says so and exits)")
@@ -328,6 +348,11 @@ def _resolve_table(args: argparse.Namespace) -> None:
     and the argument is not that name; then every argument is an item ID."""
     if not hasattr(args, "table"):
         return
+    watched = getattr(args, "watch_table", None)  # status --watch TABLE
+    if watched is not None:
+        if args.table is not None:
+            raise UsageError(f"two tables: {watched!r} after --watch and {args.table!r}")
+        args.table = watched
     default = os.environ.get(TABLE_VARIABLE) or None
     ids = getattr(args, "item_ids", None)
     if ids is not None and args.table is not None and default is not None and args.table != default:

@@ -74,6 +74,30 @@ def test_watch_without_a_value_refreshes_every_ten_seconds():
     assert build_parser().parse_args(["status", "t1", "--watch", "1m"]).watch == 60
 
 
+@pytest.mark.parametrize("argv, table, seconds", [
+    (["status", "--watch", "t1"], "t1", 10),
+    (["status", "--json", "--watch", "t1"], "t1", 10),
+    (["status", "--watch", "5", "t1"], "t1", 5),
+    (["status", "t1", "--watch", "2m"], "t1", 120),
+])
+def test_a_word_after_watch_that_is_no_duration_is_the_table(monkeypatch, argv, table, seconds):
+    monkeypatch.delenv("PYANAMO_TABLE", raising=False)
+    args = build_parser().parse_args(argv)
+    _resolve_table(args)
+    assert (args.table, args.watch) == (table, seconds)
+
+
+def test_watch_with_a_bad_duration_or_two_tables_is_one_line(capsys, monkeypatch):
+    monkeypatch.delenv("PYANAMO_TABLE", raising=False)
+    for argv in (["status", "--watch", "5x"], ["status", "t1", "--watch", "t2"]):
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(argv)
+        assert exit_.value.code == 2 and "argument --watch: not a duration" in capsys.readouterr().err
+    args = build_parser().parse_args(["status", "--watch", "t1", "t2"])
+    with pytest.raises(UsageError, match="two tables: 't1' after --watch and 't2'"):
+        _resolve_table(args)
+
+
 def test_help_shows_each_default_once():
     """Before: `(default 120) (default: 120.0)`."""
     shown = [(name, parser.formatter_class(name)._get_help_string(action) or "")
