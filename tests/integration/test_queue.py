@@ -89,15 +89,20 @@ def test_concurrent_claimers_never_share_an_item(aws_env, client, table):
 
 
 def test_live_leases_are_not_reclaimed_and_renewal_keeps_them(client, table):
+    """Renewed every 1.5 s, a 4 s lease outlives its first term; left alone, it runs out. The
+    2.5 s between a renewal and the end of its term is the slack for a request's latency on a
+    loaded machine (with a 1 s lease renewed every 0.4 s, a slow claim request found it expired)."""
     put_items(client, table, [item("a")])
-    holder = TaskQueue(client, table, owner="holder", lease_seconds=1.0)
+    holder = TaskQueue(client, table, owner="holder", lease_seconds=4.0)
     other = TaskQueue(client, table, owner="other", lease_seconds=30)
     _, lease = holder.claim()
-    for _ in range(4):
-        time.sleep(0.4)
+    first = lease.expiry
+    for _ in range(3):
+        time.sleep(1.5)
         lease = holder.renew(lease)
         assert other.claim() is None
-    time.sleep(1.2)
+    assert lease.expiry > first + 4
+    time.sleep(4.5)
     assert other.claim() is not None
 
 
