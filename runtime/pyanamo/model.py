@@ -70,7 +70,7 @@ def _value(value: Any) -> Any:
             return inner
         if kind == "N" and isinstance(inner, str):
             return _number(inner, value)
-        if kind == "M" and isinstance(inner, Mapping):
+        if kind == "M" and (type(inner) is dict or isinstance(inner, Mapping)):  # the ABC check is slow
             return _members(inner)
         if kind == "L" and isinstance(inner, list):
             return [_value(v) for v in inner]
@@ -112,7 +112,7 @@ def utc_now_iso() -> str:
 
 
 def _map(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
+    return value if type(value) is dict or isinstance(value, Mapping) else {}
 
 
 def _text(value: Any) -> str | None:

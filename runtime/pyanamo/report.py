@@ -90,11 +90,11 @@ class SubtaskRun:
     def name(self) -> str:
         return f"{self.subtask} ({self.label})" if self.label else self.subtask
 
-    @property
+    @cached_property  # read for every sort, lane and bar: parsed once
     def started(self) -> float:
         return parse_time(self.start) or 0.0
 
-    @property
+    @cached_property
     def ended(self) -> float:
         return parse_time(self.end) or self.started + self.wall_s
 
