@@ -149,8 +149,13 @@ class LeaseKeeper:
             try:
                 listed = self.queue.held_here()
                 for item in held:
-                    if item.item_id not in listed and not self.queue.still_held(item.lease):
-                        item.abandon("cancelled")
+                    if item.item_id in listed:
+                        continue
+                    with item.write_lock:  # not while its last write is under way: that one ends
+                        if item.closed or item.lost.is_set():  # the item, and it leaves the index too
+                            continue
+                        if not self.queue.still_held(item.lease):
+                            item.abandon("cancelled")
             except QueueError as exc:  # an outage: the renewer and the watchdog decide
                 emit("cancel_check_failed", error=str(exc))
 

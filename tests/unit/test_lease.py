@@ -96,3 +96,36 @@ def test_a_lease_past_the_watchdogs_line_is_given_up_by_the_renewer_too():
     renewer.join()
     assert process.interrupts == [("lease_lost", 0)]
     assert queue.get("a").lease_expiry == round(lease.expiry, 3)  # never renewed
+
+
+def test_an_item_finishing_while_the_cancel_check_looks_is_not_taken_for_cancelled(monkeypatch):
+    """The cancel check lists the items held here; one whose final write is under way has left
+    that list (it is done) but is no cancelled item. Before, the check read it as no longer ours
+    and logged it abandoned ('cancelled') just before the worker logged it done."""
+    monkeypatch.setattr("pyanamo.lease.CANCEL_CHECK_SECONDS", 0.05)
+    queue = InMemoryQueue(owner="w", lease_seconds=30)
+    put(queue, item("a"))
+    put(queue, item("b"))
+    _, lease = queue.claim()
+    _, other = queue.claim()
+    keeper = LeaseKeeper(queue, 30)
+    held = keeper.hold(lease)
+    keeper.hold(other)  # still running: the checks go on
+    checks = threading.Semaphore(0)
+    listed = queue.held_here
+
+    def held_here() -> set[str]:
+        found = listed()
+        checks.release()
+        return found
+
+    monkeypatch.setattr(queue, "held_here", held_here)
+    keeper.start()
+    with held.write_lock:  # the worker's final write, as `Worker._write` makes it
+        queue.finish(held.lease, ItemState.DONE)
+        assert checks.acquire(timeout=5)  # a check lists the held items now, without this one
+        held.closed = True
+    for _ in range(3):  # three more checks: none takes the finished item for a cancelled one
+        assert checks.acquire(timeout=5)
+    keeper.stop()
+    assert not held.lost.is_set()
