@@ -53,9 +53,12 @@ def _members(values: Mapping[str, Any]) -> dict[str, Any]:
             if kind == "S":
                 out[key] = inner
                 continue
-            if kind == "N" and isinstance(inner, str):
-                out[key] = _number(inner, value)
-                continue
+            if kind == "N" and type(inner) is str:
+                try:
+                    out[key] = Decimal(inner)
+                    continue
+                except ArithmeticError:  # malformed: boto3's deserializer says why
+                    pass
         out[key] = _value(value)
     return out
 

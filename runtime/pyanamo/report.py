@@ -21,6 +21,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from itertools import accumulate
+from operator import attrgetter
 from typing import Any
 
 from .accounting import RunCost, WorkerSpan, parse_time, percentile, right_size, run_cost, worker_spans
@@ -107,11 +108,17 @@ class SubtaskRun:
         words = self.command.split()
         return words[0].rsplit("/", 1)[-1] if words else "?"
 
-    def trace_row(self) -> list[str]:
-        special = {"exit": "" if self.exit is None else self.exit,
-                   "cost_usd": "" if self.cost_usd is None else f"{self.cost_usd:.6f}",
-                   "earlier_exits": ",".join("" if c is None else str(c) for c in self.earlier_exits)}
-        return [str(special[c] if c in special else getattr(self, c)) for c in TRACE_COLUMNS]
+    def trace_row(self) -> list[object]:
+        """Its row of the trace, for ``csv.writer`` (which writes None as an empty field)."""
+        row = list(_TRACE_VALUES(self))
+        row[_COST_COLUMN] = None if self.cost_usd is None else f"{self.cost_usd:.6f}"
+        row[_EXITS_COLUMN] = ",".join("" if c is None else str(c) for c in self.earlier_exits)
+        return row
+
+
+_TRACE_VALUES = attrgetter(*TRACE_COLUMNS)
+_COST_COLUMN = TRACE_COLUMNS.index("cost_usd")
+_EXITS_COLUMN = TRACE_COLUMNS.index("earlier_exits")
 
 
 def records_of(item: Item) -> dict[str, RunRecord | None]:
