@@ -59,6 +59,9 @@ def _members(values: Mapping[str, Any]) -> dict[str, Any]:
                     continue
                 except ArithmeticError:  # malformed: boto3's deserializer says why
                     pass
+            elif kind == "M" and type(inner) is dict:
+                out[key] = _members(inner)
+                continue
         out[key] = _value(value)
     return out
 

@@ -217,7 +217,7 @@ class RunReport:
     def spans(self) -> list[WorkerSpan]:
         return worker_spans(self.workers)
 
-    @property
+    @cached_property
     def cpu_hours(self) -> float:
         return sum(r.cpu_s for r in self.runs) / 3600
 
@@ -229,10 +229,19 @@ class RunReport:
         return dict(sorted(grouped.items()))
 
     def sizing(self) -> dict[str, object]:
+        return self._sizing
+
+    @cached_property
+    def _sizing(self) -> dict[str, object]:
         slots = max((s.slots for s in self.spans), default=1)
         return right_size([r.peak_rss_mb for r in self.runs], slots)
 
     def summary(self) -> dict[str, Any]:
+        """The report's facts as JSON values (`report --json`); the HTML and the text read them too."""
+        return dict(self._summary)
+
+    @cached_property
+    def _summary(self) -> dict[str, Any]:
         span = self.span
         return {
             "table": self.table, "items": self.items, "subtasks": self.subtasks, "subtask_runs": len(self.runs),
