@@ -206,13 +206,17 @@ def test_cancelling_a_running_item_stops_its_subtask_and_no_one_runs_it(
     assert status.returncode == 0 and '"cancelled": 2' in status.stdout
 
 
-def test_local_workers_on_one_host_are_told_apart(aws_env, client, table, tmp_path, workers, recorder):
-    import_rows(aws_env, table, tmp_path, [f"i{n}|S|{recorder.command(3)}" for n in range(2)])
+def test_local_workers_on_one_host_are_told_apart(aws_env, client, table, tmp_path, workers):
+    # each sub-task runs until the test has listed both (a fixed sleep could end before `ps` ran)
+    release = tmp_path / "release"
+    hold = f"for _ in $(seq 1200); do [ -e {release} ] && exit 0; sleep 0.1; done; exit 1"
+    import_rows(aws_env, table, tmp_path, [f"i{n}|S|touch {tmp_path}/started.i{n}; {hold}" for n in range(2)])
     for _ in range(2):
         workers.start(table, "--lease", LEASE)
     queue = TaskQueue(client, table)
-    wait_for(lambda: len(recorder.starts()) == 2, message="both items started")
+    wait_for(lambda: len(list(tmp_path.glob("started.*"))) == 2, timeout=60, message="both items started")
     listing = cli("ps", table, "--json", env=aws_env)
+    release.touch()
     rows = json.loads(listing.stdout)
     assert len(rows) == 2 and len({r["worker"] for r in rows}) == 2
     assert all(r["instance"] == socket.gethostname() for r in rows)
