@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pyanamo.gateway import SCAN_SEGMENTS
 from pyanamo.lease import CANCEL_CHECK_SECONDS
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -207,8 +208,8 @@ def main() -> None:
                     r["html_mb"], r["trace_mb"]]]))
         say(f"\nTargets (everyday-use issue): < 15 s {mark(r['seconds'] < 15)}, < 300 MB peak "
             f"{mark(r['peak_rss_mb'] < 300)}, < 5 MB HTML {mark(r['html_mb'] < 5)}. The report reads every item "
-            "with one Scan in 4 parallel segments (the item attributes it shows, not the logs) and then the "
-            "failed items' logs by ID with BatchGetItem; before, it read the IDs from the state index and the "
+            f"with one Scan in {SCAN_SEGMENTS} parallel segments (the item attributes it shows, not the logs) and "
+            "then the failed items' logs by ID with BatchGetItem; before, it read the IDs from the state index and the "
             "items with BatchGetItem, which cost dynalite three times the CPU (gateway.SCAN_SEGMENTS has the "
             "figures). It takes the answers as DynamoDB sent them (botocore's model walk took a third of the "
             "time) and builds the report with Python's cycle collector paused (it took more than half the time "

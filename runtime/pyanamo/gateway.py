@@ -213,8 +213,10 @@ BATCH_GET_KEYS = 100  # DynamoDB's limit per BatchGetItem
 BATCH_GET_AHEAD = 2  # BatchGetItem requests in flight while the rows of another are read
 # Scan segments read at once by `scan_rows`. At 100,000 items on dynalite (2 cores), one Scan of
 # the report's attributes took 8.3 s and 4.6 s of the endpoint's CPU, two segments 6.0 s, four
-# 5.1 s; the state index + BatchGetItem path 14.0 s and 12.6 s of its CPU.
-SCAN_SEGMENTS = 4
+# 5.1 s; the state index + BatchGetItem path 14.0 s and 12.6 s of its CPU. The whole report
+# (bench/report_bench.py) took 13.0-14.5 s with two, 14.8 s with one and 15.1-15.5 s with four:
+# past two, the threads decoding pages contend for the GIL with the report's own work.
+SCAN_SEGMENTS = 2
 
 
 def _as_sent(response_dict: dict[str, Any], customized_response_dict: dict[str, Any], **_: Any) -> None:
