@@ -86,8 +86,8 @@ class _WatchAction(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
-        if values is None or isinstance(values, float):
-            namespace.watch = values if values is not None else self.const
+        if not isinstance(values, str):  # given without a value: argparse passes the constant
+            namespace.watch = values
             return
         try:
             namespace.watch = _duration()(values)

@@ -101,7 +101,6 @@ class SubtaskRun:
     def name(self) -> str:
         return f"{self.subtask} ({self.label})" if self.label else self.subtask
 
-
     @property
     def program(self) -> str:
         """The command's first word (its program), for grouping."""
@@ -228,11 +227,8 @@ class RunReport:
             grouped[(run.label or run.subtask) if by == "subtask" else run.program].append(run)
         return dict(sorted(grouped.items()))
 
-    def sizing(self) -> dict[str, object]:
-        return self._sizing
-
     @cached_property
-    def _sizing(self) -> dict[str, object]:
+    def sizing(self) -> dict[str, object]:
         slots = max((s.slots for s in self.spans), default=1)
         return right_size([r.peak_rss_mb for r in self.runs], slots)
 
@@ -249,7 +245,7 @@ class RunReport:
             "start": None if span is None else iso(span[0]), "end": None if span is None else iso(span[1]),
             "span_s": None if span is None else round(span[1] - span[0], 1),
             "cpu_hours": round(self.cpu_hours, 4), "output_bytes": sum(r.output_bytes for r in self.runs),
-            **self.cost.to_json(), "right_sizing": self.sizing(),
+            **self.cost.to_json(), "right_sizing": self.sizing,
             "blocked": [asdict(b) for b in self.blocked],
         }
 
@@ -634,7 +630,7 @@ def distribution_table(groups: Mapping[str, list[SubtaskRun]]) -> str:
 def render_html(report: RunReport, meta: Mapping[str, str] | None = None) -> str:
     """The report page; ``meta``: how it was made (command line, version, endpoint, who, when)."""
     summary = report.summary()
-    sizing = report.sizing()
+    sizing = report.sizing
     ran = list(report.runs)
     slowest = sorted(ran, key=lambda r: r.wall_s, reverse=True)[:TOP]
     hungry = sorted(ran, key=lambda r: r.peak_rss_mb, reverse=True)[:TOP]
