@@ -115,7 +115,13 @@ def test_a_subtask_whose_worker_and_supervisor_die_together_is_killed_by_the_nex
               f"while :; do date +%s.%N >> {ticks}; sleep 0.1; done; fi")
     assert cli("import", table, str(write_task_file(tmp_path / "t.txt", [f"both|S|{script}"])),
                env=aws_env).returncode == 0
-    first = workers.start(table, "--lease", "4", name="w-first", env={"AWS_BATCH_JOB_ID": "w-first"})
+    # This test's workers in a cgroup of their own: a worker that another test starts meanwhile
+    # (pytest -n) would sweep the orphans of the first worker before this test's second worker does.
+    own = CgroupParent(CgroupParent.find().path / f"test-10c-{uuid.uuid4().hex[:8]}")
+    own.path.mkdir()
+    inside = ("sh", "-c", f'echo $$ > {own.path}/cgroup.procs && exec "$@"', "sh")
+    first = workers.start(table, "--lease", "4", name="w-first", env={"AWS_BATCH_JOB_ID": "w-first"},
+                          wrapper=inside)
     wait_for(lambda: ticks.exists() and len(living(tag)) == 1, timeout=60, message="the sub-task running")
     try:
         supervisor = supervisor_of(first.pid)
@@ -126,21 +132,23 @@ def test_a_subtask_whose_worker_and_supervisor_die_together_is_killed_by_the_nex
         killed = time.time()
         wait_for(lambda: float(ticks.read_text().split()[-1]) > killed + 0.3, timeout=30,
                  message="the orphaned sub-task ticking on after both were killed")
-        second = workers.start(table, "--lease", "4", name="w-second", env={"AWS_BATCH_JOB_ID": "w-second"})
+        second = workers.start(table, "--lease", "4", name="w-second", env={"AWS_BATCH_JOB_ID": "w-second"},
+                               wrapper=inside)
         second_started = time.time()
         wait_for(lambda: living(tag) == [], timeout=60, interval=0.05, message="the orphans killed")
         assert second.wait(timeout=90) == 0
         last_tick = float(ticks.read_text().split()[-1])
         rerun_at = float(second_run.read_text())
     finally:
-        CgroupParent.find().sweep()  # whatever a failure left: the cgroups of dead workers
+        own.sweep()  # whatever a failure left: the cgroups of dead workers
         for pid in living(tag):
             os.kill(pid, signal.SIGKILL)
+        left = [p for p in own.path.iterdir() if p.is_dir()]
     assert last_tick < rerun_at, "the orphaned first run overlapped the second"
     item = TaskQueue(client, table).get("both")
     assert item.state is ItemState.DONE and item.logs["Task_0"]["stdout"] == "finished\n"
-    assert not any(p.name.startswith("pyanamo-") and p.name.split("-")[1] in {str(first.pid), str(second.pid)}
-                   for p in CgroupParent.find().path.iterdir()), "a sub-task cgroup was left behind"
+    assert left == [], "a sub-task cgroup was left behind"
+    own.path.rmdir()
     Figures("10c. worker and supervisor SIGKILLed together", runs=1, items=1, subtasks=1, lost=0, overlaps=0,
             duplicates=0, why={},
             faults="the worker stopped, its supervisor SIGKILLed, then the worker SIGKILLed: the sub-task "
