@@ -270,23 +270,34 @@ def main() -> None:
         rows = per_subtask["rows"]
         r0 = rows[0]
         say(f"## 11. CPU per sub-task next to GNU parallel's CPU per job\n\n"
-            f"`python bench/cpu_per_subtask.py --items {r0['items']} --workers {r0['workers']} --repeat {len(rows)}`: "
-            f"{r0['items']} items of `true`, {r0['workers']} worker processes against {engine(per_subtask)}, and "
-            f"`parallel -j {r0['workers']} true` on the same machine in the same run "
+            f"`python bench/cpu_per_subtask.py --items {r0['items']} --workers {r0['workers']} --repeat "
+            f"{max(r['run'] for r in rows)}`: {r0['items']} items of `true`, {r0['workers']} worker processes against "
+            f"{engine(per_subtask)}, once with each launcher (`fork-server`, the default: supervisors forked by a "
+            "fork server each worker starts once; `process`: a supervisor process of its own per sub-task, a "
+            f"Python start-up each), and `parallel -j {r0['workers']} true` on the same machine in the same run "
             f"({per_subtask['machine']['cores']} cores). CPU is user + system time: of each worker with what it "
-            "waited for (its supervisors and their bash), of the endpoint's processes, and of GNU parallel with "
-            "its jobs. It does not depend on the number of cores.\n")
-        say(table(["run", "workers + supervisors (ms/item)", "endpoint (ms/item)", "PyAnamo total (ms/item)",
-                   "GNU parallel (ms/job)", "ratio", "requests per item", "PyAnamo wall (s)", "parallel wall (s)"],
-                  [[r["run"], r["pyanamo_workers_ms"], r["pyanamo_endpoint_ms"], r["pyanamo_total_ms"],
-                    r["parallel_ms"], r["ratio"], r["requests_per_item"], r["pyanamo_wall_s"], r["parallel_wall_s"]]
-                   for r in rows]))
-        worst = max(r["ratio"] for r in rows)
-        targets.append(["CPU per sub-task, PyAnamo total over GNU parallel's per job", "<= 2x", f"{worst}x",
-                        mark(worst <= 2)])
-        say("\nThe gap is the supervisor's Python start-up per sub-task (benchmark 8) and the worker's "
-            "botocore requests; a pre-forked launcher (one supervisor forking a child per sub-task, through "
-            "`pyanamo.launcher`) is the next step and is not built yet.\n")
+            "waited for (its fork server, supervisors and their bash), of the endpoint's processes, and of GNU "
+            "parallel with its jobs. It does not depend on the number of cores.\n")
+        say(table(["run", "launcher", "workers + supervisors (ms/item)", "endpoint (ms/item)",
+                   "PyAnamo total (ms/item)", "GNU parallel (ms/job)", "ratio", "requests per item",
+                   "PyAnamo wall (s)", "parallel wall (s)"],
+                  [[r["run"], r.get("launcher", "process"), r["pyanamo_workers_ms"], r["pyanamo_endpoint_ms"],
+                    r["pyanamo_total_ms"], r["parallel_ms"], r["ratio"], r["requests_per_item"], r["pyanamo_wall_s"],
+                    r["parallel_wall_s"]] for r in rows]))
+        default = [r for r in rows if r.get("launcher", "process") == "fork-server"] or rows
+        worst = max(r["ratio"] for r in default)
+        targets.append(["CPU per sub-task, PyAnamo total over GNU parallel's per job (default launcher)", "<= 2x",
+                        f"{worst}x", mark(worst <= 2)])
+        by_launcher = {name: [r["pyanamo_workers_ms"] for r in rows if r.get("launcher") == name]
+                       for name in ("fork-server", "process")}
+        if all(by_launcher.values()):
+            fork, own = (sum(v) / len(v) for v in by_launcher.values())
+            say(f"\nThe fork server takes the workers' and supervisors' CPU per item from {own:.1f} ms to "
+                f"{fork:.1f} ms (means of the runs above). What is left is the worker's own Python per item (its "
+                "botocore requests, the run record, the log summaries) and the endpoint's share"
+                + ("; together they stay within 2x of GNU parallel's CPU per job.\n" if worst <= 2 else
+                   f", which keep it at {worst}x GNU parallel's CPU per job in the worst run: the 2x target is "
+                   "not met.\n"))
 
     baseline = load("moto-16-core-baseline")
     if baseline:

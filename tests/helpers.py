@@ -166,10 +166,11 @@ class Workers:
 
 
 def supervisor_of(worker_pid: int) -> int:
-    """The worker's supervisor process (the one child running supervise.py)."""
+    """The supervisor of the worker's one running sub-task (named ``pyanamo-sup``: forked by the
+    worker's fork server, or a process of its own)."""
     for pid in descendants(worker_pid):
         try:
-            if b"supervise.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "pyanamo-sup":
                 return pid
         except OSError:
             continue

@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail an attempt whose outputs are larger than this (e.g. 50G)")
     p.add_argument("--run-as", default=None, metavar="USER",
                    help="run sub-tasks as this unprivileged user (the worker must run as root; the fleet does this)")
+    p.add_argument("--launcher", choices=("fork-server", "process"), default="fork-server",
+                   help="how each sub-task's supervisor starts: forked by a fork server the worker starts once "
+                        "(default), or as a process of its own (a Python start-up per sub-task)")
     p.add_argument("--job-role", default=None, metavar="ARN",
                    help="give sub-tasks this role's temporary credentials instead of the worker's own")
     p.add_argument("--price-per-hour", type=_not_negative, default=None, metavar="USD",
@@ -510,7 +513,7 @@ def _check_can_run(args: argparse.Namespace) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from .cgroups import CgroupParent
     from .identity import Imds, worker_identity
-    from .launcher import SupervisedLauncher
+    from .launcher import LAUNCHERS
     from .pricing import worker_placement
     from .progress import ProgressLine
     from .runner import become_subreaper
@@ -547,7 +550,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     )
     queue = TaskQueue(client, args.table, owner=who.owner, lease_seconds=args.lease, max_claims=args.max_claims,
                       worker_id=who.worker_id)
-    worker = Worker(queue, config, launcher=SupervisedLauncher(cgroups))
+    worker = Worker(queue, config, launcher=LAUNCHERS[args.launcher](cgroups))
     worker.install_signal_handlers()
     if who.instance_id:  # on EC2: a Spot interruption notice stops the worker as SIGTERM would
         SpotWatcher(imds, lambda _: worker.stop("spot_interruption", signal.SIGTERM)).start()

@@ -1,21 +1,22 @@
 """The seam through which a worker starts a sub-task.
 
 The worker decides *what* runs (the script, its environment, its folder, its limits); a launcher
-decides *how*: today a supervisor process per sub-task (``runner.SubtaskProcess``), which holds
-the lease deadline and kills the sub-task's whole tree. A pre-forked supervisor pool or a
-container launcher is another ``Launcher``; the worker, the lease keeper and the tests do not
-change.
+decides *how*. Both launchers here run each sub-task under a supervisor (``supervise.py``), which
+holds the lease deadline and kills the sub-task's whole tree: ``ForkServerLauncher`` (the
+default) forks it from a fork server the worker starts once; ``SupervisedLauncher`` starts it as a
+process of its own (a Python start-up per sub-task). A container launcher is another
+``Launcher``; the worker, the lease keeper and the tests do not change.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .cgroups import CgroupParent
-from .runner import Outcome, SubtaskProcess
+from .runner import ForkServer, Outcome, SubtaskProcess
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Launcher(Protocol):
         """A sub-task ready to ``run`` (nothing has started yet)."""
         ...
 
+    def close(self) -> None:
+        """Release what the launcher holds; its sub-tasks have ended (or are to be killed)."""
+        ...
+
 
 class SupervisedLauncher:
     """A supervisor process per sub-task (``runner.SubtaskProcess``): the default. With
@@ -65,3 +70,28 @@ class SupervisedLauncher:
         return SubtaskProcess(launch.script, env=launch.env, cwd=launch.cwd, log_folder=launch.log_folder,
                               timeout=launch.timeout, user=launch.user, deadline=launch.deadline,
                               cgroups=self.cgroups)
+
+    def close(self) -> None:
+        pass
+
+
+class ForkServerLauncher:
+    """A supervisor per sub-task forked by a fork server (``runner.ForkServer``), started on the
+    first launch: the same containment as ``SupervisedLauncher`` without a Python start-up per
+    sub-task."""
+
+    def __init__(self, cgroups: CgroupParent | None = None) -> None:
+        self.cgroups = cgroups
+        self.server = ForkServer()
+
+    def launch(self, launch: Launch) -> RunningSubtask:
+        return SubtaskProcess(launch.script, env=launch.env, cwd=launch.cwd, log_folder=launch.log_folder,
+                              timeout=launch.timeout, user=launch.user, deadline=launch.deadline,
+                              cgroups=self.cgroups, server=self.server)
+
+    def close(self) -> None:
+        self.server.close()
+
+
+LAUNCHERS: dict[str, Callable[[CgroupParent | None], Launcher]] = {
+    "fork-server": ForkServerLauncher, "process": SupervisedLauncher}

@@ -9,15 +9,18 @@ status and the CPU time and peak memory of the whole process tree.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
+import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -77,19 +80,23 @@ class Outcome:
 @dataclass(frozen=True)
 class SupervisorReport:
     """The supervisor's one-line result (``supervise.py``): the script's wait status, the CPU
-    time and peak memory of its whole tree, and whether the lease deadline killed it."""
+    time and peak memory of its whole tree, whether the lease deadline killed it, and whether
+    its parent's death did (the status is then that kill's, not the script's)."""
 
     status: int
     cpu: float
     peak_rss_kb: int
     deadline_passed: bool
+    parent_lost: bool
 
     @classmethod
     def from_line(cls, line: bytes) -> SupervisorReport | None:
         """None if there is no whole line: the supervisor was killed before it wrote one."""
+        if line.startswith(b"error "):  # it could not start the script (its folder is gone)
+            raise LocalFailure(line[6:].decode(errors="replace").strip())
         try:
-            status, cpu, peak, deadline = line.split()
-            return cls(int(status), float(cpu), int(peak), deadline == b"1")
+            status, cpu, peak, deadline, parent_lost = line.split()
+            return cls(int(status), float(cpu), int(peak), deadline == b"1", parent_lost == b"1")
         except ValueError:
             return None
 
@@ -149,8 +156,133 @@ def safe_name(text: str, limit: int = 80) -> str:
     return cleaned
 
 
+class ForkServer:
+    """The worker's fork server (``supervise.py serve``): started once, it forks a supervisor
+    per sub-task, which saves the supervisor's Python start-up (tens of milliseconds of CPU) on
+    every sub-task. One request at a time; thread-safe. If it has died, the next request starts
+    another; a request it may have acted on is never sent twice."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: subprocess.Popen[bytes] | None = None
+        self._socket: socket.socket | None = None
+
+    def spawn(self, request: Mapping[str, object], fds: tuple[int, ...]) -> int:
+        """Fork a supervisor for ``request`` with ``fds`` (its stdout, stderr, result and command
+        pipes); its process ID. LocalFailure if that cannot be done."""
+        payload = json.dumps(request).encode()
+        with self._lock:
+            for _ in range(2):
+                sock = self._socket or self._start()
+                try:
+                    socket.send_fds(sock, [len(payload).to_bytes(8, "big")], list(fds))
+                    sock.sendall(payload)
+                except OSError:  # it died before it read the request: nothing was started
+                    self._discard()
+                    continue
+                try:
+                    return int(self._read_reply(sock))
+                except (OSError, ValueError):  # it died on the request: its supervisor, if any, kills
+                    self._discard()  # its sub-task (parent-death signal); do not send it twice
+                    raise LocalFailure("cannot start a sub-task: the fork server died") from None
+            raise LocalFailure("cannot start a sub-task: the fork server dies on start")
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop it once every sub-task has ended; it reaps its supervisors first (so their CPU
+        time counts in the worker's). Past ``timeout`` it is killed, and so are its sub-tasks."""
+        with self._lock:
+            if self._socket is None:
+                return
+            try:
+                self._socket.sendall((4).to_bytes(8, "big") + b"exit")
+            except OSError:
+                pass
+            assert self._process is not None
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+            self._discard()
+
+    def _start(self) -> socket.socket:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 - our own module
+                [sys.executable, "-I", "-S", str(SUPERVISOR), "serve", str(os.getpid()), str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                start_new_session=True)
+        except OSError as exc:
+            ours.close()
+            raise LocalFailure(f"cannot start the fork server: {exc.strerror}") from None
+        finally:
+            theirs.close()
+        self._socket = ours
+        return ours
+
+    @staticmethod
+    def _read_reply(sock: socket.socket) -> bytes:
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = sock.recv(64)
+            if not chunk:
+                raise ValueError("no reply")
+            reply += chunk
+        return reply
+
+    def _discard(self) -> None:
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
+        if self._process is not None:
+            if self._process.poll() is None:
+                self._process.kill()
+            self._process.wait()
+            self._process = None
+
+
+class _Spawned:
+    """A supervisor started as a process of its own (``python supervise.py``), the worker's child."""
+
+    def __init__(self, process: subprocess.Popen[bytes]) -> None:
+        self.pid = process.pid
+        with _supervisors_lock:
+            _supervisors.add(self.pid)
+
+    def finish(self, result_read: int) -> bytes:
+        os.wait4(self.pid, 0)
+        with _supervisors_lock:
+            _supervisors.discard(self.pid)
+        with os.fdopen(result_read, "rb") as pipe:
+            return pipe.read()
+
+
+class _Forked:
+    """A supervisor forked by the fork server (its child, not the worker's)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        try:  # to know when it has wholly exited, though the fork server reaps it
+            self.pidfd = os.pidfd_open(pid)
+        except (OSError, AttributeError):  # already gone (or not Linux 5.3+)
+            self.pidfd = -1
+
+    def finish(self, result_read: int) -> bytes:
+        try:
+            with os.fdopen(result_read, "rb") as pipe:
+                report = pipe.read()
+            if not report.endswith(b"\n") and self.pidfd >= 0:
+                # killed before it reported: wait until it has wholly exited, so that its orphans
+                # are re-parented to the worker before the worker looks for them
+                select.select([self.pidfd], [], [])
+            return report
+        finally:
+            if self.pidfd >= 0:
+                os.close(self.pidfd)
+
+
 class SubtaskProcess:
-    """One run of a sub-task; ``interrupt`` may be called from any thread."""
+    """One run of a sub-task under its supervisor, started as a process of its own or forked by
+    ``server``; ``interrupt`` and ``extend`` may be called from any thread."""
 
     def __init__(
         self,
@@ -164,9 +296,11 @@ class SubtaskProcess:
         user: tuple[int, int] | None = None,
         deadline: float | None = None,
         cgroups: CgroupParent | None = None,
+        server: ForkServer | None = None,
     ) -> None:
         self.script = script
         self.cgroups = cgroups  # where to create the sub-task's own cgroup (None: no cgroup)
+        self.server = server
         self.user = user  # (uid, gid): run the script as this user (the worker is root)
         self.env = dict(env)
         self.cwd = cwd
@@ -174,11 +308,10 @@ class SubtaskProcess:
         self.timeout = timeout
         self.grace = grace
         self.deadline = deadline  # seconds from its start after which the supervisor kills it
-        self._lease_write = -1  # the pipe through which ``extend`` moves that deadline
+        self._commands = -1  # the pipe through which ``extend`` and ``interrupt`` reach the supervisor
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._reason: str | None = None
-        self._exited = threading.Event()
 
     def run(self) -> Outcome:
         """Run the script to its end; LocalFailure if it could not be started here."""
@@ -196,117 +329,122 @@ class SubtaskProcess:
         started_at = time.time()
         cgroup = self.cgroups.create() if self.cgroups is not None else None
         try:
-            return self._run(stdout_path, stderr_path, out, err, started, started_at, cgroup)
+            with out, err:
+                report = self._supervise(out, err, cgroup)
+            wall = time.monotonic() - started
+            if report is None:  # interrupted before it started
+                return Outcome(None, False, 0.0, 0.0, stdout_path, stderr_path)
+            return self._outcome(report, Outcome(None, False, 0.0, wall, stdout_path, stderr_path,
+                                                 started_at=started_at), cgroup)
         finally:
             if cgroup is not None:
                 cgroup.remove()  # kills whatever is left in it first
 
-    def _run(self, stdout_path: Path, stderr_path: Path, out: BinaryIO, err: BinaryIO, started: float,
-             started_at: float, cgroup: Cgroup | None) -> Outcome:
-        result_read = result_write = -1
+    def _supervise(self, out: BinaryIO, err: BinaryIO, cgroup: Cgroup | None) -> bytes | None:
+        """Start the supervisor and wait for its report (None: it was never started)."""
+        result_read = result_write = command_read = -1
         try:
-            result_read, result_write = os.pipe()
-            lease_read, self._lease_write = os.pipe()
-        except OSError as exc:  # out of file descriptors
-            for fd in (result_read, result_write):
-                if fd >= 0:
-                    os.close(fd)
-            out.close()
-            err.close()
-            raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
-        try:
-            with out, err:
-                with self._lock:
-                    if self._reason is not None:  # interrupted before it started
-                        return Outcome(None, False, 0.0, 0.0, stdout_path, stderr_path)
-                    try:
-                        process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
-                            [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()),
-                             str(self.grace), str(result_write), str(lease_read), repr(self.deadline or 0.0),
-                             str(cgroup.path) if cgroup else "-", self.script,
-                             *([str(self.user[0]), str(self.user[1])] if self.user else [])],
-                            cwd=self.cwd, env={**self.env, MARKER: str(os.getpid())}, stdin=subprocess.DEVNULL,
-                            stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write, lease_read),
-                        )
-                    except OSError as exc:
-                        raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
-                    self._pid = process.pid
-                    with _supervisors_lock:
-                        _supervisors.add(process.pid)
-                for fd in (result_write, lease_read):
-                    os.close(fd)
-                result_write = lease_read = -1
-                timer = None
-                if self.timeout:
-                    timer = threading.Timer(self.timeout, self.interrupt, args=("timeout",))
-                    timer.daemon = True
-                    timer.start()
-                _, own_status, _ = os.wait4(process.pid, 0)
-                process.returncode = os.waitstatus_to_exitcode(own_status)
-                with _supervisors_lock:
-                    _supervisors.discard(process.pid)
-                self._exited.set()
-                if timer:
-                    timer.cancel()
-                with os.fdopen(result_read, "rb") as pipe:
-                    result_read = -1
-                    report = pipe.read()
+            try:
+                result_read, result_write = os.pipe()
+                command_read, commands = os.pipe()
+            except OSError as exc:  # out of file descriptors
+                raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
+            os.set_blocking(commands, False)  # a supervisor that stopped reading never blocks the worker
+            with self._lock:
+                self._commands = commands
+                if self._reason is not None:
+                    return None
+                supervisor = self._start(out, err, result_write, command_read, cgroup)
+                self._pid = supervisor.pid
+            for fd in (result_write, command_read):
+                os.close(fd)
+            result_write = command_read = -1
+            timer = None
+            if self.timeout:
+                timer = threading.Timer(self.timeout, self.interrupt, args=("timeout",))
+                timer.daemon = True
+                timer.start()
+            result_read, reading = -1, result_read
+            report = supervisor.finish(reading)
+            if timer:
+                timer.cancel()
+            return report
         finally:
             with self._lock:
-                lease_write, self._lease_write = self._lease_write, -1
-            for fd in (result_read, result_write, lease_read, lease_write):
+                commands, self._commands = self._commands, -1
+            for fd in (result_read, result_write, command_read, commands):
                 if fd >= 0:
                     os.close(fd)
-        wall = time.monotonic() - started
-        result = SupervisorReport.from_line(report)
-        if result is None:  # the supervisor was killed: its sub-task's processes are re-parented here
+
+    def _start(self, out: BinaryIO, err: BinaryIO, result_write: int, command_read: int,
+               cgroup: Cgroup | None) -> _Spawned | _Forked:
+        env = {**self.env, MARKER: str(os.getpid())}
+        if self.server is not None:
+            request = {"script": self.script, "env": env, "cwd": str(self.cwd), "user": self.user,
+                       "grace": self.grace, "deadline": self.deadline or 0.0,
+                       "cgroup": str(cgroup.path) if cgroup else None}
+            return _Forked(self.server.spawn(request, (out.fileno(), err.fileno(), result_write, command_read)))
+        try:
+            process = subprocess.Popen(  # noqa: S603 - the script is the user's task, by design
+                [sys.executable, "-I", "-S", str(SUPERVISOR), str(os.getpid()),
+                 str(self.grace), str(result_write), str(command_read), repr(self.deadline or 0.0),
+                 str(cgroup.path) if cgroup else "-", self.script,
+                 *([str(self.user[0]), str(self.user[1])] if self.user else [])],
+                cwd=self.cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True, pass_fds=(result_write, command_read),
+            )
+        except OSError as exc:
+            raise LocalFailure(f"cannot start a sub-task: {exc.strerror}") from None
+        return _Spawned(process)
+
+    def _outcome(self, line: bytes, ran: Outcome, cgroup: Cgroup | None) -> Outcome:
+        """What the supervisor's report says happened (``ran``: the logs and times)."""
+        report = SupervisorReport.from_line(line)
+        with self._lock:
+            if report is not None and report.deadline_passed and self._reason is None:
+                self._reason = "lease_deadline"
+            reason = self._reason
+        if report is None:  # the supervisor was killed: its sub-task's processes are re-parented here
             if cgroup is not None:
                 cgroup.kill()  # all of them, also those that left the tree and cleared their environment
             kill_orphans()
-            with self._lock:
-                reason = self._reason
             if reason is not None:
-                return Outcome(None, False, 0.0, wall, stdout_path, stderr_path, None, 0, started_at)
-            return Outcome(SUPERVISOR_LOST_EXIT_CODE, False, cgroup.cpu_seconds() if cgroup else 0.0, wall,
-                           stdout_path, stderr_path, None, 0, started_at, supervisor_lost=True)
-        status, cpu, peak = result.status, result.cpu, result.peak_rss_kb
-        exit_code = os.waitstatus_to_exitcode(status)
+                return ran
+            return replace(ran, exit_code=SUPERVISOR_LOST_EXIT_CODE, supervisor_lost=True,
+                           cpu_time=cgroup.cpu_seconds() if cgroup else 0.0)
+        if report.parent_lost:  # the fork server died, and the supervisor killed the sub-task
+            raise LocalFailure("the fork server died while the sub-task ran; it was killed")
+        exit_code = os.waitstatus_to_exitcode(report.status)
         signum = -exit_code if exit_code < 0 else None
         if signum is not None:
             exit_code = SIGNAL_EXIT_BASE + signum
-        with self._lock:
-            if result.deadline_passed and self._reason is None:
-                self._reason = "lease_deadline"
-            reason = self._reason
+        ran = replace(ran, cpu_time=report.cpu, peak_rss_kb=report.peak_rss_kb)
         if reason == "timeout":
-            return Outcome(TIMEOUT_EXIT_CODE, True, cpu, wall, stdout_path, stderr_path, None, peak, started_at)
+            return replace(ran, exit_code=TIMEOUT_EXIT_CODE, timed_out=True)
         if reason is not None:
-            return Outcome(None, False, cpu, wall, stdout_path, stderr_path, signum, peak, started_at)
-        return Outcome(exit_code, False, cpu, wall, stdout_path, stderr_path, signum, peak, started_at)
+            return replace(ran, signal=signum)
+        return replace(ran, exit_code=exit_code, signal=signum)
 
     def extend(self, seconds: float) -> None:
         """Move the supervisor's deadline to ``seconds`` from now (after a lease renewal)."""
-        with self._lock:
-            if self._lease_write < 0:
-                return
-            try:
-                os.write(self._lease_write, f"{seconds:.3f}\n".encode())
-            except OSError:  # the supervisor is gone (BrokenPipe) or the pipe is full: it ends anyway
-                pass
+        self._send(f"{seconds:.3f}\n".encode())
 
     def interrupt(self, reason: str = "stop", grace: float | None = None) -> None:
         """Stop the sub-task and everything it started: SIGTERM, then SIGKILL after the grace
-        time (the supervisor does both); ``grace=0`` kills at once."""
+        time (the supervisor does both); ``grace=0`` kills at once. Before it starts: it never does."""
         with self._lock:
             if self._reason is None:
                 self._reason = reason
-            pid = self._pid
-        if pid is None or self._exited.is_set():
-            return
-        try:
-            os.kill(pid, signal.SIGHUP if grace is not None and grace <= 0 else signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        self._send(b"kill\n" if grace is not None and grace <= 0 else b"term\n")
+
+    def _send(self, command: bytes) -> None:
+        with self._lock:
+            if self._commands < 0:
+                return
+            try:
+                os.write(self._commands, command)
+            except OSError:  # the supervisor is gone (BrokenPipe) or the pipe is full: it ends anyway
+                pass
 
 
 ELLIPSIS = "…"

@@ -1,10 +1,15 @@
 """The per-sub-task supervisor: runs ``bash -c SCRIPT`` and makes sure nothing it started outlives it.
 
 Run by the worker as
-``python -I -S supervise.py PARENT_PID GRACE RESULT_FD LEASE_FD DEADLINE CGROUP SCRIPT [UID GID]``;
-the result is written to the pipe RESULT_FD. CGROUP is an empty cgroup (v2) folder the worker
-created for this sub-task, or ``-``: the sub-task joins it before it starts, and every kill
-starts with ``cgroup.kill`` (all of its processes at once, wherever they went; ``cgroups.py``).
+``python -I -S supervise.py PARENT_PID GRACE RESULT_FD LEASE_FD DEADLINE CGROUP SCRIPT [UID GID]``
+(one process per sub-task), or forked by a *fork server*, ``python -I -S supervise.py serve
+PARENT_PID SOCKET_FD``, that the worker starts once (``serve`` below): a fork costs a fraction of
+a Python start-up, and the forked supervisor is the same code. The result is written to the pipe
+RESULT_FD; LEASE_FD carries the worker's commands: a number of seconds (the lease was renewed:
+move the deadline), ``term`` (stop: SIGTERM, then SIGKILL after GRACE) or ``kill`` (at once).
+CGROUP is an empty cgroup (v2) folder the worker created for this sub-task, or ``-``: the
+sub-task joins it before it starts, and every kill starts with ``cgroup.kill`` (all of its
+processes at once, wherever they went; ``cgroups.py``).
 With UID and GID (a worker run as root with ``--run-as USER``) the sub-task runs as that user:
 the supervisor stays root, so it can still kill everything the sub-task starts, and the sub-task
 holds no privilege at all. It uses the standard library only, and imports little, so it starts in
@@ -28,9 +33,11 @@ killed by SIGKILL (the OOM killer) cannot clean up after itself. On Linux the su
   sub-task running beside the next owner's run: the worker sets the deadline a quarter of the
   lease before the lease runs out, and nobody reclaims before it has run out.
 
-It then writes one line to RESULT_FD, ``STATUS CPU_SECONDS MAXRSS_KB DEADLINE_PASSED``: the
-script's wait status, the resource usage of the whole tree (``RUSAGE_CHILDREN``: CPU time and the
-peak resident set of its largest process), and 1 if it killed the tree at the lease deadline.
+It then writes one line to RESULT_FD, ``STATUS CPU_SECONDS MAXRSS_KB DEADLINE_PASSED PARENT_LOST``:
+the script's wait status, the resource usage of the whole tree (``RUSAGE_CHILDREN``: CPU time and
+the peak resident set of its largest process), 1 if it killed the tree at the lease deadline, and
+1 if it killed the tree because its parent (the fork server) died: the status is then its kill,
+not the script's own.
 Plain text, not JSON: importing ``json`` costs more than a third of this process's start-up, and
 it starts once per sub-task.
 
@@ -94,8 +101,8 @@ def descendants(root, children=None):
     return found
 
 
-def _which(name):
-    for folder in os.get_exec_path():
+def _which(name, env=None):
+    for folder in os.get_exec_path(env):
         path = os.path.join(folder, name)
         if os.path.isfile(path) and os.access(path, os.X_OK):
             return path
@@ -112,8 +119,9 @@ def signal_all(pids, sig):
 
 
 class Supervisor:
-    def __init__(self, parent, grace, script, user=None, lease_fd=-1, deadline=0.0, cgroup=None):
+    def __init__(self, parent, grace, script, user=None, lease_fd=-1, deadline=0.0, cgroup=None, env=None):
         self.parent = parent
+        self.env = env  # the script's environment (forked by the fork server); None: this process's
         self.cgroup = cgroup  # the sub-task's cgroup folder, or None
         self.grace = grace
         self.script = script
@@ -123,6 +131,7 @@ class Supervisor:
         self.lease_fd = lease_fd  # the worker writes "SECONDS\n" there after each lease renewal
         self.deadline = time.monotonic() + deadline if deadline > 0 else None
         self.deadline_passed = False
+        self.parent_lost = False
 
     def start(self):
         self.contained = prctl(PR_SET_CHILD_SUBREAPER, 1) and os.path.isdir("/proc/self")
@@ -133,7 +142,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the worker, which decides
         if os.getppid() != self.parent:  # the worker died before the death signal was armed
             return False
-        bash = _which("bash")  # here: a dropped user may not read the modules a PATH search imports
+        bash = _which("bash", self.env)  # here: a dropped user may not read what a PATH search imports
         self.child = os.fork()
         if self.child == 0:  # the sub-task: its own session, default signal handling
             try:
@@ -151,7 +160,9 @@ class Supervisor:
                     os.setgroups([gid])
                     os.setgid(gid)
                     os.setuid(uid)
-                os.execv(bash, ["bash", "-c", self.script])
+                if self.env is None:
+                    os.execv(bash, ["bash", "-c", self.script])
+                os.execve(bash, ["bash", "-c", self.script], self.env)
             finally:
                 os._exit(127)
         return True
@@ -166,6 +177,8 @@ class Supervisor:
         signal.alarm(max(1, int(round(self.grace))))
 
     def _on_kill(self, signum, frame):
+        if signum == signal.SIGHUP and os.getppid() != self.parent:  # the parent-death signal
+            self.parent_lost = True
         self.kill_all()
 
     def kill_all(self):
@@ -211,12 +224,22 @@ class Supervisor:
                 os.read(wake_read, 4096)
             if self.lease_fd in ready:
                 data = os.read(self.lease_fd, 4096)
-                if not data:  # the worker closed it: no more renewals will come
+                if not data:  # the worker closed it: no more commands will come
                     watched.remove(self.lease_fd)
                     continue
+                self._command(data.split())
+
+    def _command(self, words):
+        """The worker's commands (``LEASE_FD``): ``term``, ``kill``, or seconds to the deadline."""
+        for word in words:
+            if word == b"term":
+                self._on_term(signal.SIGTERM, None)
+            elif word == b"kill":
+                self.kill_all()
+            else:
                 try:
-                    seconds = float(data.split()[-1])
-                except (ValueError, IndexError):
+                    seconds = float(word)
+                except ValueError:
                     continue
                 if not self.deadline_passed:
                     self.deadline = time.monotonic() + seconds
@@ -237,27 +260,157 @@ class Supervisor:
             "cpu": usage.ru_utime + usage.ru_stime,
             "maxrss_kb": usage.ru_maxrss if sys.platform != "darwin" else usage.ru_maxrss // 1024,
             "deadline_passed": self.deadline_passed,
+            "parent_lost": self.parent_lost,
         }
 
 
+def _report(result_fd, result):
+    try:
+        with os.fdopen(result_fd, "w") as out:
+            out.write(f"{result['status']} {result['cpu']!r} {result['maxrss_kb']} "
+                      f"{int(result['deadline_passed'])} {int(result['parent_lost'])}\n")
+    except OSError:
+        return 1
+    return 0
+
+
+def _name_process(name):
+    """What ``ps -o comm`` and the tests see (``pyanamo-sup``, ``pyanamo-forksrv``)."""
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name)
+    except OSError:
+        pass
+
+
 def main(argv):
+    if len(argv) > 1 and argv[1] == "serve":
+        return serve(int(argv[2]), int(argv[3]))
     parent, grace, result_fd, lease_fd = int(argv[1]), float(argv[2]), int(argv[3]), int(argv[4])
     deadline, cgroup, script = float(argv[5]), argv[6], argv[7]
     user = (int(argv[8]), int(argv[9])) if len(argv) > 9 else None
     for fd in (result_fd, lease_fd):  # the supervisor's own: closed when the script's bash starts
         if fd >= 0:
             os.set_inheritable(fd, False)
+    _name_process("pyanamo-sup")
     supervisor = Supervisor(parent, grace, script, user, lease_fd, deadline, None if cgroup == "-" else cgroup)
     if not supervisor.start():
         return 1
-    result = supervisor.wait()
+    return _report(result_fd, supervisor.wait())
+
+
+# -- the fork server ------------------------------------------------------------------------------
+#
+# The worker starts it once and sends it one request per sub-task over a Unix socket: an 8-byte
+# length and the request as JSON (the script, its environment, folder, user, grace, deadline and
+# cgroup), with four descriptors attached (SCM_RIGHTS): the sub-task's stdout and stderr, the
+# result pipe's write end and the command pipe's read end. It forks a supervisor for the request,
+# which is exactly the supervisor above, and answers with its process ID. The supervisor's parent
+# is the fork server, so its parent-death signal fires when the fork server dies; the fork server
+# ends when the worker closes the socket, which the kernel does when the worker dies, however it
+# dies: then it exits at once and each supervisor kills its sub-task's tree. On a normal close
+# (the worker sends ``exit``) it first reaps its supervisors, so their CPU time counts in the
+# worker's. Orphans of a killed supervisor are re-parented to the worker (a subreaper; the fork
+# server is not), where the worker finds them as it does without a fork server.
+
+REQUEST_FDS = 4
+
+
+def _recv_exact(sock, size):
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def _forked_supervisor(server, request, fds):
+    """In the forked child: become the request's supervisor; never returns."""
+    code = 1
     try:
-        with os.fdopen(result_fd, "w") as out:
-            out.write(f"{result['status']} {result['cpu']!r} {result['maxrss_kb']} "
-                      f"{int(result['deadline_passed'])}\n")
-    except OSError:
+        out, err, result_fd, lease_fd = fds
+        os.setsid()
+        for fd, target in ((out, 1), (err, 2)):
+            os.dup2(fd, target)
+            os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        for fd in (result_fd, lease_fd):
+            os.set_inheritable(fd, False)
+        _name_process("pyanamo-sup")
+        try:
+            os.chdir(request["cwd"])
+        except OSError as exc:  # the worker says why: it cannot start sub-tasks here
+            with os.fdopen(result_fd, "w") as report:
+                report.write(f"error cannot start a sub-task in {request['cwd']}: {exc.strerror}\n")
+            os._exit(1)
+        user = tuple(request["user"]) if request["user"] else None
+        supervisor = Supervisor(server, request["grace"], request["script"], user, lease_fd, request["deadline"],
+                                request["cgroup"], request["env"])
+        if supervisor.start():
+            code = _report(result_fd, supervisor.wait())
+    finally:
+        os._exit(code)
+
+
+def serve(parent, sock_fd):
+    """The fork server's loop: a request in, a supervisor forked, its process ID out."""
+    import json
+    import socket
+
+    _name_process("pyanamo-forksrv")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides
+    sock = socket.socket(fileno=sock_fd)
+    sock.set_inheritable(False)
+    if os.getppid() != parent:
         return 1
-    return 0
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    me = os.getpid()
+    while True:
+        ready, _, _ = select.select([sock.fileno(), wake_read], [], [])
+        if wake_read in ready:
+            os.read(wake_read, 4096)
+            _reap(block=False)
+        if sock.fileno() not in ready:
+            continue
+        header, fds, _, _ = socket.recv_fds(sock, 8, REQUEST_FDS)
+        if len(header) < 8 and header:
+            header += _recv_exact(sock, 8 - len(header)) or b""
+        if len(header) < 8:  # the worker died or closed the socket without a word: stop now
+            return 0
+        payload = _recv_exact(sock, int.from_bytes(header, "big"))
+        if payload is None:
+            return 0
+        if payload == b"exit":  # a normal close: every sub-task has ended; reap their supervisors
+            _reap(block=True)
+            return 0
+        child = os.fork()
+        if child == 0:
+            sock.close()
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.close(wake_read)
+            os.close(wake_write)
+            _forked_supervisor(me, json.loads(payload), fds)
+        for fd in fds:
+            os.close(fd)
+        sock.sendall(f"{child}\n".encode())
+
+
+def _reap(block):
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 if __name__ == "__main__":

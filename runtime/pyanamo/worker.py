@@ -14,200 +14,44 @@ signal N (SIGTERM, or a Spot interruption notice: 143).
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import threading
-import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .accounting import Placement, local_placement
+from .accounting import local_placement
 from .aws import Endpoint, aws_client
 from .cgroups import CgroupParent
 from .dependencies import block_dependents, reconcile, release_dependents
-from .errors import BOTO_ERRORS, EXIT_FAILED_ITEMS, ItemRejected, QueueError
+from .errors import EXIT_FAILED_ITEMS, ItemRejected, QueueError
 from .events import emit
 from .gateway import Lease, LeaseLost, SubtaskResult
-from .launcher import Launch, Launcher, SupervisedLauncher
+from .launcher import ForkServerLauncher, Launch, Launcher
 from .lease import HeldItem, LeaseKeeper
 from .logstore import LogStore
 from .model import ON_FAILURE_STOP, Item, Subtask
-from .outputs import Manifest, OutputError, OutputStore, attempt_id, attempt_path, store_for, store_of_location
+from .outputs import attempt_id, store_for
 from .ports import WorkQueue
-from .runner import (
-    KILL_GRACE_SECONDS,
-    SIGNAL_EXIT_BASE,
-    LocalFailure,
-    Outcome,
-    last_line,
-    safe_name,
-    summarize_stream,
-)
+from .runner import LocalFailure, Outcome, last_line, summarize_stream
 from .sandbox import JobCredentials, TaskUser, subtask_environment
 from .schema import CLAIMABLE_STATES, MIN_TAIL_BYTES, ItemState, SubtaskStatus, tail_budget
+from .worker_policy import EXIT_DRAINED, EXIT_ERROR, Backoff, RetryPolicy, StopPolicy, WorkerConfig
 from .worker_record import Earlier, WorkerCounters, WorkerRecord, earlier_of, run_record
+from .workspace import Workspace
 
-EXIT_DRAINED = 0  # also: wall time reached, or linger expired behind other workers' items
-EXIT_ERROR = 1
-MAX_LOCAL_FAILURES = 3  # consecutive sub-tasks this machine could not start before the worker exits
-STOP_MARGIN_SECONDS = 4.0  # after a stop request: the kill grace and this, then leave (exit within 10 s)
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often a failing sub-task runs, and how long to wait between runs."""
-
-    max_attempts: int = 2
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def allows(self, attempts: int) -> bool:
-        return attempts < self.max_attempts
-
-    def delay(self, attempts: int) -> float:
-        return min(self.max_delay, self.base_delay * 2 ** max(0, attempts - 1))
-
-
-class Backoff:
-    """Exponential backoff with jitter for idle polling (reset after any claim)."""
-
-    def __init__(self, initial: float = 0.2, cap: float = 10.0) -> None:
-        self.initial, self.cap, self._next = initial, cap, initial
-
-    def next(self) -> float:
-        delay = self._next
-        self._next = min(self.cap, self._next * 2)
-        return delay * random.uniform(0.5, 1.0)
-
-    def reset(self) -> None:
-        self._next = self.initial
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    table: str
-    items: int = 1
-    nests: int = 1
-    wall_time: float | None = None
-    lease: float = 120.0
-    max_attempts: int = 2
-    retry_delay: float = 1.0
-    timeout: float | None = None
-    linger: float | None = None  # default: twice the lease
-    outage_limit: float = 900.0  # exit 1 after the table was unreachable this long
-    workdir: Path = Path(".")
-    log_dir: Path = Path("pyanamo-logs")
-    log_bucket: str | None = None
-    placement: Placement | None = None  # where it runs and the price; None: this host, price 0
-    outputs: str = "pyanamo-outputs"  # the committed outputs' store: a folder or s3://bucket/prefix
-    max_output_size: int | None = None  # bytes per attempt; more fails the attempt
-    run_as: str | None = None  # run sub-tasks as this user (the worker runs as root)
-    job_role: str | None = None  # sub-tasks get this role's credentials, none of the worker's
-
-    @property
-    def slots(self) -> int:
-        """Sub-tasks this worker may run at once: they share the instance (and its price)."""
-        return self.items * self.nests
-
-    @property
-    def linger_seconds(self) -> float:
-        return 2 * self.lease if self.linger is None else self.linger
-
-
-class StopPolicy:
-    """When the worker stops, and why: every decision and the one stop reason live here.
-
-    ``clock`` is injectable so the decisions can be tested without waiting."""
-
-    def __init__(self, config: WorkerConfig, clock: Callable[[], float] = time.monotonic) -> None:
-        self.config = config
-        self.clock = clock
-        self.started = clock()
-        self.event = threading.Event()
-        self.reason: str | None = None
-        self.detail: str | None = None
-        self.signal: int | None = None
-        self.error = False
-        self.deadline: float | None = None
-        self._local_failures = 0
-        self._lock = threading.Lock()
-
-    @property
-    def stopping(self) -> bool:
-        return self.event.is_set()
-
-    def stop(self, reason: str, *, signum: int | None = None, error: bool = False,
-             detail: str | None = None) -> bool:
-        """Record the stop (the first reason wins); True if this call stopped the worker."""
-        with self._lock:
-            if self.reason is not None:
-                return False
-            self.reason, self.signal, self.error, self.detail = reason, signum, error, detail
-            self.deadline = self.clock() + KILL_GRACE_SECONDS + STOP_MARGIN_SECONDS
-        self.event.set()
-        return True
-
-    def past_deadline(self) -> bool:
-        """A stop was requested longer ago than the kill grace and the margin: give up waiting."""
-        return self.deadline is not None and self.clock() >= self.deadline
-
-    def time_to_deadline(self, default: float) -> float:
-        """Seconds left before the stop deadline (``default`` when no stop was requested)."""
-        return default if self.deadline is None else max(0.0, self.deadline - self.clock())
-
-    def out_of_time(self) -> bool:
-        wall = self.config.wall_time
-        return wall is not None and self.clock() - self.started >= wall and self.stop("wall_time")
-
-    def lingered(self, idle_since: float) -> bool:
-        """Nothing claimable since ``idle_since``, only other workers' live items left."""
-        return self.clock() - idle_since >= self.config.linger_seconds and self.stop("linger_expired")
-
-    def unreachable(self, failing_since: float, error: str) -> bool:
-        return (self.clock() - failing_since > self.config.outage_limit
-                and self.stop("queue_unreachable", error=True, detail=error))
-
-    def drained(self) -> None:
-        self.stop("drained")
-
-    def local_failure(self, error: str) -> int:
-        """A sub-task could not be started here; the worker stops after a few in a row.
-        Returns how many in a row so far."""
-        with self._lock:
-            self._local_failures += 1
-            count = self._local_failures
-        if count >= MAX_LOCAL_FAILURES:
-            self.stop("cannot_run_subtasks", error=True, detail=error)
-        return count
-
-    def local_backoff(self) -> float:
-        """How long a slot waits before its next claim: 0, or 2, 4, ... s after local failures."""
-        with self._lock:
-            count = self._local_failures
-        return 0.0 if count == 0 else min(30.0, 2.0 ** count)
-
-    def local_success(self) -> None:
-        with self._lock:
-            self._local_failures = 0
-
-    def exit_code(self, items_failed: int) -> int:
-        if self.error:
-            return EXIT_ERROR
-        if self.signal is not None:
-            return SIGNAL_EXIT_BASE + self.signal
-        return EXIT_FAILED_ITEMS if items_failed else EXIT_DRAINED
+__all__ = ["EXIT_DRAINED", "EXIT_ERROR", "EXIT_FAILED_ITEMS", "Worker", "WorkerConfig"]  # what a caller needs
 
 
 class Worker:
     def __init__(self, queue: WorkQueue, config: WorkerConfig, logs: LogStore | None = None,
                  launcher: Launcher | None = None) -> None:
         self.queue = queue
-        self.launcher: Launcher = launcher or SupervisedLauncher(CgroupParent.find())
+        self.launcher: Launcher = launcher or ForkServerLauncher(CgroupParent.find())
         self.config = config
         self.logs = logs or LogStore(config.log_dir, config.table, config.log_bucket)
         self.logs.private()
@@ -220,12 +64,11 @@ class Worker:
         self._count_lock = threading.Lock()
         self.placement = config.placement or local_placement(queue.owner)
         self.record = WorkerRecord(queue, self.placement, config.slots)
-        self.outputs: OutputStore = store_for(config.outputs)
-        self.scratch = config.workdir / ".pyanamo"  # attempts' output folders, items' outputs
         self.task_user = TaskUser.named(config.run_as) if config.run_as else None
+        self.workspace = Workspace(config.workdir / ".pyanamo", config.table, store_for(config.outputs),
+                                   task_user=self.task_user, max_output_size=config.max_output_size)
         self.job = (JobCredentials(config.job_role, lambda: aws_client("sts", Endpoint()),
                                    f"pyanamo-{queue.worker_id}") if config.job_role else None)
-        self._staged: dict[tuple[str, str], tuple[Manifest, Path]] = {}
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -245,12 +88,15 @@ class Worker:
         ]
         for slot in slots:
             slot.start()
+        overdue = False
         for slot in slots:
-            while slot.is_alive():
+            while slot.is_alive() and not overdue:
                 slot.join(timeout=0.5)
-                if self.policy.past_deadline():  # a request stuck in an outage: leave anyway;
-                    emit("worker_stop_overdue")  # the supervisors kill the sub-tasks as we exit
-                    break
+                overdue = self.policy.past_deadline()  # a request stuck in an outage: leave anyway;
+        if overdue:  # the supervisors kill the sub-tasks as we exit
+            emit("worker_stop_overdue")
+        else:  # every sub-task has ended
+            self.launcher.close()
         self.keeper.stop()
         self.items_failed += self.queue.failed_on_claim
         code = self.policy.exit_code(self.items_failed)
@@ -372,7 +218,7 @@ class Worker:
             held.abandon(f"error: {exc}")
         finally:
             self.keeper.release(held)
-            shutil.rmtree(self._item_scratch(item), ignore_errors=True)
+            self.workspace.clean(item)
         if held.lost.is_set():  # alive after losing the lease: a pause or an outage, not a crash
             self._came_back(held)
 
@@ -395,8 +241,7 @@ class Worker:
     def _run_item(self, item: Item, held: HeldItem) -> None:
         pending = item.pending
         if pending:
-            self._fetch_committed(item)
-            self._fetch_inputs(item)
+            self.workspace.prepare(item, self.queue.get)
         runnable = [s for s in pending if self.retry.allows(s.attempts)]
         exhausted = [s for s in pending if not self.retry.allows(s.attempts)]
         stop = item.on_failure == ON_FAILURE_STOP
@@ -494,67 +339,13 @@ class Worker:
         """Write a sub-task's result, and with it the manifest of its staged outputs: one
         fenced write. Only after it succeeded are the outputs committed; if it was refused,
         this attempt's staged outputs are discarded (the lease's holder commits its own)."""
-        staged = self._staged.pop((item.item_id, result.key), None)
         try:
             waiting: frozenset[str] = self._write(held, self.queue.record, result, **kwargs)
         except BaseException:
-            if staged is not None:
-                self.outputs.discard(staged[0])
-                shutil.rmtree(staged[1], ignore_errors=True)
-                emit("outputs_discarded", item=item.item_id, subtask=result.key, attempt=staged[0].attempt)
+            self.workspace.settle(item, result.key, recorded=False)
             raise
-        if staged is None:
-            return waiting
-        manifest, folder = staged
-        try:
-            self.outputs.commit(manifest)
-        except Exception as exc:  # noqa: BLE001 - committed by the manifest; readers finish it
-            emit("outputs_commit_deferred", item=item.item_id, subtask=result.key, error=str(exc))
-        kept = self._item_outputs(item) / result.key  # $PYANAMO_ITEM_OUTPUTS for later sub-tasks
-        shutil.rmtree(kept, ignore_errors=True)
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(folder, kept)
+        self.workspace.settle(item, result.key, recorded=True)
         return waiting
-
-    def _item_scratch(self, item: Item) -> Path:
-        return self.scratch / safe_name(item.item_id)
-
-    def _item_outputs(self, item: Item) -> Path:
-        return self._item_scratch(item) / "outputs"
-
-    def _fetch_committed(self, item: Item) -> None:
-        """Earlier sub-tasks' committed outputs, where this worker did not run them (a reclaim):
-        downloaded into ``$PYANAMO_ITEM_OUTPUTS/<key>`` before the next sub-task starts."""
-        for subtask in item.subtasks:
-            try:
-                files = _download_committed(subtask, self._item_outputs(item) / subtask.key)
-            except (OutputError, OSError, *BOTO_ERRORS, KeyError, ValueError) as exc:
-                emit("outputs_fetch_failed", item=item.item_id, subtask=subtask.key, error=str(exc))
-            else:
-                if files is not None:
-                    emit("outputs_fetched", item=item.item_id, subtask=subtask.key, files=files)
-
-    def _item_inputs(self, item: Item) -> Path:
-        return self._item_scratch(item) / "inputs"
-
-    def _fetch_inputs(self, item: Item) -> None:
-        """The committed outputs of the items this one waited for (``After``): downloaded into
-        ``$PYANAMO_INPUTS/<item>/<sub-task key>`` before its first sub-task starts (a joint step
-        reads every sample's calls there)."""
-        for upstream_id in item.after:
-            upstream = self.queue.get(upstream_id)
-            if upstream is None:
-                emit("inputs_missing", item=item.item_id, upstream=upstream_id)
-                continue
-            for subtask in upstream.subtasks:
-                try:
-                    _download_committed(subtask, self._item_inputs(item) / safe_name(upstream_id) / subtask.key)
-                except (OutputError, OSError, *BOTO_ERRORS, KeyError, ValueError) as exc:
-                    emit("inputs_fetch_failed", item=item.item_id, upstream=upstream_id, subtask=subtask.key,
-                         error=str(exc))
-        if item.after and self.task_user is not None and self._item_inputs(item).exists():
-            for path in [self._item_inputs(item), *self._item_inputs(item).rglob("*")]:
-                os.chown(path, self.task_user.uid, self.task_user.gid)
 
     def _write(self, held: HeldItem, write: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """A fenced write with the current lease; retried through outages until the lease is
@@ -601,7 +392,7 @@ class Worker:
                 return None
             attempts += 1
             result = self._result(item, subtask.key, outcome, attempts, location, earlier)
-            result = self._stage(item, result, outdir)
+            result = self.workspace.stage(item, result, outdir)
             if result.status is SubtaskStatus.DONE or not self.retry.allows(attempts):
                 return result
             earlier = Earlier.after(result.record)
@@ -611,41 +402,10 @@ class Worker:
             if self.policy.event.wait(self.retry.delay(attempts)) or held.lost.is_set():
                 return None
 
-    def _stage(self, item: Item, result: SubtaskResult, outdir: Path) -> SubtaskResult:
-        """A done attempt's outputs go to the store, uncommitted, and its manifest into the
-        result (written by ``_record``); a failed attempt's folder is dropped. Outputs that cannot
-        be stored fail the attempt with the reason."""
-        if result.status is not SubtaskStatus.DONE or not any(outdir.iterdir()):  # failed, or wrote nothing
-            shutil.rmtree(outdir, ignore_errors=True)
-            return result
-        path = attempt_path(self.config.table, item.item_id, result.key, outdir.name)
-        emit("outputs_staging", item=item.item_id, subtask=result.key, attempt=outdir.name)
-        try:
-            manifest, stored = self.outputs.stage(outdir, path, outdir.name, self.config.max_output_size)
-        except (OutputError, OSError) as exc:
-            shutil.rmtree(outdir, ignore_errors=True)
-            emit("outputs_failed", item=item.item_id, subtask=result.key, error=str(exc))
-            return replace(result, status=SubtaskStatus.FAILED, error_line=f"{result.key}: {exc}"[:300])
-        self._staged[(item.item_id, result.key)] = (manifest, outdir)
-        record = replace(result.record, output_files=len(manifest.files), output_bytes=manifest.size)
-        return replace(result, outputs=stored, record=record)
-
-    def _outdir(self, item: Item, subtask: Subtask, attempt: str) -> Path:
-        """A fresh, empty folder for one attempt's outputs (``$PYANAMO_OUTDIR``)."""
-        folder = self._item_scratch(item) / "attempts" / subtask.key / attempt
-        shutil.rmtree(folder, ignore_errors=True)
-        try:
-            folder.mkdir(parents=True)
-            if self.task_user is not None:  # the sub-task's user writes it
-                os.chown(folder, self.task_user.uid, self.task_user.gid)
-        except OSError as exc:
-            raise LocalFailure(f"cannot create an output folder in {self.scratch}: {exc.strerror}") from None
-        return folder
-
     def _run_once(self, item: Item, held: HeldItem, subtask: Subtask, attempt: int) -> tuple[Outcome, str, Path]:
         execution = attempt_id(attempt, held.lease.token)
         folder = self.logs.folder(item.item_id, subtask.key, execution)
-        outdir = self._outdir(item, subtask, execution)
+        outdir = self.workspace.attempt_folder(item, subtask, execution)
         env = {
             **subtask_environment(dict(os.environ), self.task_user, self.job),
             "PYANAMO_TABLE": self.config.table,
@@ -653,9 +413,7 @@ class Worker:
             "PYANAMO_TASK_ID": item.task_id,
             "PYANAMO_SUBTASK": subtask.key,
             "PYANAMO_ATTEMPT": str(attempt),
-            "PYANAMO_OUTDIR": str(outdir),
-            "PYANAMO_ITEM_OUTPUTS": str(self._item_outputs(item)),
-            **({"PYANAMO_INPUTS": str(self._item_inputs(item))} if item.after else {}),
+            **self.workspace.environment(item, outdir),
         }
         user = (self.task_user.uid, self.task_user.gid) if self.task_user else None
         process = self.launcher.launch(Launch(subtask.script, env=env, cwd=self.config.workdir, log_folder=folder,
@@ -705,13 +463,3 @@ class Worker:
             record=record,
             error_line=error_line,
         )
-
-
-def _download_committed(subtask: Subtask, folder: Path) -> int | None:
-    """A done sub-task's committed outputs, downloaded into ``folder`` unless it is there
-    already: the number of files, or None when there was nothing to download."""
-    if subtask.status is not SubtaskStatus.DONE or not subtask.outputs or folder.exists():
-        return None
-    manifest = Manifest.from_map(subtask.outputs)
-    store_of_location(manifest.location).fetch(manifest, folder)
-    return len(manifest.files)

@@ -109,7 +109,7 @@ def test_a_worker_that_loses_its_lease_while_uploading_deletes_its_uploads(
     work.mkdir()
     worker = Worker(TaskQueue(client, table, owner="racer", lease_seconds=3),
                     WorkerConfig(table=table, lease=3, max_attempts=3, workdir=work, log_dir=tmp_path / "logs"))
-    worker.outputs = LeaseTakenDuringUpload(bucket, "runs", s3)
+    worker.workspace.outputs = LeaseTakenDuringUpload(bucket, "runs", s3)
     assert worker.run() == 0
     manifests = [Manifest.from_map(admin.get(f"lost{n}").subtasks[0].outputs) for n in range(3)]
     named = set().union(*(committed_keys(m, bucket) for m in manifests))

@@ -9,7 +9,7 @@ import time
 from pyanamo.queue import TaskQueue
 from pyanamo.runner import safe_name
 from pyanamo.schema import ItemState
-from pyanamo.worker import MAX_LOCAL_FAILURES
+from pyanamo.worker_policy import MAX_LOCAL_FAILURES
 
 from faultkit import Analysis, Figures, measured
 from helpers import cli, wait_for, write_task_file

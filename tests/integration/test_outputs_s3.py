@@ -66,7 +66,7 @@ def test_a_lost_lease_mid_upload_never_commits_and_the_holder_commits_once(
     work.mkdir()
     worker = Worker(queue, WorkerConfig(table=table, lease=3, max_attempts=3, workdir=work,
                                         log_dir=tmp_path / "logs", outputs=f"s3://{bucket}/runs"))
-    worker.outputs = LosesTheLeaseOnce(bucket, "runs", s3)
+    worker.workspace.outputs = LosesTheLeaseOnce(bucket, "runs", s3)
     assert worker.run() == 0
     done = admin.get("S1")
     assert done.state is ItemState.DONE and len(uploads) == 2

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from pyanamo.cgroups import PREFIX, Cgroup, CgroupParent, _mount_point, _own_path, process_start
-from pyanamo.runner import SUPERVISOR_LOST_EXIT_CODE, SubtaskProcess
+from pyanamo.runner import SUPERVISOR_LOST_EXIT_CODE, ForkServer, SubtaskProcess
 
 from helpers import wait_for
 
@@ -42,18 +42,30 @@ def sleeping_in(cgroup: Cgroup, seconds: str) -> subprocess.Popen:
 
 
 @needs_cgroups
-def test_a_subtask_that_leaves_the_tree_and_clears_its_environment_dies_with_its_killed_supervisor(tmp_path):
+@pytest.mark.parametrize("forked", [False, True], ids=["process", "fork-server"])
+def test_a_subtask_that_leaves_the_tree_and_clears_its_environment_dies_with_its_killed_supervisor(tmp_path, forked):
     assert PARENT is not None
-    before = {p.name for p in PARENT.path.iterdir()}
+    server = ForkServer() if forked else None
+    ours = f"{PREFIX}{os.getpid()}-"  # other test processes create cgroups here meanwhile
+
+    def our_cgroups() -> set[str]:
+        return {p.name for p in PARENT.path.iterdir() if p.name.startswith(ours)}
+
+    before = our_cgroups()
     pids = tmp_path / "pids"
     process = SubtaskProcess(f"env -i setsid sleep 300 & echo $! > {pids}; sleep 0.2; kill -9 $PPID; sleep 300",
-                             env=dict(os.environ), cwd=tmp_path, log_folder=tmp_path / "log", cgroups=PARENT)
-    outcome = process.run()  # not a subreaper here: without the cgroup both sleeps would run on
+                             env=dict(os.environ), cwd=tmp_path, log_folder=tmp_path / "log", cgroups=PARENT,
+                             server=server)
+    try:
+        outcome = process.run()  # not a subreaper here: without the cgroup both sleeps would run on
+    finally:
+        if server is not None:
+            server.close()
     assert outcome.supervisor_lost and outcome.exit_code == SUPERVISOR_LOST_EXIT_CODE
     escapee = int(pids.read_text())
     wait_for(lambda: process_start(escapee) is None or _state(escapee) == "Z", timeout=5,
              message="the escapee killed")
-    assert {p.name for p in PARENT.path.iterdir()} == before, "the sub-task's cgroup was not removed"
+    assert our_cgroups() == before, "the sub-task's cgroup was not removed"
 
 
 def _state(pid: int) -> str:

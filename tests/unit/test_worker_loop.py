@@ -108,6 +108,10 @@ class _RecordingLauncher:
 
     def __init__(self) -> None:
         self.launches: list = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def launch(self, launch):
         self.launches.append(launch)
@@ -144,6 +148,7 @@ def test_sub_tasks_start_through_the_launcher_the_worker_is_given(tmp_path: Path
                                      timeout=30.0), launcher=launcher)
     assert run.run() == EXIT_DRAINED
     assert [launch.script for launch in launcher.launches] == ["never run 1", "never run 2"]
+    assert launcher.closed, "the worker did not close its launcher when it was done"
     first = launcher.launches[0]
     assert first.env["PYANAMO_ITEM_ID"] == "s1" and first.timeout == 30.0 and first.deadline is not None
     done = queue.get("s1")

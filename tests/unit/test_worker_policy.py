@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from pyanamo.worker import (
+from pyanamo.worker_policy import (
     EXIT_DRAINED,
     EXIT_ERROR,
     EXIT_FAILED_ITEMS,
