@@ -412,6 +412,9 @@ class InstantLauncher:
         self.launched: list[tuple[str, str]] = []
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        pass
+
     def launch(self, launch):
         with self._lock:
             self.launched.append((launch.env["PYANAMO_ITEM_ID"], launch.env["PYANAMO_SUBTASK"]))
