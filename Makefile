@@ -61,6 +61,7 @@ bench: bench-setup
 	$(PY) bench/import_status.py
 	$(PY) bench/footprint.py
 	$(PY) bench/dispatch.py
+	$(PY) bench/dispatch.py --items 480 --workers 6,3x2 --sleep 0.3 --name dispatch-short
 	$(PY) bench/report_bench.py
 	$(PY) bench/workflow.py
 	$(PY) bench/cpu_per_subtask.py

@@ -1,8 +1,8 @@
 """Benchmark 1: dispatch overhead, PyAnamo next to GNU parallel on the same commands.
 
-    python bench/dispatch.py [--items 2000] [--workers 1,4,16,64]
+    python bench/dispatch.py [--items 2000] [--workers 1,4,16,64] [--sleep S] [--name NAME]
 
-N single items of `sleep S` (S = 0.5 s for W <= 16, 2 s for W = 64), run by W local
+N single items of `sleep S` (S = 0.5 s for W <= 16, 2 s for W = 64, or --sleep), run by W local
 `pyanamo worker` processes against `pyanamo local` (dynalite; PYANAMO_BENCH_ENGINE=moto for
 moto), and the same N commands run by `parallel -j W` (GNU parallel, the local floor). Reports
 wall times, their ratio, items/s, the per-item overhead (W x wall - N x S) / N, and the
@@ -60,6 +60,8 @@ def main() -> None:
     parser.add_argument("--name", default="dispatch", help="results file name (bench/results/NAME.json)")
     parser.add_argument("--workers", default="1,4,16,64,16x4",
                         help="worker processes, or PROCESSESxSLOTS (e.g. 16x4: 16 processes with --items 4)")
+    parser.add_argument("--sleep", type=float, default=None,
+                        help="seconds each item sleeps (default: 0.5 for W <= 16, 2 above)")
     args = parser.parse_args()
     if shutil.which("parallel") is None:
         sys.exit("GNU parallel is missing: run `make bench-setup` (apt-get install parallel)")
@@ -69,7 +71,7 @@ def main() -> None:
             processes, _, slots = spec.partition("x")
             processes, slots = int(processes), int(slots or 1)
             workers = processes * slots
-            seconds = sleep_for(workers)
+            seconds = args.sleep or sleep_for(workers)
             ours, endpoint_cpu = run_pyanamo(server, Path(tmp), args.items, processes, slots, seconds)
             floor = run_parallel(Path(tmp), args.items, workers, seconds)
             rows.append({

@@ -198,71 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("drop-table", "delete a table and every item in it (asks first; --yes does not)")
     p.add_argument("--yes", action="store_true", help="do not ask (needed where there is no terminal to ask on)")
 
-    p = command("import", "import items from a task file")
-    p.add_argument("file", type=Path, help="the task file; - reads standard input")
-    p.add_argument("--delimiter", default="|",
-                   help="column delimiter: '|', 'tab' or ',' (tab and comma files are CSV: quote a field that "
-                        "holds the delimiter)")
-    p.add_argument("--nested-delimiter", default=None,
-                   help="split TaskArgs on this; each argument becomes one sub-task ({} in TaskScript is "
-                        "replaced by it, else it is appended)")
-    p.add_argument("--replace", action="store_true", help="overwrite items whose itemID exists")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check the file and print each sub-task's command as it would run (item, sub-task, "
-                        "command, tab-separated); write nothing")
-    p.add_argument("--after", action="append", default=[], metavar="REFS",
-                   help="every item of the file waits until these items are done: item IDs, task:TASKID "
-                        "(every item of that task) or globs of item IDs, comma-separated (also: an After "
-                        "column); repeatable")
-    p.add_argument("--allow-missing", action="store_true",
-                   help="an After item ID that is in neither the file nor the table is waited for anyway "
-                        "(it is imported later) instead of refused")
-    p.add_argument("--on-failure", choices=(ON_FAILURE_CONTINUE, ON_FAILURE_STOP), default=ON_FAILURE_CONTINUE,
-                   help="continue: every sub-task of an item runs whatever the others did (independent "
-                        "chromosomes); stop: the first sub-task that fails for good ends the item failed "
-                        "and the rest are skipped (steps that need the one before)")
+    _import_options(command("import", "import items from a task file"))
 
-    p = command("worker", "claim and run items until the queue is drained")
-    p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
-    p.add_argument("--nests", type=_positive(int), default=1, help="sub-tasks of one item run concurrently")
-    p.add_argument("--wall-time", type=_duration(), default=None, metavar="DURATION",
-                   help="claim nothing new after this long (90, 90s, 15m, 2h)")
-    p.add_argument("--lease", type=_duration(), default=120.0, metavar="DURATION",
-                   help="lease length (seconds, or 90s, 5m; default 120)")
-    p.add_argument("--max-attempts", type=_positive(int), default=2, help="runs of a failing sub-task (default 2)")
-    p.add_argument("--retry-delay", type=_duration(allow_zero=True), default=1.0, metavar="DURATION",
-                   help="seconds before the first retry of a failed sub-task, doubling after (default 1)")
-    p.add_argument("--timeout", type=_duration(), default=None, metavar="DURATION",
-                   help="kill a sub-task after this long (seconds, or 30m, 2h)")
-    p.add_argument("--linger", type=_duration(allow_zero=True), default=None, metavar="DURATION",
-                   help="seconds to wait for other workers' items before exiting (default: twice the lease)")
-    p.add_argument("--max-claims", type=_positive(int), default=3,
-                   help="fail an item after this many workers left it unfinished (died, lost the lease; "
-                        "default 3)")
-    p.add_argument("--outage-limit", type=_duration(), default=900.0, metavar="DURATION",
-                   help="exit 1 after the table has been unreachable this many seconds (default 900)")
-    p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
-    p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
-    p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
-    p.add_argument("--outputs", default="pyanamo-outputs", metavar="DIR|s3://BUCKET/PREFIX",
-                   help="where the files a sub-task writes into $PYANAMO_OUTDIR are committed (only the attempt "
-                        "that holds the item's lease commits)")
-    p.add_argument("--max-output-size", type=_size, default=None, metavar="SIZE",
-                   help="fail an attempt whose outputs are larger than this (e.g. 50G)")
-    p.add_argument("--run-as", default=None, metavar="USER",
-                   help="run sub-tasks as this unprivileged user (the worker must run as root; the fleet does this)")
-    p.add_argument("--launcher", choices=("fork-server", "process"), default="fork-server",
-                   help="how each sub-task's supervisor starts: forked by a fork server the worker starts once "
-                        "(default), or as a process of its own (a Python start-up per sub-task)")
-    p.add_argument("--job-role", default=None, metavar="ARN",
-                   help="give sub-tasks this role's temporary credentials instead of the worker's own")
-    p.add_argument("--price-per-hour", type=_not_negative, default=None, metavar="USD",
-                   help="this machine's price per hour for the run's cost (default: on EC2 looked up from the "
-                        "Price List API or the Spot price history; elsewhere 0)")
-    p.add_argument("--quiet", action="store_true", help="no log events on stderr")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="one line of progress on stderr, redrawn in place, instead of the log events "
-                        "(warnings still print); default: on when stderr is a terminal")
+    _worker_options(command("worker", "claim and run items until the queue is drained"))
 
     p = command("status", "where a run stands (exit 3 if any item failed)")
     p.add_argument("--json", action="store_true", help="print JSON (with --watch: one object per line)")
@@ -325,7 +263,82 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("repair", "find items whose index keys disagree with their state (dry run), and fix them")
     p.add_argument("--apply", action="store_true", help="fix them (each only if it is still as read)")
 
-    p = command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1", table=False)
+    _local_options(command("local", "run an embedded DynamoDB-compatible endpoint on 127.0.0.1", table=False))
+    return parser
+
+
+def _import_options(p: argparse.ArgumentParser) -> None:
+    """``pyanamo import``: the task file and how it is read."""
+    p.add_argument("file", type=Path, help="the task file; - reads standard input")
+    p.add_argument("--delimiter", default="|",
+                   help="column delimiter: '|', 'tab' or ',' (tab and comma files are CSV: quote a field that "
+                        "holds the delimiter)")
+    p.add_argument("--nested-delimiter", default=None,
+                   help="split TaskArgs on this; each argument becomes one sub-task ({} in TaskScript is "
+                        "replaced by it, else it is appended)")
+    p.add_argument("--replace", action="store_true", help="overwrite items whose itemID exists")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check the file and print each sub-task's command as it would run (item, sub-task, "
+                        "command, tab-separated); write nothing")
+    p.add_argument("--after", action="append", default=[], metavar="REFS",
+                   help="every item of the file waits until these items are done: item IDs, task:TASKID "
+                        "(every item of that task) or globs of item IDs, comma-separated (also: an After "
+                        "column); repeatable")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="an After item ID that is in neither the file nor the table is waited for anyway "
+                        "(it is imported later) instead of refused")
+    p.add_argument("--on-failure", choices=(ON_FAILURE_CONTINUE, ON_FAILURE_STOP), default=ON_FAILURE_CONTINUE,
+                   help="continue: every sub-task of an item runs whatever the others did (independent "
+                        "chromosomes); stop: the first sub-task that fails for good ends the item failed "
+                        "and the rest are skipped (steps that need the one before)")
+
+
+def _worker_options(p: argparse.ArgumentParser) -> None:
+    """``pyanamo worker``: its slots, lease, limits, folders and how it starts sub-tasks."""
+    p.add_argument("--items", type=_positive(int), default=1, help="items worked on concurrently")
+    p.add_argument("--nests", type=_positive(int), default=1, help="sub-tasks of one item run concurrently")
+    p.add_argument("--wall-time", type=_duration(), default=None, metavar="DURATION",
+                   help="claim nothing new after this long (90, 90s, 15m, 2h)")
+    p.add_argument("--lease", type=_duration(), default=120.0, metavar="DURATION",
+                   help="lease length (seconds, or 90s, 5m; default 120)")
+    p.add_argument("--max-attempts", type=_positive(int), default=2, help="runs of a failing sub-task (default 2)")
+    p.add_argument("--retry-delay", type=_duration(allow_zero=True), default=1.0, metavar="DURATION",
+                   help="seconds before the first retry of a failed sub-task, doubling after (default 1)")
+    p.add_argument("--timeout", type=_duration(), default=None, metavar="DURATION",
+                   help="kill a sub-task after this long (seconds, or 30m, 2h)")
+    p.add_argument("--linger", type=_duration(allow_zero=True), default=None, metavar="DURATION",
+                   help="seconds to wait for other workers' items before exiting (default: twice the lease)")
+    p.add_argument("--max-claims", type=_positive(int), default=3,
+                   help="fail an item after this many workers left it unfinished (died, lost the lease; "
+                        "default 3)")
+    p.add_argument("--outage-limit", type=_duration(), default=900.0, metavar="DURATION",
+                   help="exit 1 after the table has been unreachable this many seconds (default 900)")
+    p.add_argument("--log-dir", type=Path, default=Path("pyanamo-logs"), help="folder for full logs")
+    p.add_argument("--log-bucket", default=None, help="S3 bucket[/prefix] for full logs")
+    p.add_argument("--workdir", type=Path, default=Path("."), help="folder the sub-tasks run in")
+    p.add_argument("--outputs", default="pyanamo-outputs", metavar="DIR|s3://BUCKET/PREFIX",
+                   help="where the files a sub-task writes into $PYANAMO_OUTDIR are committed (only the attempt "
+                        "that holds the item's lease commits)")
+    p.add_argument("--max-output-size", type=_size, default=None, metavar="SIZE",
+                   help="fail an attempt whose outputs are larger than this (e.g. 50G)")
+    p.add_argument("--run-as", default=None, metavar="USER",
+                   help="run sub-tasks as this unprivileged user (the worker must run as root; the fleet does this)")
+    p.add_argument("--launcher", choices=("fork-server", "process"), default="fork-server",
+                   help="how each sub-task's supervisor starts: forked by a fork server the worker starts once "
+                        "(default), or as a process of its own (a Python start-up per sub-task)")
+    p.add_argument("--job-role", default=None, metavar="ARN",
+                   help="give sub-tasks this role's temporary credentials instead of the worker's own")
+    p.add_argument("--price-per-hour", type=_not_negative, default=None, metavar="USD",
+                   help="this machine's price per hour for the run's cost (default: on EC2 looked up from the "
+                        "Price List API or the Spot price history; elsewhere 0)")
+    p.add_argument("--quiet", action="store_true", help="no log events on stderr")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="one line of progress on stderr, redrawn in place, instead of the log events "
+                        "(warnings still print); default: on when stderr is a terminal")
+
+
+def _local_options(p: argparse.ArgumentParser) -> None:
+    """``pyanamo local``: the embedded endpoint."""
     p.add_argument("--port", type=_port, default=8000, help="port (0 picks a free one)")
     p.add_argument("--engine", choices=["dynalite", "moto"], default="dynalite",
                    help="dynalite (Node.js; persistent, fast) or moto (in memory); dynalite falls back to "
@@ -338,7 +351,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--open", action="store_true",
                    help="serve requests signed with any key, from any user of this machine (for a test server "
                         "that other tools share); by default only requests signed with your secret are served")
-    return parser
 
 
 TABLE_VARIABLE = "PYANAMO_TABLE"
