@@ -53,6 +53,7 @@ class Outcome:
     peak_rss_kb: int = 0
     started_at: float = 0.0  # epoch seconds: when it started and ended (wall_time is monotonic)
     supervisor_lost: bool = False  # the supervisor was killed: the script's own status is unknown
+    fork_server_lost: bool = False  # ... with the fork server that started it (it killed the script)
 
     @property
     def interrupted(self) -> bool:
@@ -64,6 +65,9 @@ class Outcome:
 
     def signal_reason(self) -> str | None:
         """``killed (SIGKILL: out of memory?)`` and the like, for a run a signal ended."""
+        if self.fork_server_lost:
+            return ("the fork server that started its supervisor was killed (by the sub-task itself, or the OOM "
+                    "killer): the sub-task was killed with everything it started; its own exit status is unknown")
         if self.supervisor_lost:
             return ("its supervisor process was killed (by the sub-task itself, or the OOM killer): "
                     "the sub-task's exit status is unknown; what it left running was killed")
@@ -193,14 +197,10 @@ class ForkServer:
         with self._lock:
             if self._socket is None:
                 return
-            try:
-                self._socket.sendall((4).to_bytes(8, "big") + b"exit")
+            try:  # it closes its end as it exits, which makes the socket readable; no timed wait on
+                self._socket.sendall((4).to_bytes(8, "big") + b"exit")  # the child (that sleeps on the
+                select.select([self._socket], [], [], timeout)  # wall clock, which libfaketime breaks)
             except OSError:
-                pass
-            assert self._process is not None
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
                 pass
             self._discard()
 
@@ -230,6 +230,7 @@ class ForkServer:
         return reply
 
     def _discard(self) -> None:
+        """Close the socket; kill the server if it is still there; reap it."""
         if self._socket is not None:
             self._socket.close()
             self._socket = None
@@ -412,8 +413,9 @@ class SubtaskProcess:
                 return ran
             return replace(ran, exit_code=SUPERVISOR_LOST_EXIT_CODE, supervisor_lost=True,
                            cpu_time=cgroup.cpu_seconds() if cgroup else 0.0)
-        if report.parent_lost:  # the fork server died, and the supervisor killed the sub-task
-            raise LocalFailure("the fork server died while the sub-task ran; it was killed")
+        if report.parent_lost and reason is None:  # the fork server was killed and took the sub-task with it
+            return replace(ran, exit_code=SUPERVISOR_LOST_EXIT_CODE, supervisor_lost=True, fork_server_lost=True,
+                           cpu_time=report.cpu, peak_rss_kb=report.peak_rss_kb)
         exit_code = os.waitstatus_to_exitcode(report.status)
         signum = -exit_code if exit_code < 0 else None
         if signum is not None:

@@ -11,8 +11,9 @@ from pyanamo.schema import ItemState
 from faultkit import Analysis, Figures, executions, measured
 from helpers import cli, write_task_file
 
-# The sub-task's parent is its supervisor; the supervisor's parent is the worker.
-KILL_THE_WORKER = "kill -9 $(awk '{print $4}' /proc/$PPID/stat); sleep 5"
+# The worker's process ID is in every sub-task's environment (runner.MARKER); its supervisor's
+# parent is the worker's fork server, not the worker.
+KILL_THE_WORKER = "kill -9 $PYANAMO_SUPERVISED_BY; sleep 5"
 
 
 def test_an_item_that_kills_its_workers_fails_after_max_claims(aws_env, client, table, tmp_path, workers):
