@@ -153,7 +153,10 @@ class Supervisor:
                             procs.write("0\n")
                     except OSError:
                         pass
-                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT):
+                # default handling, also of the two that Python ignores at start-up and an exec
+                # keeps ignored (SIGPIPE: `yes | head` would print "Broken pipe"; SIGXFSZ)
+                for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGALRM, signal.SIGINT, signal.SIGPIPE,
+                            signal.SIGXFSZ):
                     signal.signal(sig, signal.SIG_DFL)
                 if self.user is not None:  # root -> the user: every capability goes with it
                     uid, gid = self.user

@@ -4,6 +4,7 @@ with its supervisor started both ways (a process of its own, and forked by the f
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from pathlib import Path
@@ -245,3 +246,13 @@ def test_a_fork_server_killed_mid_run_kills_the_subtask_which_is_recorded_as_suc
 def test_a_folder_that_is_gone_is_a_local_failure_with_the_fork_server_too(tmp_path: Path, subtask):
     with pytest.raises(LocalFailure, match="cannot start a sub-task"):
         subtask("true", env=dict(os.environ), cwd=tmp_path / "gone", log_folder=tmp_path / "logs").run()
+
+
+def test_a_subtask_gets_default_signal_handling_so_a_closed_pipe_ends_its_writer_quietly(tmp_path: Path, run):
+    """Python ignores SIGPIPE (and SIGXFSZ) at start-up, and an exec keeps a signal ignored: the
+    supervisor must undo it, or `yes | head` prints "Broken pipe" and exits 1 instead of 141."""
+    _, outcome = run("yes | head -1 > /dev/null; echo ${PIPESTATUS[0]}; grep SigIgn /proc/self/status", tmp_path)
+    status, ignored = outcome.stdout.read_text().split("\n", 1)
+    assert status == "141" and outcome.stderr.read_text() == ""
+    mask = int(ignored.split()[1], 16)
+    assert not mask & (1 << (signal.SIGPIPE - 1)) and not mask & (1 << (signal.SIGXFSZ - 1)), ignored
