@@ -382,13 +382,14 @@ def serve(parent, sock_fd):
             _reap(block=False)
         if sock.fileno() not in ready:
             continue
-        header, fds, _, _ = socket.recv_fds(sock, 8, REQUEST_FDS)
-        if len(header) < 8 and header:
-            header += _recv_exact(sock, 8 - len(header)) or b""
-        if len(header) < 8:  # the worker died or closed the socket without a word: stop now
-            return 0
-        payload = _recv_exact(sock, int.from_bytes(header, "big"))
-        if payload is None:
+        try:
+            header, fds, _, _ = socket.recv_fds(sock, 8, REQUEST_FDS)
+            if len(header) < 8 and header:
+                header += _recv_exact(sock, 8 - len(header)) or b""
+            payload = _recv_exact(sock, int.from_bytes(header, "big")) if len(header) == 8 else None
+        except OSError:  # the worker died mid-request (a reset connection)
+            payload = None
+        if payload is None:  # the worker died or closed the socket without a word: stop now
             return 0
         if payload == b"exit":  # a normal close: every sub-task has ended; reap their supervisors
             _reap(block=True)
@@ -403,7 +404,10 @@ def serve(parent, sock_fd):
             _forked_supervisor(me, json.loads(payload), fds)
         for fd in fds:
             os.close(fd)
-        sock.sendall(f"{child}\n".encode())
+        try:
+            sock.sendall(f"{child}\n".encode())
+        except OSError:  # the worker is gone: its supervisors kill their sub-tasks as this exits
+            return 0
 
 
 def _reap(block):
