@@ -84,7 +84,7 @@ def main() -> None:
             profile = load("profile_item")
             per_item = profile["rows"][0] if profile else None
             cpu_note = (f"one worker spends about {per_item['worker_cpu_ms_per_item']} ms of CPU per item "
-                        f"(itself, its sub-task's supervisor and bash: benchmark 8)") if per_item else \
+                        f"(itself, its fork server, the supervisors and bash: benchmark 8)") if per_item else \
                 "each item costs the worker CPU time (benchmark 8)"
             say(f"**Where W = 16 and 64 fall short on {m['cores']} cores, and why.** The ideal wall time is "
                 "N x S / W; GNU parallel comes within a few percent of it. PyAnamo's fixed cost per item is CPU "
@@ -241,15 +241,14 @@ def main() -> None:
         say("")
         say(table(["request", "per item", "ms each"],
                   [[k, v["per_item"], v["ms_each"]] for k, v in p["requests"].items() if v["per_item"]]))
-        say(f"\nThe sub-task phase is mostly process start-up: the supervisor (`python -I -S`, "
-            f"{p['supervisor_start_ms']} ms for an empty interpreter here, more with its imports) and bash "
-            f"({p['bash_start_ms']} ms). The supervisor used to import `json` and `signal` (which imports "
-            "`enum`); it now writes a plain line and uses the C signal module, which cut its start-up from "
-            "about 30 to 23 ms. What is left per item is two conditional updates (claim, result), about half "
-            "a Query, and the supervisor: CPU time of "
-            f"{p['worker_cpu_ms_per_item']} ms per item for the worker, the supervisor and bash together. "
-            "No polling interval or sleep lies on an item's path: the claim of the next item follows the "
-            "write-back at once.\n")
+        say(f"\nThe sub-task phase is the supervisor's fork from the worker's fork server, bash "
+            f"({p['bash_start_ms']} ms to start `bash -c true`) and the wait for its report. With "
+            f"`--launcher process` each sub-task also pays a Python start-up for its supervisor (`python -I -S`: "
+            f"{p['supervisor_start_ms']} ms for an empty interpreter here, more with its imports). What is left "
+            "per item is two conditional updates (claim, result), about half a Query, and the fork: CPU time of "
+            f"{p['worker_cpu_ms_per_item']} ms per item for the worker, its fork server, the supervisor and bash "
+            "together. No polling interval or sleep lies on an item's path: the claim of the next item follows "
+            "the write-back at once.\n")
 
     workflow = load("workflow")
     if workflow:
