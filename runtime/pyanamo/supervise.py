@@ -61,11 +61,15 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
 
+_libc: list[ctypes.CDLL] = []  # loaded once: a forked supervisor calls prctl twice per sub-task
+
+
 def prctl(option, value):
     """Linux's prctl(2); False where it is missing or refused. (The worker uses it too.)"""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(option, value, 0, 0, 0) == 0
+        if not _libc:
+            _libc.append(ctypes.CDLL(None, use_errno=True))
+        return _libc[0].prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
 
@@ -247,10 +251,23 @@ class Supervisor:
                 if not self.deadline_passed:
                     self.deadline = time.monotonic() + seconds
 
+    def nothing_left(self):
+        """Whether the script left no process running, known without walking /proc: orphans are
+        re-parented to a subreaper, so every live descendant lies below one of its children, and
+        a subreaper without children has no descendants."""
+        if not self.contained:
+            return False
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return True
+        return False
+
     def wait(self):
         """Wait for the script, clean up after it, reap everything; return the result."""
         status = self._wait_script()
-        self.kill_all()
+        if not self.nothing_left():  # the usual case costs no walk of /proc
+            self.kill_all()
         while True:  # reap the re-parented leftovers too, so their usage is counted
             try:
                 if os.waitpid(-1, 0)[0] == 0:
