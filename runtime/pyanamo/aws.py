@@ -64,12 +64,15 @@ def _is_local(url: str | None) -> bool:
     return bool(url) and urlparse(url).hostname in LOCAL_HOSTS
 
 
-def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10) -> Any:
+def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10,
+               validate: bool = True) -> Any:
     """A thread-safe low-level client for ``service``.
 
     boto3 already honours AWS_ENDPOINT_URL(_<SERVICE>), AWS_REGION and AWS_PROFILE; this adds
     dummy credentials and a default region when the endpoint is a local one (``pyanamo local``),
-    and boto3's standard retry mode unless the environment chooses one.
+    and boto3's standard retry mode unless the environment chooses one. ``validate=False`` skips
+    botocore's check of each request against the service model (a worker's requests are built by
+    the gateway alone, and the service checks them anyway: it cost about 0.6 ms of CPU each).
     """
     # boto3 reads AWS_DEFAULT_REGION; AWS_REGION (what the AWS CLI and SDKs set) is honoured too.
     session = boto3.session.Session(region_name=endpoint.region or os.environ.get("AWS_REGION") or None)
@@ -83,6 +86,7 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
         connect_timeout=3,
         read_timeout=20,
         max_pool_connections=pool,
+        parameter_validation=validate,
     )
     url = (
         endpoint.url
@@ -111,8 +115,8 @@ def aws_client(service: str, endpoint: Endpoint, *, max_attempts: int = 4, pool:
     return client
 
 
-def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10) -> Any:
-    return aws_client("dynamodb", endpoint, max_attempts=max_attempts, pool=pool)
+def dynamodb_client(endpoint: Endpoint, *, max_attempts: int = 4, pool: int = 10, validate: bool = True) -> Any:
+    return aws_client("dynamodb", endpoint, max_attempts=max_attempts, pool=pool, validate=validate)
 
 
 def describe(exc: BaseException, table: str | None = None) -> PyAnamoError | None:

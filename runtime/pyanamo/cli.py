@@ -542,7 +542,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if left:
             events.emit("leftovers_killed", processes=left,
                         why="processes of sub-tasks whose worker and supervisor were killed")
-    client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4))
+    client = _client(args, max_attempts=8, pool=max(10, 2 * args.items * args.nests + 4), validate=False)
     _require_table(client, args.table)
     imds = Imds()
     who = worker_identity(imds)
