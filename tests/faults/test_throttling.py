@@ -8,7 +8,7 @@ import time
 from pyanamo.queue import TaskQueue
 from pyanamo.schema import ItemState
 
-from faultkit import Analysis, FaultProxy, Figures, measured
+from faultkit import NOT_RECORDED, STOPPED, Analysis, FaultProxy, Figures, measured
 from helpers import cli, write_task_file
 
 
@@ -31,8 +31,15 @@ def test_throttling(aws_env, dynamodb_url, client, table, tmp_path, workers, rec
     for n in range(items):
         assert queue.get(f"t{n:03d}").state is ItemState.DONE
     analysis = Analysis(recorder.runs())
-    assert analysis.overlaps() == [] and set(analysis.completed().values()) == {1}
-    assert analysis.duplicates() == {}
+    assert analysis.overlaps() == [] and min(analysis.completed().values()) >= 1
+    # A renewal or a result write throttled again and again waits out botocore's backoff (up to 20 s
+    # per retry) past the 10 s lease: its worker gives the item up, and the sub-task runs once more,
+    # never beside the first (a full run on a loaded machine saw one). Only such reruns are allowed,
+    # each with its worker's own account of the lost lease.
+    duplicates = analysis.duplicates()
+    abandoned = sum(w.log_path.read_bytes().count(b'"event": "item_abandoned"') for w in workers.processes)
+    assert set(duplicates) <= {NOT_RECORDED, STOPPED} and sum(duplicates.values()) <= abandoned, \
+        (duplicates, abandoned)
     Figures("4. throttling", runs=1, items=items, subtasks=items,
             faults=f"{counts['throttled']} of {counts['throttled'] + counts['forwarded']} requests throttled "
                    "(HTTP 400, ProvisionedThroughputExceeded / Throttling), import included",
