@@ -60,29 +60,13 @@ class Launcher(Protocol):
 
 
 class SupervisedLauncher:
-    """A supervisor process per sub-task (``runner.SubtaskProcess``): the default. With
-    ``cgroups`` (where the worker may create them) each sub-task also runs in a cgroup of its own."""
+    """A supervisor process per sub-task (``runner.SubtaskProcess``), started by the worker itself
+    or, with ``server``, forked by a fork server. With ``cgroups`` (where the worker may create
+    them) each sub-task also runs in a cgroup of its own."""
 
-    def __init__(self, cgroups: CgroupParent | None = None) -> None:
+    def __init__(self, cgroups: CgroupParent | None = None, server: ForkServer | None = None) -> None:
         self.cgroups = cgroups
-
-    def launch(self, launch: Launch) -> RunningSubtask:
-        return SubtaskProcess(launch.script, env=launch.env, cwd=launch.cwd, log_folder=launch.log_folder,
-                              timeout=launch.timeout, user=launch.user, deadline=launch.deadline,
-                              cgroups=self.cgroups)
-
-    def close(self) -> None:
-        pass
-
-
-class ForkServerLauncher:
-    """A supervisor per sub-task forked by a fork server (``runner.ForkServer``), started on the
-    first launch: the same containment as ``SupervisedLauncher`` without a Python start-up per
-    sub-task."""
-
-    def __init__(self, cgroups: CgroupParent | None = None) -> None:
-        self.cgroups = cgroups
-        self.server = ForkServer()
+        self.server = server
 
     def launch(self, launch: Launch) -> RunningSubtask:
         return SubtaskProcess(launch.script, env=launch.env, cwd=launch.cwd, log_folder=launch.log_folder,
@@ -90,7 +74,16 @@ class ForkServerLauncher:
                               cgroups=self.cgroups, server=self.server)
 
     def close(self) -> None:
-        self.server.close()
+        if self.server is not None:
+            self.server.close()
+
+
+class ForkServerLauncher(SupervisedLauncher):
+    """The default: each supervisor forked by a fork server (``runner.ForkServer``) started on the
+    first launch: the same containment without a Python start-up per sub-task."""
+
+    def __init__(self, cgroups: CgroupParent | None = None) -> None:
+        super().__init__(cgroups, ForkServer())
 
 
 LAUNCHERS: dict[str, Callable[[CgroupParent | None], Launcher]] = {
